@@ -1,0 +1,204 @@
+"""``python -m smtpd_compat``: smtpd's command line, on this package.
+
+The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
+address ``localhost:8025``, remote address ``localhost:25``).  Errors are
+reported as one line on stderr with a non-zero exit status, never a
+traceback; Ctrl-C and SIGTERM end the server with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from typing import Any, List, NoReturn, Optional, Tuple
+
+PROG = "smtpd_compat"
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; later features add their options here."""
+    p = _Parser(prog="python -m smtpd_compat", add_help=False)
+    p.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
+                   help="do not switch to the user 'nobody' (needed unless run as root)")
+    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("-c", "--class", dest="classname", default="PureProxy", metavar="CLASS",
+                   help="server class: DebuggingServer, PureProxy (default) or a dotted path")
+    p.add_argument("-s", "--size", dest="size_limit", metavar="LIMIT", type=_size,
+                   help="largest message accepted, in bytes (default 33554432)")
+    p.add_argument("-u", "--smtputf8", dest="enable_SMTPUTF8", action="store_true",
+                   help="enable the SMTPUTF8 extension")
+    p.add_argument("-d", "--debug", action="store_true", help="print protocol debugging to stderr")
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
+    p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
+    return p
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid size: %r" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("invalid size: %r" % text)
+    return value
+
+
+def split_hostport(spec: str, what: str) -> Tuple[str, int]:
+    """Split ``host:port`` (``[::1]:25`` for IPv6) into ``(host, port)``."""
+    host, sep, port = spec.rpartition(":")
+    if not sep:
+        raise UsageError("bad %s address %r: expected host:port" % (what, spec))
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError("bad %s port in %r" % (what, spec)) from None
+    if not 0 <= number <= 65535:
+        raise UsageError("bad %s port in %r: must be 0-65535" % (what, spec))
+    return host, number
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ns = build_parser().parse_args(argv)
+    ns.localhost, ns.localport = split_hostport(ns.localspec, "local")
+    ns.remotehost, ns.remoteport = split_hostport(ns.remotespec, "remote")
+    return ns
+
+
+def parse_smtpd_options(argv: List[str]) -> Any:
+    """smtpd.parseargs(): an ``smtpd.Options`` filled from *argv*."""
+    from . import smtpd
+
+    try:
+        ns = parse_args(argv)
+    except UsageError as err:
+        smtpd.usage(1, err)
+        raise  # not reached: usage() exits
+    if ns.help:
+        smtpd.usage(0)
+    if ns.version:
+        print(smtpd.__version__)
+        sys.exit(0)
+    if ns.debug:
+        smtpd.DEBUGSTREAM = sys.stderr
+    options = smtpd.Options()
+    for name in ("setuid", "classname", "size_limit", "enable_SMTPUTF8",
+                 "localhost", "localport", "remotehost", "remoteport"):
+        setattr(options, name, getattr(ns, name))
+    return options
+
+
+def resolve_class(name: str) -> Any:
+    """A server class by name: one of this package's, or ``module.Class``."""
+    if "." in name:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise UsageError("cannot import %s for --class %s: %s" % (module_name, name, err)) from None
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise UsageError("module %s has no class %s" % (module_name, attr)) from None
+    import smtpd_compat
+    from . import smtpd
+
+    for namespace in (smtpd_compat, smtpd):
+        cls = getattr(namespace, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise UsageError("unknown server class %r (use DebuggingServer, PureProxy or a dotted path)" % name)
+
+
+def _become_nobody() -> None:
+    try:
+        import pwd
+    except ImportError:
+        raise UsageError('Cannot import module "pwd"; try running with -n option.') from None
+    nobody = pwd.getpwnam("nobody")[2]
+    try:
+        os.setuid(nobody)
+    except PermissionError:
+        raise UsageError('Cannot setuid "nobody"; try running with -n option.') from None
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM handler to leave the loop."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+def make_server(ns: argparse.Namespace) -> Any:
+    """Build the server the options ask for; UsageError on failure."""
+    from . import smtpd
+
+    cls = resolve_class(ns.classname)
+    size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
+    try:
+        return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
+    except (TypeError, ValueError) as err:
+        raise UsageError("cannot start %s: %s" % (ns.classname, err)) from None
+
+
+def run(server: Any) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    from . import asyncore
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        asyncore.loop(map=server._map)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        asyncore.close_all(map=server._map, ignore_all=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m smtpd_compat``; returns the exit status."""
+    from . import smtpd
+
+    try:
+        ns = parse_args(argv)
+        if ns.help:
+            print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
+            return 0
+        if ns.version:
+            print(smtpd.__version__)
+            return 0
+        if ns.debug:
+            smtpd.DEBUGSTREAM = sys.stderr
+        server = make_server(ns)
+        if ns.setuid:
+            try:
+                _become_nobody()
+            except UsageError:
+                server.close()
+                raise
+    except UsageError as err:
+        print("%s: error: %s" % (PROG, err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    run(server)
+    return 0

@@ -1,0 +1,255 @@
+"""The pure core of the SMTP server: grammar and transformations, no I/O.
+
+Nothing here touches a socket, a clock or a global: each function takes text
+or bytes and returns a value or raises :class:`ReplyError`, which carries the
+reply the session should send.  ``SMTPChannel`` calls these functions; tests
+exercise them directly.
+"""
+
+from __future__ import annotations
+
+from typing import AnyStr, Dict, List, Optional, Tuple, Union
+
+from . import _replies as R
+
+
+class ReplyError(Exception):
+    """A protocol error that the session answers with ``reply``."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class AddressError(ValueError):
+    """The text is not a valid reverse-path/forward-path."""
+
+
+# -- command lines ------------------------------------------------------------
+def split_command(line: str) -> Tuple[str, Optional[str]]:
+    """Split ``"VERB arguments"`` into ``("VERB", "arguments")``.
+
+    The verb is upper-cased; the argument is stripped, or None when the line
+    has no space at all (smtpd's rule: ``"NOOP "`` has an empty argument).
+    """
+    i = line.find(" ")
+    if i < 0:
+        return line.upper(), None
+    return line[:i].upper(), line[i + 1 :].strip()
+
+
+def strip_keyword(keyword: str, arg: str) -> str:
+    """Return *arg* after the case-insensitive *keyword* (``"FROM:"``), or ''."""
+    n = len(keyword)
+    if arg[:n].upper() == keyword:
+        return arg[n:].strip()
+    return ""
+
+
+# -- addresses -----------------------------------------------------------------
+# Characters that end an unquoted local part or a domain.
+_STOP = frozenset(' \t\r\n<>()[],;:@"\\')
+# A local part holding any of these must be written as a quoted string.
+_NEEDS_QUOTES = frozenset(' \t()<>@,:;\\"[]')
+
+
+def _bad(ch: str) -> bool:
+    return ch in _STOP or ch < " " or ch == "\x7f"
+
+
+def _quoted_string(text: str, i: int) -> Tuple[str, int]:
+    # text[i] is the opening quote; returns (unescaped value, index after).
+    out = []
+    i += 1
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            if i + 1 >= n:
+                break
+            out.append(text[i + 1])
+            i += 2
+        elif ch == '"':
+            return "".join(out), i + 1
+        elif ch in "\r\n":
+            break
+        else:
+            out.append(ch)
+            i += 1
+    raise AddressError("unterminated quoted string")
+
+
+def _run(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and not _bad(text[i]):
+        i += 1
+    return i
+
+
+def _domain(text: str, i: int) -> Tuple[str, int]:
+    if text[i : i + 1] == "[":
+        end = text.find("]", i)
+        if end < 0 or any(c in " \t\r\n[\\" for c in text[i + 1 : end]):
+            raise AddressError("bad address literal")
+        return text[i : end + 1], end + 1
+    end = _run(text, i)
+    domain = text[i:end]
+    if not domain or domain.strip(".") == "" or ".." in domain:
+        raise AddressError("bad domain")
+    return domain, end
+
+
+def _mailbox(text: str, i: int) -> Tuple[str, int]:
+    """Parse ``local-part ["@" domain]`` at text[i:]; return (address, end)."""
+    if text[i : i + 1] == '"':
+        local, i = _quoted_string(text, i)
+        if any(c in _NEEDS_QUOTES for c in local) or not local:
+            local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        end = _run(text, i)
+        local = text[i:end]
+        if not local or local.strip(".") == "":
+            raise AddressError("missing local part")
+        i = end
+    if text[i : i + 1] == "@":
+        domain, i = _domain(text, i + 1)
+        return local + "@" + domain, i
+    return local, i
+
+
+def _route(text: str, i: int) -> int:
+    """Skip an obsolete source route ``@a,@b:`` (RFC 5321 4.1.2); its hops
+    are not kept, as smtpd did not keep them."""
+    while True:
+        if text[i : i + 1] != "@":
+            raise AddressError("bad source route")
+        _, i = _domain(text, i + 1)
+        if text[i : i + 1] == ",":
+            i += 1
+            continue
+        if text[i : i + 1] == ":":
+            return i + 1
+        raise AddressError("bad source route")
+
+
+def parse_path(arg: str) -> Tuple[str, str]:
+    """Parse the address at the start of a MAIL/RCPT/VRFY argument.
+
+    Returns ``(address, rest)`` where *rest* is the text after the address
+    (the ESMTP parameters).  ``<>`` (the null reverse-path) is returned as
+    ``"<>"`` and a quoted local part keeps its quotes only where needed, both
+    as smtpd did.  An empty argument gives ``("", "")``.  Anything that is
+    not an address raises :class:`AddressError`.
+    """
+    text = arg.lstrip()
+    if not text:
+        return "", ""
+    if text[0] != "<":
+        address, end = _mailbox(text, 0)
+        return address, text[end:]
+    i = 1
+    if text[1:2] == ">":
+        return "<>", text[2:]
+    if text[1:2] == "@":
+        i = _route(text, 1)
+    address, end = _mailbox(text, i)
+    if text[end : end + 1] != ">":
+        raise AddressError("missing '>'")
+    return address, text[end + 1 :]
+
+
+# -- ESMTP parameters ----------------------------------------------------------
+def parse_params(words: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
+    """Turn ``["SIZE=10", "SMTPUTF8"]`` into ``{"SIZE": "10", "SMTPUTF8": True}``.
+
+    Returns None when a word is not ``keyword[=value]`` (RFC 5321 esmtp-param).
+    """
+    result: Dict[str, Union[str, bool]] = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not key.isalnum() or (eq and not value):
+            return None
+        result[key] = value if eq else True
+    return result
+
+
+def check_mail_params(
+    params: Dict[str, Union[str, bool]],
+    syntax_error: str,
+    *,
+    decode_data: bool,
+    enable_smtputf8: bool,
+    data_size_limit: Optional[int],
+) -> bool:
+    """Validate the MAIL FROM parameters the server knows, in smtpd's order.
+
+    Removes BODY, SMTPUTF8 and SIZE from *params*; returns whether the
+    message requires SMTPUTF8.  Raises :class:`ReplyError` on a bad value.
+    Parameters left in *params* afterwards are unknown to the server.
+    """
+    require_smtputf8 = False
+    if not decode_data:
+        body = params.pop("BODY", "7BIT")
+        if body not in ("7BIT", "8BITMIME"):
+            raise ReplyError(R.BAD_BODY)
+    if enable_smtputf8:
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if smtputf8 is True:
+            require_smtputf8 = True
+        elif smtputf8 is not False:
+            raise ReplyError(R.SMTPUTF8_NO_ARGS)
+    size = params.pop("SIZE", None)
+    if size:
+        if not isinstance(size, str) or not size.isdigit():
+            raise ReplyError(syntax_error)
+        if data_size_limit and int(size) > data_size_limit:
+            raise ReplyError(R.SIZE_EXCEEDED)
+    return require_smtputf8
+
+
+# -- message data ----------------------------------------------------------------
+# A DATA buffer starts with this sentinel: the CRLF that ended the DATA
+# command line.  With it, "a line starting with a dot" is always "CRLF dot",
+# and an empty message is the sentinel alone.
+DATA_START = b"\r\n"
+END_OF_DATA = b"\r\n.\r\n"
+
+
+def unstuff(buffer: bytearray) -> bytes:
+    """Undo dot-stuffing (RFC 5321 4.5.2) and turn CRLF into LF.
+
+    *buffer* holds ``DATA_START`` followed by the raw message text up to,
+    not including, the final ``<CRLF>.<CRLF>``.  The buffer is emptied as
+    it is consumed, so that at most two copies of a message exist at once.
+    Result: what smtpd passed to ``process_message`` when ``decode_data`` is
+    false: lines joined by ``b"\\n"``, one leading dot removed from each line.
+    """
+    if b"\r\n." in buffer:
+        text = buffer.replace(b"\r\n.", b"\r\n")
+        buffer.clear()
+        text = text.replace(b"\r\n", b"\n")
+    else:
+        text = buffer.replace(b"\r\n", b"\n")
+        buffer.clear()
+    view = memoryview(text)
+    try:
+        return bytes(view[1:])  # drop the LF left by DATA_START
+    finally:
+        view.release()
+
+
+def add_peer_header(data: AnyStr, peer_host: str) -> AnyStr:
+    """Insert ``X-Peer: <host>`` before the first empty line (the end of the
+    headers), or after the last line when there is none, as PureProxy did."""
+    if isinstance(data, str):
+        nl, header = "\n", "X-Peer: %s" % peer_host
+    else:
+        nl, header = b"\n", ("X-Peer: %s" % peer_host).encode("ascii", "backslashreplace")
+    if not data or data.startswith(nl):
+        return header + nl + data
+    end = data.find(nl + nl)
+    if end >= 0:
+        return data[: end + 1] + header + nl + data[end + 1 :]
+    if data.endswith(nl):
+        return data + header + nl
+    return data + nl + header

@@ -1,0 +1,305 @@
+"""The event loop behind a socket map: one selector, timers and a wake-up pipe.
+
+asyncore's API is built around a plain ``dict`` (the *socket map*, fd ->
+dispatcher) that code may mutate at any time.  A :class:`Reactor` is attached
+to one map the first time a loop runs over it and keeps the selector in step
+with the map:
+
+* registration is lazy: a dispatcher is registered when a loop iteration
+  first sees it, so code that never runs a loop (mock sockets, unit tests
+  that call ``handle_read()`` directly) never touches a selector;
+* interest (read/write) is recomputed only for dispatchers that said their
+  state changed (``dispatcher._interest_changed()``), or every iteration for
+  subclasses that override ``readable()``/``writable()``, whose answers can
+  change at any time;
+* timers (idle timeouts, accept back-off) and callbacks posted from other
+  threads run on the loop's thread; another thread wakes a blocked loop
+  through a socket pair, not by polling.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import socket as _socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+log = logging.getLogger("smtpd_compat")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+# id(map) -> Reactor.  The reactor holds the map itself, so an id is never
+# reused while its entry exists; the entry is dropped by forget().
+_reactors: Dict[int, "Reactor"] = {}
+_reactors_lock = threading.Lock()
+
+
+def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
+    """Return the reactor serving *map*, creating it when *create* is true."""
+    reactor = _reactors.get(id(map))
+    if reactor is None and create:
+        with _reactors_lock:
+            reactor = _reactors.get(id(map))
+            if reactor is None:
+                reactor = _reactors[id(map)] = Reactor(map)
+    return reactor
+
+
+def forget(map: dict) -> None:
+    """Close and drop the reactor of *map*, if there is one."""
+    with _reactors_lock:
+        reactor = _reactors.pop(id(map), None)
+    if reactor is not None:
+        reactor.close()
+
+
+class TimerHandle:
+    """A scheduled call; ``cancel()`` makes it a no-op."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _interest(obj: Any) -> int:
+    mask = 0
+    if obj.readable():
+        mask |= EVENT_READ
+    if obj.writable() and not obj.accepting:
+        mask |= EVENT_WRITE
+    return mask
+
+
+class Reactor:
+    """Selector, timers and cross-thread calls for one socket map."""
+
+    def __init__(self, map: dict) -> None:
+        self.map = map
+        self.selector = selectors.DefaultSelector()
+        # fd -> (dispatcher, registered mask); mask 0 means "known, not in
+        # the selector" because selectors refuse an empty mask.
+        self.known: Dict[int, Tuple[Any, int]] = {}
+        self.dirty: Set[int] = set()
+        self.polled: Set[int] = set()
+        self.suspended: Dict[int, float] = {}
+        self.timers: List[Tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+        self.calls: Deque[Callable[[], Any]] = deque()
+        self.thread_id: Optional[int] = None
+        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
+        self.selector.register(self._wake_fd, EVENT_READ)
+        self.closed = False
+
+    # -- bookkeeping called by dispatchers ---------------------------------
+    def mark(self, fd: Optional[int]) -> None:
+        """The dispatcher on *fd* changed what it wants; recompute it."""
+        if fd is not None:
+            self.dirty.add(fd)
+
+    def drop(self, fd: Optional[int]) -> None:
+        """Unregister *fd* now (called before its socket is closed)."""
+        if fd is None:
+            return
+        entry = self.known.pop(fd, None)
+        self.dirty.discard(fd)
+        self.polled.discard(fd)
+        self.suspended.pop(fd, None)
+        if entry is not None and entry[1]:
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def suspend_reading(self, obj: Any, delay: float) -> None:
+        """Stop read interest for *obj* for *delay* seconds (accept back-off)."""
+        fd = obj._fileno
+        if fd is None:
+            return
+        self.suspended[fd] = time.monotonic() + delay
+        self.dirty.add(fd)
+
+        def resume() -> None:
+            self.suspended.pop(fd, None)
+            self.dirty.add(fd)
+
+        self.call_later(delay, resume)
+
+    # -- timers and cross-thread calls -------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> TimerHandle:
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self.timers, (handle.when, next(self._seq), handle))
+        if self.thread_id is not None and self.thread_id != threading.get_ident():
+            self.wakeup()
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        self.calls.append(callback)
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is already pending) or closed
+
+    # -- the loop body -------------------------------------------------------
+    def _set(self, fd: int, obj: Any, mask: int) -> None:
+        entry = self.known.get(fd)
+        old_obj, old_mask = entry if entry is not None else (None, 0)
+        if fd in self.suspended:
+            mask &= ~EVENT_READ
+        if entry is not None and old_obj is obj and old_mask == mask:
+            return
+        self.known[fd] = (obj, mask)
+        try:
+            if old_mask and mask:
+                self.selector.modify(fd, mask)
+            elif mask:
+                self.selector.register(fd, mask)
+            elif old_mask:
+                self.selector.unregister(fd)
+        except KeyError:
+            # The selector and our table disagree (the fd was reused by a
+            # new dispatcher); start afresh for this fd.
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            if mask:
+                self.selector.register(fd, mask)
+        except (ValueError, OSError):
+            # A closed or invalid descriptor: the dispatcher will notice on
+            # its next operation; keep it out of the selector.
+            self.known[fd] = (obj, 0)
+
+    def _sync(self) -> None:
+        map = self.map
+        known = self.known
+        if len(known) != len(map):
+            # The map was changed without telling us (code may edit the
+            # dict directly): reconcile the whole table once.
+            for fd in [fd for fd in known if fd not in map]:
+                self.drop(fd)
+            for fd in map:
+                if fd not in known:
+                    self.dirty.add(fd)
+        if self.dirty:
+            dirty, self.dirty = self.dirty, set()
+            for fd in dirty:
+                obj = map.get(fd)
+                if obj is None:
+                    self.drop(fd)
+                    continue
+                entry = known.get(fd)
+                if entry is None or entry[0] is not obj:
+                    self._classify(fd, obj)
+                self._update(fd, obj)
+        for fd in list(self.polled):
+            obj = map.get(fd)
+            if obj is None:
+                self.drop(fd)
+            else:
+                self._update(fd, obj)
+
+    def _classify(self, fd: int, obj: Any) -> None:
+        if getattr(obj, "_interest_tracked", None) is not None and obj._interest_tracked():
+            self.polled.discard(fd)
+        else:
+            self.polled.add(fd)
+
+    def _update(self, fd: int, obj: Any) -> None:
+        try:
+            mask = _interest(obj)
+        except Exception:
+            log.exception("readable()/writable() failed for %r", obj)
+            mask = 0
+        self._set(fd, obj, mask)
+
+    def poll(self, timeout: Optional[float], dispatch: Callable[[Any, int], None]) -> None:
+        """Run one iteration: wait up to *timeout* seconds, dispatch events,
+        run due timers and posted calls."""
+        self.thread_id = threading.get_ident()
+        self._sync()
+        if self.calls:
+            timeout = 0.0
+        elif self.timers:
+            delay = max(0.0, self.timers[0][0] - time.monotonic())
+            timeout = delay if timeout is None else min(timeout, delay)
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
+        try:
+            events = self.selector.select(timeout)
+        except InterruptedError:
+            events = []
+        map = self.map
+        wake_fd = self._wake_fd
+        for key, mask in events:
+            fd = key.fd
+            if fd == wake_fd:
+                self._drain_wakeups()
+                continue
+            obj = map.get(fd)
+            if obj is None:
+                continue
+            dispatch(obj, mask)
+        self._run_timers()
+        self._run_calls()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _run_timers(self) -> None:
+        timers = self.timers
+        if not timers:
+            return
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            handle = heapq.heappop(timers)[2]
+            if handle.cancelled:
+                continue
+            handle.cancelled = True
+            self._run(handle.callback)
+
+    def _run_calls(self) -> None:
+        for _ in range(len(self.calls)):
+            self._run(self.calls.popleft())
+
+    @staticmethod
+    def _run(callback: Callable[[], Any]) -> None:
+        from .asyncore import _reraised_exceptions
+
+        try:
+            callback()
+        except _reraised_exceptions:
+            raise
+        except Exception:
+            log.exception("error in scheduled callback %r", callback)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.selector.close()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()

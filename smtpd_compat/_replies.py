@@ -1,0 +1,77 @@
+"""Every reply text the server sends, in one place.
+
+The texts of CPython 3.11's smtpd are part of the compatibility contract and
+are reproduced exactly; replies that smtpd never sent (for the defects fixed
+here and the extensions added) follow RFC 5321's wording.
+"""
+
+# Greeting: "220 <fqdn> <version>"
+GREETING = "220 %s %s"
+
+OK = "250 OK"
+HELO_OK = "250 %s"
+EHLO_FIRST = "250-%s"
+EHLO_SIZE = "250-SIZE %s"
+EHLO_8BITMIME = "250-8BITMIME"
+EHLO_SMTPUTF8 = "250-SMTPUTF8"
+EHLO_LAST = "250 HELP"
+BYE = "221 Bye"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+VRFY_CANNOT = "252 Cannot VRFY user, but will accept message and attempt delivery"
+
+HELP_ALL = "250 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+HELP_UNKNOWN = "501 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+# Reply to "HELP <command>"; MAIL and RCPT gain PARAMS_SUFFIX after EHLO.
+HELP_SYNTAX = {
+    "EHLO": "250 Syntax: EHLO hostname",
+    "HELO": "250 Syntax: HELO hostname",
+    "MAIL": "250 Syntax: MAIL FROM: <address>",
+    "RCPT": "250 Syntax: RCPT TO: <address>",
+    "DATA": "250 Syntax: DATA",
+    "RSET": "250 Syntax: RSET",
+    "NOOP": "250 Syntax: NOOP",
+    "QUIT": "250 Syntax: QUIT",
+    "VRFY": "250 Syntax: VRFY <address>",
+}
+PARAMS_SUFFIX = " [SP <mail-parameters>]"
+
+BAD_SYNTAX = "500 Error: bad syntax"
+BAD_ENCODING = "500 Error: bad syntax, command is not valid UTF-8"
+LINE_TOO_LONG = "500 Error: line too long"
+UNKNOWN_COMMAND = '500 Error: command "%s" not recognized'
+
+SYNTAX_HELO = "501 Syntax: HELO hostname"
+SYNTAX_EHLO = "501 Syntax: EHLO hostname"
+SYNTAX_NOOP = "501 Syntax: NOOP"
+SYNTAX_RSET = "501 Syntax: RSET"
+SYNTAX_DATA = "501 Syntax: DATA"
+SYNTAX_VRFY = "501 Syntax: VRFY <address>"
+SYNTAX_MAIL = "501 Syntax: MAIL FROM: <address>"
+SYNTAX_RCPT = "501 Syntax: RCPT TO: <address>"
+BAD_BODY = "501 Error: BODY can only be one of 7BIT, 8BITMIME"
+SMTPUTF8_NO_ARGS = "501 Error: SMTPUTF8 takes no arguments"
+VRFY_FAILED = "502 Could not VRFY %s"
+EXPN_UNSUPPORTED = "502 EXPN not implemented"
+
+DUPLICATE_HELO = "503 Duplicate HELO/EHLO"
+NEED_HELO = "503 Error: send HELO first"
+NEED_MAIL = "503 Error: need MAIL command"
+NEED_RCPT = "503 Error: need RCPT command"
+NESTED_MAIL = "503 Error: nested MAIL command"
+
+INTERNAL_CONFUSION = "451 Internal confusion"
+# process_message() raised: the sender keeps the message and retries later.
+PROCESSING_FAILED = "451 Requested action aborted: local error in processing"
+
+SIZE_EXCEEDED = "552 Error: message size exceeds fixed maximum message size"
+TOO_MUCH_DATA = "552 Error: Too much mail data"
+# decode_data=True and the message is not UTF-8 (smtpd crashed instead).
+DATA_NOT_UTF8 = "554 Error: message is not valid UTF-8"
+MAIL_PARAMS_UNKNOWN = "555 MAIL FROM parameters not recognized or not implemented"
+RCPT_PARAMS_UNKNOWN = "555 RCPT TO parameters not recognized or not implemented"
+
+# Session limits (hardening).
+TOO_MANY_ERRORS = "421 %s Error: too many errors, closing connection"
+TOO_MANY_CONNECTIONS = "421 %s Error: too many connections, try again later"
+IDLE_TIMEOUT = "421 %s Error: timeout exceeded, closing connection"
+SHUTTING_DOWN = "421 %s Service shutting down, closing connection"

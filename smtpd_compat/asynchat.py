@@ -1,0 +1,341 @@
+"""asynchat's public API: terminator framing and buffered output.
+
+Drop-in for the ``asynchat`` module removed from Python 3.12.  Subclass
+:class:`async_chat`, call ``set_terminator()``, and implement
+``collect_incoming_data()`` and ``found_terminator()``.
+
+Differences from the original, all invisible to the API:
+
+* input is kept in one ``bytearray`` consumed front to back, instead of a
+  ``bytes`` object re-built for every terminator found;
+* ``push()`` made while input is being processed is sent once the whole
+  read has been handled, so replies to pipelined commands leave in one
+  system call (``sendmsg``) instead of one ``send()`` per reply;
+* once ``close_when_done()`` has been called, input that arrives after it is
+  ignored (nothing after SMTP ``QUIT`` is processed).
+"""
+
+from __future__ import annotations
+
+import socket as _real_socket
+from collections import deque
+from typing import Any, Deque, List, Optional, Union
+
+from . import asyncore
+
+__all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
+
+Terminator = Union[bytes, int, None]
+
+# sendmsg() takes at most IOV_MAX buffers; stay well below it.
+_MAX_IOV = 64
+_RealSocket = _real_socket.socket
+
+
+class async_chat(asyncore.dispatcher):
+    """An asynchronous, terminator-framed, buffered chat channel."""
+
+    # Sizes of the read and of each send.
+    ac_in_buffer_size = 65536
+    ac_out_buffer_size = 65536
+
+    # Encoding of str terminators when use_encoding is set (legacy option).
+    use_encoding = 0
+    encoding = "latin-1"
+
+    def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
+        self._ac_buf = bytearray()
+        self.incoming: List[bytes] = []
+        self.producer_fifo: Deque[Any] = deque()
+        self.terminator: Terminator = None
+        # Bytes already consumed that may begin a match of the terminator
+        # (see SMTPChannel: the CRLF ending "DATA" starts "<CRLF>.<CRLF>").
+        self._ac_prefix_seen = b""
+        self._ac_batching = False
+        self._ac_input_closed = False
+        self._ac_want_write = False
+        asyncore.dispatcher.__init__(self, sock, map)
+
+    # -- compatibility view of the input buffer ---------------------------------
+    @property
+    def ac_in_buffer(self) -> bytes:
+        return bytes(self._ac_buf)
+
+    @ac_in_buffer.setter
+    def ac_in_buffer(self, value: bytes) -> None:
+        self._ac_buf = bytearray(value)
+
+    # -- subclass API -------------------------------------------------------------
+    def collect_incoming_data(self, data: bytes) -> None:
+        raise NotImplementedError("must be implemented in subclass")
+
+    def _collect_incoming_data(self, data: bytes) -> None:
+        self.incoming.append(data)
+
+    def _get_data(self) -> bytes:
+        data = b"".join(self.incoming)
+        del self.incoming[:]
+        return data
+
+    def found_terminator(self) -> None:
+        raise NotImplementedError("must be implemented in subclass")
+
+    def set_terminator(self, term: Terminator) -> None:
+        """Set the input delimiter: bytes, a byte count (int), or None."""
+        if isinstance(term, str) and self.use_encoding:
+            term = bytes(term, self.encoding)
+        elif isinstance(term, int) and term < 0:
+            raise ValueError("the number of received bytes must be positive")
+        self.terminator = term
+        self._ac_prefix_seen = b""
+
+    def get_terminator(self) -> Terminator:
+        return self.terminator
+
+    # -- input --------------------------------------------------------------------
+    def handle_read(self) -> None:
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+        if isinstance(data, str) and self.use_encoding:
+            data = bytes(data, self.encoding)
+        if data:
+            self._ac_feed(data)
+
+    def _ac_feed(self, data: bytes) -> None:
+        """Frame *data* (plus what is buffered) and flush the replies once."""
+        self._ac_batching = True
+        try:
+            self._ac_frame(data)
+        finally:
+            self._ac_batching = False
+        if self.producer_fifo:
+            self.initiate_send()
+
+    def _ac_frame(self, data: bytes) -> None:
+        buf = self._ac_buf
+        buf += data
+        pos = 0
+        try:
+            while pos < len(buf):
+                if self._ac_input_closed or self._fileno is None:
+                    pos = len(buf)
+                    break
+                term = self.terminator
+                remaining = len(buf) - pos
+                if not term:
+                    # No terminator: everything is data.
+                    self.collect_incoming_data(bytes(buf[pos:]))
+                    pos = len(buf)
+                elif isinstance(term, int):
+                    if remaining < term:
+                        self.collect_incoming_data(bytes(buf[pos:]))
+                        pos = len(buf)
+                        self.terminator = term - remaining
+                    else:
+                        self.collect_incoming_data(bytes(buf[pos : pos + term]))
+                        pos += term
+                        self.terminator = 0
+                        self.found_terminator()
+                else:
+                    prefix = self._ac_prefix_seen
+                    if prefix:
+                        rest = term[len(prefix) :]
+                        head = bytes(buf[pos : pos + len(rest)])
+                        if head == rest:
+                            self._ac_prefix_seen = b""
+                            pos += len(rest)
+                            self.found_terminator()
+                            continue
+                        if rest.startswith(head):
+                            break  # could still complete; wait for more input
+                        self._ac_prefix_seen = b""
+                    index = buf.find(term, pos)
+                    if index != -1:
+                        if index != pos:
+                            self.collect_incoming_data(bytes(buf[pos:index]))
+                        pos = index + len(term)
+                        self.found_terminator()
+                    else:
+                        # Keep a possible start of the terminator for later.
+                        keep = _partial_at_end(buf, pos, term)
+                        end = len(buf) - keep
+                        if end > pos:
+                            self.collect_incoming_data(bytes(buf[pos:end]))
+                            pos = end
+                        break
+        finally:
+            del buf[:pos]
+
+    # -- output -------------------------------------------------------------------
+    def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Queue *data* for sending and start sending it."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("data argument must be byte-ish (%r)" % type(data))
+        self.producer_fifo.append(data)
+        if not self._ac_batching:
+            self.initiate_send()
+
+    def push_with_producer(self, producer: Any) -> None:
+        """Queue an object whose ``more()`` returns data until it returns b''."""
+        self.producer_fifo.append(producer)
+        if not self._ac_batching:
+            self.initiate_send()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return bool(self.producer_fifo) or (not self.connected)
+
+    def close_when_done(self) -> None:
+        """Close once everything queued has been sent; ignore further input."""
+        self._ac_input_closed = True
+        self.producer_fifo.append(None)
+        self._ac_interest()
+
+    def handle_write(self) -> None:
+        self.initiate_send()
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def _ac_interest(self) -> None:
+        want = bool(self.producer_fifo)
+        if want != self._ac_want_write:
+            self._ac_want_write = want
+            self._interest_changed()
+
+    def _ac_gather(self) -> List[Any]:
+        """Take the bytes at the head of the queue, running producers."""
+        fifo = self.producer_fifo
+        chunks: List[Any] = []
+        size = 0
+        limit = self.ac_out_buffer_size
+        while fifo and len(chunks) < _MAX_IOV and size < limit:
+            first = fifo[0]
+            if first is None:
+                break
+            if isinstance(first, (bytes, bytearray, memoryview)):
+                if len(first):
+                    chunks.append(first)
+                    size += len(first)
+                fifo.popleft()
+                continue
+            if chunks:
+                break
+            data = first.more()
+            if data:
+                if isinstance(data, str) and self.use_encoding:
+                    data = bytes(data, self.encoding)
+                chunks.append(data)
+                size += len(data)
+                break
+            fifo.popleft()
+        return chunks
+
+    def _ac_send(self, chunks: List[Any]) -> int:
+        if len(chunks) == 1:
+            return self.send(chunks[0])
+        sock = self.socket
+        if type(sock) is _RealSocket and type(self).send is asyncore.dispatcher.send:
+            try:
+                return sock.sendmsg(chunks)
+            except OSError as why:
+                if why.errno == asyncore.EWOULDBLOCK:
+                    return 0
+                if why.errno in asyncore._DISCONNECTED:
+                    self.handle_close()
+                    return 0
+                raise
+        if hasattr(sock, "do_handshake"):
+            return self.send(b"".join(chunks))  # TLS: one record, not many
+        # Socket-like objects (test doubles) get one send() per chunk, as
+        # asynchat did.
+        total = 0
+        for chunk in chunks:
+            sent = self.send(chunk)
+            total += sent
+            if sent < len(chunk):
+                break
+        return total
+
+    def initiate_send(self) -> None:
+        fifo = self.producer_fifo
+        while fifo and self.connected:
+            if fifo[0] is None:
+                fifo.popleft()
+                self.handle_close()
+                return
+            chunks = self._ac_gather()
+            if not chunks:
+                continue  # a producer ran dry; look at what follows it
+            try:
+                sent = self._ac_send(chunks)
+            except OSError:
+                self.handle_error()
+                return
+            if sent >= sum(len(chunk) for chunk in chunks):
+                continue
+            # The socket took less than offered: put the rest back, in
+            # order, and wait until it is writable again.
+            for chunk in reversed(chunks):
+                if sent >= len(chunk):
+                    sent -= len(chunk)
+                elif sent:
+                    fifo.appendleft(memoryview(chunk)[sent:])
+                    sent = 0
+                else:
+                    fifo.appendleft(chunk)
+            break
+        self._ac_interest()
+
+    def discard_buffers(self) -> None:
+        """Drop unprocessed input and unsent output."""
+        self._ac_buf = bytearray()
+        del self.incoming[:]
+        self.producer_fifo.clear()
+        self._ac_interest()
+
+
+asyncore._TRACKED_READABLE.add(async_chat.readable)
+asyncore._TRACKED_WRITABLE.add(async_chat.writable)
+
+
+class simple_producer:
+    """Serve *data* in pieces of *buffer_size* bytes through ``more()``."""
+
+    def __init__(self, data: bytes, buffer_size: int = 512) -> None:
+        self.data = data
+        self.buffer_size = buffer_size
+
+    def more(self) -> bytes:
+        if len(self.data) > self.buffer_size:
+            result = self.data[: self.buffer_size]
+            self.data = self.data[self.buffer_size :]
+            return result
+        result = self.data
+        self.data = b""
+        return result
+
+
+def _partial_at_end(buf: bytearray, pos: int, term: bytes) -> int:
+    """Like find_prefix_at_end(buf[pos:], term), without copying buf."""
+    for n in range(min(len(term) - 1, len(buf) - pos), 0, -1):
+        if buf.endswith(term[:n]):
+            return n
+    return 0
+
+
+def find_prefix_at_end(haystack: Any, needle: bytes) -> int:
+    """Length of the longest proper prefix of *needle* that ends *haystack*."""
+    n = min(len(needle) - 1, len(haystack))
+    while n > 0:
+        if haystack[-n:] == needle[:n]:
+            return n
+        n -= 1
+    return 0

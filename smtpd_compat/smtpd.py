@@ -1,0 +1,774 @@
+"""An RFC 5321 SMTP server with the RFC 1870 SIZE, RFC 6152 8BITMIME and
+RFC 6531 SMTPUTF8 extensions: a drop-in for CPython 3.11's ``smtpd``.
+
+Usage: %(program)s [options] [localhost:localport [remotehost:remoteport]]
+
+Options:
+
+    --nosetuid
+    -n
+        Do not try to switch to the user `nobody'.  Without this option the
+        program calls setuid(nobody), which only root may do.
+
+    --version
+    -V
+        Print the version number and exit.
+
+    --class classname
+    -c classname
+        The server class to run: DebuggingServer, PureProxy (the default),
+        another name defined in this module, or a dotted path such as
+        mypackage.mymodule.MyServer.
+
+    --size limit
+    -s limit
+        Largest message accepted, in bytes, announced through the RFC 1870
+        SIZE extension.  Default: 33554432.
+
+    --smtputf8
+    -u
+        Announce and accept the RFC 6531 SMTPUTF8 extension.
+
+    --debug
+    -d
+        Print protocol debugging output to stderr.
+
+    --help
+    -h
+        Print this message and exit.
+
+Version: %(__version__)s
+
+The local address defaults to localhost:8025 and the remote address (used by
+PureProxy) to localhost:25.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import functools
+import inspect
+import logging
+import socket
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from warnings import warn
+
+from . import _protocol, asynchat, asyncore
+from . import _replies as R
+
+__all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
+
+program = sys.argv[0]
+__version__ = "Python SMTP proxy version 0.3"
+
+log = logging.getLogger("smtpd_compat")
+
+
+class Devnull:
+    """A stream that discards what is written to it (the default DEBUGSTREAM)."""
+
+    def write(self, msg: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+DEBUGSTREAM: Any = Devnull()
+NEWLINE = "\n"
+COMMASPACE = ", "
+DATA_SIZE_DEFAULT = 33554432
+# Listening backlog: CPython used listen(5), which overflows as soon as a
+# handful of clients connect at once; the kernel caps this at somaxconn.
+_LISTEN_BACKLOG = 4096
+
+
+def usage(code: int, msg: Any = "") -> None:
+    print(__doc__ % globals(), file=sys.stderr)
+    if msg:
+        print(msg, file=sys.stderr)
+    sys.exit(code)
+
+
+def _debug(*args: Any) -> None:
+    stream = DEBUGSTREAM
+    if not isinstance(stream, Devnull):
+        print(*args, file=stream)
+
+
+def _debugging() -> bool:
+    return not isinstance(DEBUGSTREAM, Devnull)
+
+
+# socket.getfqdn() may do a DNS round trip; smtpd called it for every
+# connection.  It is asked once per socket module (tests swap the module).
+_fqdn_memo: Tuple[Any, str] = (None, "")
+
+
+def _getfqdn() -> str:
+    global _fqdn_memo
+    module, name = _fqdn_memo
+    if module is not socket:
+        name = socket.getfqdn()
+        _fqdn_memo = (socket, name)
+    return name
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted_options(func: Callable[..., Any]) -> Optional[frozenset]:
+    """Which keyword options *func* takes: None means any (it has **kwargs)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for param in params:
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.add(param.name)
+    return frozenset(names)
+
+
+def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: Dict[str, Any]) -> Any:
+    """Call ``func(*args, **options)`` passing only the options it accepts.
+
+    Subclasses written as ``process_message(self, peer, mailfrom, rcpttos,
+    data)`` (no ``**kwargs``) keep working when the server has options to
+    pass (smtpd raised TypeError for them).
+    """
+    if options:
+        target = getattr(func, "__func__", func)
+        try:
+            accepted = _accepted_options(target)
+        except TypeError:  # unhashable callable
+            accepted = None
+        if accepted is not None:
+            options = {k: v for k, v in options.items() if k in accepted}
+    return func(*args, **options)
+
+
+class SMTPChannel(asynchat.async_chat):
+    """One SMTP session with a client.
+
+    Attributes (as in smtpd): ``smtp_server``, ``conn``, ``addr``,
+    ``received_lines``, ``smtp_state`` (``COMMAND`` or ``DATA``),
+    ``seen_greeting``, ``mailfrom``, ``rcpttos``, ``received_data``, ``fqdn``,
+    ``peer``.  A command ``VERB`` is handled by the method ``smtp_VERB(arg)``;
+    subclasses add or override commands by defining such methods and reply
+    with ``self.push(text)``.
+    """
+
+    COMMAND = 0
+    DATA = 1
+
+    command_size_limit = 512
+    # Kept for compatibility; each channel has its own copy (smtpd shared
+    # this dict, so one session's EHLO raised the limit for all of them).
+    command_size_limits: Dict[str, int] = collections.defaultdict(lambda x=command_size_limit: x)
+
+    @property
+    def max_command_size_limit(self) -> int:
+        try:
+            return max(self.command_size_limits.values())
+        except ValueError:
+            return self.command_size_limit
+
+    def __init__(
+        self,
+        server: "SMTPServer",
+        conn: Any,
+        addr: Any,
+        data_size_limit: int = DATA_SIZE_DEFAULT,
+        map: Optional[dict] = None,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+    ) -> None:
+        asynchat.async_chat.__init__(self, conn, map=map)
+        self.smtp_server = server
+        self.conn = conn
+        self.addr = addr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the same time")
+        if decode_data:
+            self._emptystring: Union[str, bytes] = ""
+            self._linesep: Union[str, bytes] = "\r\n"
+            self._dotsep: Union[str, int] = "."
+            self._newline: Union[str, bytes] = NEWLINE
+        else:
+            self._emptystring = b""
+            self._linesep = b"\r\n"
+            self._dotsep = ord(b".")
+            self._newline = b"\n"
+        limit = self.command_size_limit
+        self.command_size_limits = collections.defaultdict(lambda: limit)
+        self._message: Optional[bytearray] = None
+        self.mail_options: List[str] = []
+        self.rcpt_options: List[str] = []
+        self._set_rset_state()
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self.fqdn = _getfqdn()
+        try:
+            self.peer = conn.getpeername()
+        except OSError as err:
+            # The client may already be gone.
+            self.close()
+            if err.errno != errno.ENOTCONN:
+                raise
+            return
+        _debug("Peer:", repr(self.peer))
+        self.push(R.GREETING % (self.fqdn, __version__))
+
+    # -- state -------------------------------------------------------------------
+    def _set_post_data_state(self) -> None:
+        """Reset the transaction (envelope and framing) after DATA."""
+        self.smtp_state = self.COMMAND
+        self.mailfrom = None
+        self.rcpttos = []
+        self.require_SMTPUTF8 = False
+        self.num_bytes = 0
+        self._message = None
+        self.set_terminator(b"\r\n")
+
+    def _set_rset_state(self) -> None:
+        """Reset everything but the greeting."""
+        self._set_post_data_state()
+        self.received_data = ""
+        self.received_lines = []
+
+    # -- output --------------------------------------------------------------------
+    def push(self, msg: str) -> None:  # type: ignore[override]
+        """Send the reply line *msg* (a str without line ending)."""
+        line = msg + "\r\n"
+        try:
+            data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
+        except UnicodeEncodeError:
+            # An echoed argument may hold non-ASCII text; never fail a reply.
+            data = line.encode("ascii", "backslashreplace")
+        asynchat.async_chat.push(self, data)
+
+    # -- input -----------------------------------------------------------------------
+    def collect_incoming_data(self, data: bytes) -> None:
+        limit = None
+        if self.smtp_state == self.COMMAND:
+            limit = self.max_command_size_limit
+        elif self.smtp_state == self.DATA:
+            limit = self.data_size_limit
+        if limit and self.num_bytes > limit:
+            return  # over the limit: keep counting nothing, store nothing
+        elif limit:
+            self.num_bytes += len(data)
+        if self._message is not None:
+            self._message += data
+        else:
+            self.received_lines.append(data)
+
+    def found_terminator(self) -> None:
+        if self.smtp_state == self.COMMAND:
+            line = b"".join(self.received_lines)
+            self.received_lines = []
+            if _debugging():
+                _debug("Data:", repr(line))
+            size, self.num_bytes = self.num_bytes, 0
+            self._command_line(line, size)
+        elif self.smtp_state == self.DATA:
+            self._end_of_data()
+        else:
+            self.received_lines = []
+            self.push(R.INTERNAL_CONFUSION)
+            self.num_bytes = 0
+
+    def _command_line(self, line: bytes, size: int) -> None:
+        if not line:
+            self.push(R.BAD_SYNTAX)
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.push(R.BAD_ENCODING)
+            return
+        command, arg = _protocol.split_command(text)
+        if self.extended_smtp:
+            limits = self.command_size_limits
+            if command in limits:
+                max_size = limits[command]
+            else:
+                factory = getattr(limits, "default_factory", None)
+                max_size = factory() if factory else self.command_size_limit
+        else:
+            max_size = self.command_size_limit
+        if size > max_size:
+            self.push(R.LINE_TOO_LONG)
+            return
+        method = getattr(self, "smtp_" + command, None)
+        if not method:
+            self.push(R.UNKNOWN_COMMAND % command)
+            return
+        method(arg)
+
+    def _end_of_data(self) -> None:
+        message = self._message
+        self._message = None
+        if self.data_size_limit and self.num_bytes > self.data_size_limit:
+            # The transaction is over: smtpd stayed in DATA state here and
+            # swallowed the next commands as message text.
+            self._set_post_data_state()
+            self.push(R.TOO_MUCH_DATA)
+            return
+        data: Union[bytes, str] = _protocol.unstuff(message if message is not None else bytearray())
+        if _debugging():
+            _debug("Data:", repr(data))
+        if self._decode_data:
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                # smtpd crashed the session here; refuse the message instead.
+                self._set_post_data_state()
+                self.push(R.DATA_NOT_UTF8)
+                return
+        self.received_data = data
+        args = (self.peer, self.mailfrom, self.rcpttos, data)
+        kwargs: Dict[str, Any] = {}
+        if not self._decode_data:
+            kwargs = {"mail_options": self.mail_options, "rcpt_options": self.rcpt_options}
+        try:
+            status = _call_with_accepted_options(self.smtp_server.process_message, args, kwargs)
+        except NotImplementedError:
+            # The server class did not implement process_message: a
+            # programming error that must stay loud, as in smtpd.
+            self._set_post_data_state()
+            self.push(R.PROCESSING_FAILED)
+            raise
+        except Exception:
+            log.exception("process_message() failed for a message from %r", self.peer)
+            status = R.PROCESSING_FAILED
+        self._set_post_data_state()
+        if not status:
+            self.push(R.OK)
+        else:
+            if isinstance(status, bytes):
+                status = status.decode("utf-8", "replace")
+            self.push(status)
+
+    # -- helpers kept from smtpd for subclasses ----------------------------------
+    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
+        return _protocol.strip_keyword(keyword, arg)
+
+    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
+        if not arg:
+            return "", ""
+        try:
+            return _protocol.parse_path(arg)
+        except _protocol.AddressError:
+            return "", ""
+
+    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
+        return _protocol.parse_params(params)
+
+    def _syntax_error(self, reply: str) -> str:
+        return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
+
+    # -- SMTP and ESMTP commands ---------------------------------------------------
+    def smtp_HELO(self, arg: Optional[str]) -> None:
+        if not arg:
+            self.push(R.SYNTAX_HELO)
+            return
+        # A second greeting is refused (smtpd's choice, bpo-21783).
+        if self.seen_greeting:
+            self.push(R.DUPLICATE_HELO)
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.push(R.HELO_OK % self.fqdn)
+
+    def smtp_EHLO(self, arg: Optional[str]) -> None:
+        if not arg:
+            self.push(R.SYNTAX_EHLO)
+            return
+        if self.seen_greeting:
+            self.push(R.DUPLICATE_HELO)
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.extended_smtp = True
+        self.push(R.EHLO_FIRST % self.fqdn)
+        if self.data_size_limit:
+            self.push(R.EHLO_SIZE % self.data_size_limit)
+            self.command_size_limits["MAIL"] += 26
+        if not self._decode_data:
+            self.push(R.EHLO_8BITMIME)
+        if self.enable_SMTPUTF8:
+            self.push(R.EHLO_SMTPUTF8)
+            self.command_size_limits["MAIL"] += 10
+        self.push(R.EHLO_LAST)
+
+    def smtp_NOOP(self, arg: Optional[str]) -> None:
+        if arg:
+            self.push(R.SYNTAX_NOOP)
+        else:
+            self.push(R.OK)
+
+    def smtp_QUIT(self, arg: Optional[str]) -> None:
+        # The argument is ignored.
+        self.push(R.BYE)
+        self.close_when_done()
+
+    def smtp_HELP(self, arg: Optional[str]) -> None:
+        if not arg:
+            self.push(R.HELP_ALL)
+            return
+        topic = arg.upper()
+        reply = R.HELP_SYNTAX.get(topic)
+        if reply is None:
+            self.push(R.HELP_UNKNOWN)
+        elif topic in ("MAIL", "RCPT"):
+            self.push(self._syntax_error(reply))
+        else:
+            self.push(reply)
+
+    def smtp_VRFY(self, arg: Optional[str]) -> None:
+        if not arg:
+            self.push(R.SYNTAX_VRFY)
+            return
+        address, _ = self._getaddr(arg)
+        if address:
+            self.push(R.VRFY_CANNOT)
+        else:
+            self.push(R.VRFY_FAILED % arg)
+
+    def smtp_MAIL(self, arg: Optional[str]) -> None:
+        if not self.seen_greeting:
+            self.push(R.NEED_HELO)
+            return
+        _debug("===> MAIL", arg)
+        syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("FROM:", arg)
+        address, params = self._getaddr(arg)
+        if not address:
+            self.push(syntaxerr)
+            return
+        if not self.extended_smtp and params:
+            self.push(syntaxerr)
+            return
+        if self.mailfrom:
+            self.push(R.NESTED_MAIL)
+            return
+        self.mail_options = params.upper().split()
+        parsed = self._getparams(self.mail_options)
+        if parsed is None:
+            self.push(syntaxerr)
+            return
+        try:
+            require_smtputf8 = _protocol.check_mail_params(
+                parsed,
+                syntaxerr,
+                decode_data=self._decode_data,
+                enable_smtputf8=self.enable_SMTPUTF8,
+                data_size_limit=self.data_size_limit,
+            )
+        except _protocol.ReplyError as err:
+            self.push(err.reply)
+            return
+        if require_smtputf8:
+            self.require_SMTPUTF8 = True
+        if parsed:
+            self.push(R.MAIL_PARAMS_UNKNOWN)
+            return
+        self.mailfrom = address
+        _debug("sender:", self.mailfrom)
+        self.push(R.OK)
+
+    def smtp_RCPT(self, arg: Optional[str]) -> None:
+        if not self.seen_greeting:
+            self.push(R.NEED_HELO)
+            return
+        _debug("===> RCPT", arg)
+        if not self.mailfrom:
+            self.push(R.NEED_MAIL)
+            return
+        syntaxerr = self._syntax_error(R.SYNTAX_RCPT)
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("TO:", arg)
+        address, params = self._getaddr(arg)
+        if not address:
+            self.push(syntaxerr)
+            return
+        if not self.extended_smtp and params:
+            self.push(syntaxerr)
+            return
+        self.rcpt_options = params.upper().split()
+        parsed = self._getparams(self.rcpt_options)
+        if parsed is None:
+            self.push(syntaxerr)
+            return
+        # No RCPT parameter is known to this server.
+        if parsed:
+            self.push(R.RCPT_PARAMS_UNKNOWN)
+            return
+        self.rcpttos.append(address)
+        _debug("recips:", self.rcpttos)
+        self.push(R.OK)
+
+    def smtp_RSET(self, arg: Optional[str]) -> None:
+        if arg:
+            self.push(R.SYNTAX_RSET)
+            return
+        self._set_rset_state()
+        self.push(R.OK)
+
+    def smtp_DATA(self, arg: Optional[str]) -> None:
+        if not self.seen_greeting:
+            self.push(R.NEED_HELO)
+            return
+        if not self.rcpttos:
+            self.push(R.NEED_RCPT)
+            return
+        if arg:
+            self.push(R.SYNTAX_DATA)
+            return
+        self.smtp_state = self.DATA
+        self.set_terminator(_protocol.END_OF_DATA)
+        # The CRLF that ended this command line counts towards the end of
+        # data, so a message may be empty ("DATA", then "." at once).
+        self._ac_prefix_seen = _protocol.DATA_START
+        self._message = bytearray(_protocol.DATA_START)
+        self.push(R.START_DATA)
+
+    def smtp_EXPN(self, arg: Optional[str]) -> None:
+        self.push(R.EXPN_UNSUPPORTED)
+
+
+def _deprecated_alias(old: str, new: str) -> property:
+    def getter(self: SMTPChannel) -> Any:
+        warn(
+            "Access to __%s attribute on SMTPChannel is deprecated, use '%s' instead" % (old, new),
+            DeprecationWarning,
+            2,
+        )
+        return getattr(self, new)
+
+    def setter(self: SMTPChannel, value: Any) -> None:
+        warn(
+            "Setting __%s attribute on SMTPChannel is deprecated, set '%s' instead" % (old, new),
+            DeprecationWarning,
+            2,
+        )
+        setattr(self, new, value)
+
+    return property(getter, setter)
+
+
+for _old, _new in (
+    ("server", "smtp_server"),
+    ("line", "received_lines"),
+    ("state", "smtp_state"),
+    ("greeting", "seen_greeting"),
+    ("mailfrom", "mailfrom"),
+    ("rcpttos", "rcpttos"),
+    ("data", "received_data"),
+    ("fqdn", "fqdn"),
+    ("peer", "peer"),
+    ("conn", "conn"),
+    ("addr", "addr"),
+):
+    setattr(SMTPChannel, "_SMTPChannel__" + _old, _deprecated_alias(_old, _new))
+del _old, _new
+
+
+class SMTPServer(asyncore.dispatcher):
+    """Listen on *localaddr* and start a ``channel_class`` per connection.
+
+    Subclasses override :meth:`process_message` to do something with each
+    message.  *remoteaddr* is kept for subclasses that relay (PureProxy).
+    """
+
+    channel_class = SMTPChannel
+
+    def __init__(
+        self,
+        localaddr: Tuple[Any, int],
+        remoteaddr: Any,
+        data_size_limit: int = DATA_SIZE_DEFAULT,
+        map: Optional[dict] = None,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+    ) -> None:
+        self._localaddr = localaddr
+        self._remoteaddr = remoteaddr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the same time")
+        asyncore.dispatcher.__init__(self, map=map)
+        try:
+            gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
+            self.create_socket(gai_results[0][0], gai_results[0][1])
+            self.set_reuse_addr()
+            self.bind(localaddr)
+            self.listen(_LISTEN_BACKLOG)
+        except BaseException:
+            self.close()
+            raise
+        else:
+            _debug(
+                "%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s"
+                % (self.__class__.__name__, time.ctime(time.time()), localaddr, remoteaddr)
+            )
+
+    @property
+    def address(self) -> Any:
+        """The address the server is bound to (the real port when bound to 0)."""
+        return self.socket.getsockname()
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def handle_accept(self) -> None:
+        # Take a burst of waiting connections per wake-up, not just one.
+        for _ in range(64):
+            pair = self.accept()
+            if pair is None:
+                return
+            self.handle_accepted(*pair)
+            if not self.accepting:
+                return
+
+    def handle_accepted(self, conn: Any, addr: Any) -> None:
+        _debug("Incoming connection from %s" % repr(addr))
+        self.channel_class(
+            self,
+            conn,
+            addr,
+            self.data_size_limit,
+            self._map,
+            self.enable_SMTPUTF8,
+            self._decode_data,
+        )
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        """Handle one message; override this.
+
+        *peer* is the client's address, *mailfrom* the envelope sender and
+        *rcpttos* the list of envelope recipients.  *data* is the message
+        with dot-stuffing removed and lines joined by ``\\n``: ``bytes``, or
+        ``str`` when the server was created with ``decode_data=True``.
+
+        Unless ``decode_data`` is true, *kwargs* holds ``mail_options`` and
+        ``rcpt_options``: the upper-cased parameters of MAIL and of the last
+        RCPT, e.g. ``['BODY=8BITMIME', 'SMTPUTF8']``.  An override that does
+        not declare ``**kwargs`` is called without them.
+
+        Return None for ``250 OK``, or a full reply line such as
+        ``"550 No such user"``.  An exception is answered with a ``451`` and
+        logged; the session continues.
+        """
+        raise NotImplementedError
+
+
+class DebuggingServer(SMTPServer):
+    """Print each message to stdout instead of delivering it."""
+
+    def _print_message_content(self, peer: Any, data: Union[bytes, str]) -> None:
+        inheaders = True
+        for line in data.splitlines():
+            if inheaders and not line:
+                peerheader: str = "X-Peer: " + peer[0]
+                if not isinstance(data, str):
+                    # Bytes data: print the header as its bytes repr too.
+                    peerheader = repr(peerheader.encode("utf-8"))
+                print(peerheader)
+                inheaders = False
+            if not isinstance(data, str):
+                line = repr(line)
+            print(line)
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        print("---------- MESSAGE FOLLOWS ----------")
+        if kwargs:
+            if kwargs.get("mail_options"):
+                print("mail options: %s" % kwargs["mail_options"])
+            if kwargs.get("rcpt_options"):
+                print("rcpt options: %s\n" % kwargs["rcpt_options"])
+        self._print_message_content(peer, data)
+        print("------------ END MESSAGE ------------")
+        try:
+            sys.stdout.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        return None
+
+
+class PureProxy(SMTPServer):
+    """Relay every message to the SMTP server at *remoteaddr*."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("enable_SMTPUTF8"):
+            raise ValueError("PureProxy does not support SMTPUTF8.")
+        super().__init__(*args, **kwargs)
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        data = _protocol.add_peer_header(data, peer[0])
+        refused = self._deliver(mailfrom, rcpttos, data)
+        _debug("we got some refusals:", refused)
+        return None
+
+    def _deliver(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Dict[str, Tuple[int, Any]]:
+        import smtplib
+
+        refused: Dict[str, Tuple[int, Any]] = {}
+        try:
+            s = smtplib.SMTP()
+            s.connect(self._remoteaddr[0], self._remoteaddr[1])
+            try:
+                refused = s.sendmail(mailfrom, rcpttos, data)
+            finally:
+                s.quit()
+        except smtplib.SMTPRecipientsRefused as e:
+            _debug("got SMTPRecipientsRefused")
+            refused = e.recipients
+        except (OSError, smtplib.SMTPException) as e:
+            _debug("got", e.__class__)
+            errcode = getattr(e, "smtp_code", -1)
+            errmsg = getattr(e, "smtp_error", "ignore")
+            for r in rcpttos:
+                refused[r] = (errcode, errmsg)
+        return refused
+
+
+class Options:
+    """The command line options, as ``parseargs()`` returns them."""
+
+    setuid = True
+    classname = "PureProxy"
+    size_limit: Optional[int] = None
+    enable_SMTPUTF8 = False
+
+
+def parseargs(argv: Optional[List[str]] = None) -> Options:
+    """Parse smtpd's command line (``sys.argv[1:]`` by default).
+
+    Prints usage and exits on an error, as smtpd did.
+    """
+    from . import _cli
+
+    return _cli.parse_smtpd_options(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    from smtpd_compat._cli import main
+
+    sys.exit(main())
