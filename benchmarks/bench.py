@@ -181,6 +181,23 @@ def proc_cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
+def listen_overflows() -> Optional[int]:
+    """TcpExt ListenOverflows of this network namespace (accept queue full)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines, lines[1:]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            try:
+                return int(table["ListenOverflows"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0)."""
     try:
@@ -1015,8 +1032,11 @@ class RunResult:
     metrics: Dict[str, float] = field(default_factory=dict)
 
 
-def _finish_run(rs: RunningServer, gen: GenResult, cpu0: Optional[float]) -> RunResult:
+def _finish_run(rs: RunningServer, gen: GenResult, cpu0: Optional[float], ovf0: Optional[int]) -> RunResult:
     r = RunResult(ok=False, delivered=gen.delivered, expected=gen.expected, elapsed=gen.elapsed)
+    ovf1 = listen_overflows()
+    if ovf0 is not None and ovf1 is not None:
+        r.metrics["listen_overflows"] = ovf1 - ovf0
     cpu1 = proc_cpu_seconds(rs.pid)
     if cpu0 is not None and cpu1 is not None:
         r.metrics["server_cpu_s"] = round(cpu1 - cpu0, 3)
@@ -1035,12 +1055,12 @@ def _finish_run(rs: RunningServer, gen: GenResult, cpu0: Optional[float]) -> Run
 
 
 def run_throughput(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
-    cpu0 = proc_cpu_seconds(rs.pid)
+    cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
     if ctx.loadgen == "smtp-source":
         gen = run_smtp_source(ctx.smtp_source, rs.port, load, ctx.run_timeout)
     else:
         gen = PyLoadGen(rs.port, load.sessions, load.messages, load.size, load.persistent, ctx.run_timeout).run()
-    return _finish_run(rs, gen, cpu0)
+    return _finish_run(rs, gen, cpu0, ovf0)
 
 
 def run_mem(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
@@ -1053,14 +1073,14 @@ def run_mem(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
     if not exact:
         sampler = RssSampler(rs.pid)
         sampler.start()
-    cpu0 = proc_cpu_seconds(rs.pid)
+    cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
     gen = PyLoadGen(rs.port, 1, 1, load.size, True, ctx.run_timeout).run()
     if exact:
         peak = proc_status_kb(rs.pid, "VmHWM") or 0
     else:
         peak = sampler.stop()  # type: ignore[union-attr]
     after = proc_status_kb(rs.pid, "VmRSS") or 0
-    r = _finish_run(rs, gen, cpu0)
+    r = _finish_run(rs, gen, cpu0, ovf0)
     delta = max(0, peak - idle) * KIB
     r.metrics.update({
         "idle_rss_kb": idle,
@@ -1083,10 +1103,10 @@ def run_hold(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
         held_rss["rss"] = proc_status_kb(rs.pid, "VmRSS") or 0
         held_rss["n"] = n
 
-    cpu0 = proc_cpu_seconds(rs.pid)
+    cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
     gen = PyLoadGen(rs.port, load.sessions, load.messages, load.size, False, ctx.run_timeout,
-                    hold=True, on_held=on_held).run()
-    r = _finish_run(rs, gen, cpu0)
+                    hold=True, on_held=on_held, max_connecting=ctx.args.hold_connect_parallel).run()
+    r = _finish_run(rs, gen, cpu0, ovf0)
     r.metrics["held"] = gen.held
     r.metrics["connect_s"] = round(gen.hold_info.get("connect_s", 0.0), 3)
     if idle is not None and held_rss.get("n"):
@@ -1330,6 +1350,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--loadgen", choices=["auto", "smtp-source", "python"], default="auto",
                    help="throughput load generator (default: smtp-source if installed)")
     p.add_argument("--hold-conns", type=int, default=None, help="connections for the hold load (10000; quick: 200)")
+    p.add_argument("--hold-connect-parallel", type=int, default=4, metavar="N",
+                   help="hold: connections being set up at once (default 4; kept below small listen backlogs)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per run (default 300; quick: 20)")
     p.add_argument("--no-install", action="store_true", help="do not create the aiosmtpd virtualenv")
     p.add_argument("--install-timeout", type=float, default=300.0, help="seconds for 'pip install aiosmtpd'")

@@ -56,7 +56,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _protocol, asynchat, asyncore
+from . import _limits, _protocol, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -338,6 +338,7 @@ class SMTPChannel(asynchat.async_chat):
         kwargs: Dict[str, Any] = {}
         if not self._decode_data:
             kwargs = {"mail_options": self.mail_options, "rcpt_options": self.rcpt_options}
+        kwargs.update(self._extra_message_options())
         try:
             status = _call_with_accepted_options(self.smtp_server.process_message, args, kwargs)
         except NotImplementedError:
@@ -371,6 +372,21 @@ class SMTPChannel(asynchat.async_chat):
 
     def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
         return _protocol.parse_params(params)
+
+    # -- extension points for the optional features (TLS, AUTH, limits) -----
+    def _extra_ehlo_keywords(self) -> List[str]:
+        """EHLO keywords announced before ``HELP`` (none by default, so the
+        reply stays smtpd's byte for byte)."""
+        return []
+
+    def _refuse_mail(self) -> Optional[str]:
+        """A reply refusing MAIL in the current session state, or None."""
+        return None
+
+    def _extra_message_options(self) -> Dict[str, Any]:
+        """Keyword arguments for process_message beyond smtpd's own; each is
+        passed only to overrides that accept it."""
+        return {}
 
     def _syntax_error(self, reply: str) -> str:
         return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
@@ -407,6 +423,8 @@ class SMTPChannel(asynchat.async_chat):
         if self.enable_SMTPUTF8:
             self.push(R.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += 10
+        for keyword in self._extra_ehlo_keywords():
+            self.push("250-" + keyword)
         self.push(R.EHLO_LAST)
 
     def smtp_NOOP(self, arg: Optional[str]) -> None:
@@ -446,6 +464,10 @@ class SMTPChannel(asynchat.async_chat):
     def smtp_MAIL(self, arg: Optional[str]) -> None:
         if not self.seen_greeting:
             self.push(R.NEED_HELO)
+            return
+        refusal = self._refuse_mail()
+        if refusal:
+            self.push(refusal)
             return
         _debug("===> MAIL", arg)
         syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
@@ -587,6 +609,9 @@ for _old, _new in (
 del _old, _new
 
 
+_OPTION_MODULES = (_limits, _tls, _serving)
+
+
 class SMTPServer(asyncore.dispatcher):
     """Listen on *localaddr* and start a ``channel_class`` per connection.
 
@@ -604,7 +629,9 @@ class SMTPServer(asyncore.dispatcher):
         map: Optional[dict] = None,
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
+        **options: Any,
     ) -> None:
+        self._apply_options(options)
         self._localaddr = localaddr
         self._remoteaddr = remoteaddr
         self.data_size_limit = data_size_limit
@@ -626,6 +653,22 @@ class SMTPServer(asyncore.dispatcher):
             _debug(
                 "%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s"
                 % (self.__class__.__name__, time.ctime(time.time()), localaddr, remoteaddr)
+            )
+
+    def _apply_options(self, options: Dict[str, Any]) -> None:
+        """Store the keyword-only options of the feature modules.
+
+        Each of _limits, _tls and _serving declares its options and defaults
+        in its DEFAULTS table; an unknown keyword is a TypeError, as for any
+        function.
+        """
+        for module in _OPTION_MODULES:
+            for name, default in module.DEFAULTS.items():
+                setattr(self, name, options.pop(name, default))
+        if options:
+            raise TypeError(
+                "%s() got unexpected keyword argument(s): %s"
+                % (type(self).__name__, ", ".join(sorted(options)))
             )
 
     @property
