@@ -94,7 +94,9 @@ def _domain(text: str, i: int) -> Tuple[str, int]:
         return text[i : end + 1], end + 1
     end = _run(text, i)
     domain = text[i:end]
-    if not domain or domain.strip(".") == "" or ".." in domain:
+    # Every label must be non-empty: "a@.b" and "a@b." are not RFC 5321
+    # domains (smtpd's parser raised on them and dropped the connection).
+    if not domain or domain[0] == "." or domain[-1] == "." or ".." in domain:
         raise AddressError("bad domain")
     return domain, end
 
