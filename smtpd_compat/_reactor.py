@@ -97,6 +97,9 @@ class Reactor:
         self.timers: List[Tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self.calls: Deque[Callable[[], Any]] = deque()
+        # fds owed a read event although the selector may not report one:
+        # their dispatcher holds input above the socket (TLS, see read_again).
+        self.read_ready: Set[int] = set()
         self.thread_id: Optional[int] = None
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
@@ -119,6 +122,7 @@ class Reactor:
         self.dirty.discard(fd)
         self.polled.discard(fd)
         self.suspended.pop(fd, None)
+        self.read_ready.discard(fd)
         if entry is not None and entry[1]:
             try:
                 self.selector.unregister(fd)
@@ -138,6 +142,18 @@ class Reactor:
             self.dirty.add(fd)
 
         self.call_later(delay, resume)
+
+    def read_again(self, fd: Optional[int]) -> None:
+        """Give the dispatcher on *fd* a read event at the end of this loop
+        iteration (or in the next one) even if its socket has no new bytes.
+
+        For input the selector cannot see: an ``SSLSocket`` may hold
+        decrypted bytes (``pending()``) after a read.  The event is only
+        delivered while the dispatcher is ``readable()``; one that stops
+        reading asks again when it resumes.
+        """
+        if fd is not None:
+            self.read_ready.add(fd)
 
     # -- timers and cross-thread calls -------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> TimerHandle:
@@ -235,7 +251,7 @@ class Reactor:
         run due timers and posted calls."""
         self.thread_id = threading.get_ident()
         self._sync()
-        if self.calls:
+        if self.calls or self.read_ready:
             timeout = 0.0
         elif self.timers:
             delay = max(0.0, self.timers[0][0] - time.monotonic())
@@ -257,8 +273,26 @@ class Reactor:
             if obj is None:
                 continue
             dispatch(obj, mask)
+        if self.read_ready:
+            self._dispatch_read_again(dispatch)
         self._run_timers()
         self._run_calls()
+
+    def _dispatch_read_again(self, dispatch: Callable[[Any, int], None]) -> None:
+        # Requests made during this iteration's events count too: a
+        # dispatcher asks right after a read that left input buffered.
+        ready, self.read_ready = self.read_ready, set()
+        for fd in ready:
+            obj = self.map.get(fd)
+            if obj is None:
+                continue
+            try:
+                if not obj.readable():
+                    continue
+            except Exception:
+                log.exception("readable() failed for %r", obj)
+                continue
+            dispatch(obj, EVENT_READ)
 
     def _drain_wakeups(self) -> None:
         try:

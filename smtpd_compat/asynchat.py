@@ -30,6 +30,10 @@ Terminator = Union[bytes, int, None]
 # sendmsg() takes at most IOV_MAX buffers; stay well below it.
 _MAX_IOV = 64
 _RealSocket = _real_socket.socket
+# send() implementations that are dispatcher.send on a plain socket (the TLS
+# channel's send only differs once its socket is an SSLSocket): a class using
+# one of these may have its chunks gathered into one sendmsg().
+_PLAIN_SENDS = {asyncore.dispatcher.send}
 
 
 class async_chat(asyncore.dispatcher):
@@ -242,7 +246,7 @@ class async_chat(asyncore.dispatcher):
         if len(chunks) == 1:
             return self.send(chunks[0])
         sock = self.socket
-        if type(sock) is _RealSocket and type(self).send is asyncore.dispatcher.send:
+        if type(sock) is _RealSocket and type(self).send in _PLAIN_SENDS:
             try:
                 return sock.sendmsg(chunks)
             except OSError as why:

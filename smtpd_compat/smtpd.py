@@ -56,7 +56,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _limits, _protocol, _serving, _tls, asynchat, asyncore
+from . import _auth, _limits, _protocol, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -151,7 +151,7 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
-class SMTPChannel(asynchat.async_chat):
+class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     """One SMTP session with a client.
 
     Attributes (as in smtpd): ``smtp_server``, ``conn``, ``addr``,
@@ -274,8 +274,13 @@ class SMTPChannel(asynchat.async_chat):
         if self.smtp_state == self.COMMAND:
             line = b"".join(self.received_lines)
             self.received_lines = []
+            if self._sasl is not None:
+                # The answer to an AUTH challenge: not a command, never shown.
+                size, self.num_bytes = self.num_bytes, 0
+                self._auth_response(line, size)
+                return
             if _debugging():
-                _debug("Data:", repr(line))
+                _debug("Data:", repr(_auth.redact_command(line)))
             size, self.num_bytes = self.num_bytes, 0
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:
@@ -377,16 +382,16 @@ class SMTPChannel(asynchat.async_chat):
     def _extra_ehlo_keywords(self) -> List[str]:
         """EHLO keywords announced before ``HELP`` (none by default, so the
         reply stays smtpd's byte for byte)."""
-        return []
+        return self._security_ehlo_keywords()
 
     def _refuse_mail(self) -> Optional[str]:
         """A reply refusing MAIL in the current session state, or None."""
-        return None
+        return self._security_refuse_mail()
 
     def _extra_message_options(self) -> Dict[str, Any]:
         """Keyword arguments for process_message beyond smtpd's own; each is
         passed only to overrides that accept it."""
-        return {}
+        return self._security_message_options()
 
     def _syntax_error(self, reply: str) -> str:
         return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
@@ -612,7 +617,7 @@ del _old, _new
 _OPTION_MODULES = (_limits, _tls, _serving)
 
 
-class SMTPServer(asyncore.dispatcher):
+class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
     """Listen on *localaddr* and start a ``channel_class`` per connection.
 
     Subclasses override :meth:`process_message` to do something with each
@@ -670,6 +675,7 @@ class SMTPServer(asyncore.dispatcher):
                 "%s() got unexpected keyword argument(s): %s"
                 % (type(self).__name__, ", ".join(sorted(options)))
             )
+        _tls.check_options(self)
 
     @property
     def address(self) -> Any:
@@ -692,6 +698,9 @@ class SMTPServer(asyncore.dispatcher):
 
     def handle_accepted(self, conn: Any, addr: Any) -> None:
         _debug("Incoming connection from %s" % repr(addr))
+        conn = _tls.wrap_accepted(self, conn)  # SMTPS: TLS before the greeting
+        if conn is None:
+            return
         self.channel_class(
             self,
             conn,

@@ -1,0 +1,305 @@
+"""SASL for SMTP AUTH (RFC 4954): the PLAIN and LOGIN mechanisms, without I/O.
+
+Nothing here touches a socket.  :class:`AuthExchange` is the server side of
+one ``AUTH`` command: it is given the mechanism and the optional initial
+response, then each line the client sends back; it answers with the next
+challenge or with the :class:`Credentials` the client presented, and raises
+:class:`~smtpd_compat._protocol.ReplyError` (carrying the ``501`` reply) for a
+cancelled exchange or a response that is not valid base64.  The channel glue
+(``smtp_AUTH``, the failure budget, who decides whether a password is right)
+lives in ``_tls``.
+
+:class:`PasswordFile` is the authenticator behind the command line's
+``--auth-file``: ``user:password`` lines, the password either in clear or as
+a PBKDF2 hash made by :func:`hash_password`
+(``python -m smtpd_compat._auth`` prints such a line).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import stat
+from typing import Any, Dict, NamedTuple, Optional, Union
+
+from . import _replies as R
+from ._protocol import ReplyError
+
+__all__ = [
+    "MECHANISMS",
+    "AuthExchange",
+    "AuthFileError",
+    "Credentials",
+    "PasswordFile",
+    "decode_base64",
+    "hash_password",
+    "parse_plain",
+    "redact_command",
+]
+
+# The mechanisms this module implements, in the order EHLO announces them.
+MECHANISMS = ("PLAIN", "LOGIN")
+
+# RFC 4954 section 4: "*" alone cancels the exchange.
+CANCEL = "*"
+# RFC 4954 section 4: "=" alone is an empty initial response (an empty
+# argument would be no initial response at all).
+EMPTY_INITIAL_RESPONSE = "="
+
+# The LOGIN mechanism's prompts, as every client expects them: base64 of
+# "Username:" and "Password:".
+_LOGIN_USERNAME = base64.b64encode(b"Username:").decode("ascii")
+_LOGIN_PASSWORD = base64.b64encode(b"Password:").decode("ascii")
+
+
+class Credentials(NamedTuple):
+    """What the client presented: checked by the server's authenticator."""
+
+    mechanism: str
+    login: str
+    password: str
+    # PLAIN's authorization identity ("act as"); empty when not given.
+    authzid: str = ""
+
+    def __repr__(self) -> str:
+        # A Credentials may end up in a traceback or a debug print: never
+        # show the password.
+        return "Credentials(mechanism=%r, login=%r, password=<redacted>, authzid=%r)" % (
+            self.mechanism,
+            self.login,
+            self.authzid,
+        )
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode one SASL response line; ``501`` if it is not strict base64."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ReplyError(R.AUTH_BAD_BASE64) from None
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplyError(R.AUTH_BAD_MESSAGE) from None
+
+
+def parse_plain(message: bytes) -> Credentials:
+    """Split a PLAIN message ``authzid NUL authcid NUL passwd`` (RFC 4616)."""
+    parts = message.split(b"\0")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ReplyError(R.AUTH_BAD_MESSAGE)
+    authzid, login, password = (_text(part) for part in parts)
+    return Credentials("PLAIN", login, password, authzid)
+
+
+Step = Union[str, Credentials]
+
+
+class AuthExchange:
+    """The server side of one AUTH exchange (RFC 4954), without I/O.
+
+    Methods for the caller: :meth:`start` once, then :meth:`respond` with each
+    line the client sends, until one of them returns :class:`Credentials`.
+    A ``str`` result is a challenge: send ``"334 " + challenge`` and wait for
+    the next line.  Both raise :class:`ReplyError` with a ``501`` reply when
+    the client cancels (``*``) or sends something that is not base64; the
+    exchange is over then.
+    """
+
+    def __init__(self, mechanism: str, initial_response: Optional[str] = None) -> None:
+        mechanism = mechanism.upper()
+        if mechanism not in MECHANISMS:
+            raise ReplyError(R.AUTH_UNKNOWN_MECHANISM)
+        self.mechanism = mechanism
+        self._initial = initial_response
+        self._login: Optional[str] = None
+        self.done = False
+
+    def start(self) -> Step:
+        """The first step: a challenge, or the credentials when the initial
+        response already holds all of them."""
+        initial = self._initial
+        if initial is None:
+            return "" if self.mechanism == "PLAIN" else _LOGIN_USERNAME
+        if initial == EMPTY_INITIAL_RESPONSE:
+            initial = ""
+        return self._consume(initial)
+
+    def respond(self, line: str) -> Step:
+        """Take the client's answer to the last challenge."""
+        if self.done:
+            raise RuntimeError("the exchange is over")
+        if line == CANCEL:
+            self.done = True
+            raise ReplyError(R.AUTH_CANCELLED)
+        return self._consume(line)
+
+    def _consume(self, text: str) -> Step:
+        try:
+            data = decode_base64(text)
+            if self.mechanism == "PLAIN":
+                self.done = True
+                return parse_plain(data)
+            # LOGIN: the user name, then the password, each on its own line.
+            if self._login is None:
+                self._login = _text(data)
+                return _LOGIN_PASSWORD
+            self.done = True
+            return Credentials("LOGIN", self._login, _text(data))
+        except ReplyError:
+            self.done = True
+            raise
+
+
+def redact_command(line: bytes) -> bytes:
+    """*line* as it may be shown in a debug stream: an AUTH command keeps its
+    mechanism and loses its initial response; other lines are unchanged."""
+    verb, sep, rest = line.partition(b" ")
+    if verb.upper() != b"AUTH" or not sep:
+        return line
+    mechanism, sep, response = rest.strip().partition(b" ")
+    if sep and response.strip():
+        return b"AUTH " + mechanism + b" ***"
+    return line
+
+
+# -- the --auth-file authenticator -------------------------------------------------
+HASH_SCHEME = "pbkdf2_sha256"
+# PBKDF2 runs on the loop's thread for each AUTH attempt: high enough to
+# make a stolen file costly, low enough (tens of ms) not to stall sessions.
+HASH_ITERATIONS = 100_000
+
+
+class AuthFileError(Exception):
+    """The password file is missing, malformed or readable by others."""
+
+
+def hash_password(password: str, iterations: int = HASH_ITERATIONS, salt: Optional[bytes] = None) -> str:
+    """A ``pbkdf2_sha256$iterations$salt$hash`` string for a password file."""
+    if salt is None:
+        salt = os.urandom(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return "%s$%d$%s$%s" % (
+        HASH_SCHEME,
+        iterations,
+        base64.b64encode(salt).decode("ascii"),
+        base64.b64encode(digest).decode("ascii"),
+    )
+
+
+def _check_hashed(stored: str, password: str) -> bool:
+    try:
+        _, iterations, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest, validate=True)
+        salt_bytes = base64.b64decode(salt, validate=True)
+        actual = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt_bytes, int(iterations))
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _is_hashed(stored: str) -> bool:
+    return stored.startswith(HASH_SCHEME + "$")
+
+
+def _iterations(stored: str) -> int:
+    """The PBKDF2 iteration count of a stored hash (0 for clear text)."""
+    fields = stored.split("$")
+    if not _is_hashed(stored) or len(fields) != 4 or not fields[1].isdigit():
+        return 0
+    return int(fields[1])
+
+
+class PasswordFile:
+    """An authenticator that checks logins against ``user:password`` entries.
+
+    Use it as ``SMTPServer(..., authenticator=PasswordFile.load(path))`` or
+    build it from a dict.  A password that starts with ``pbkdf2_sha256$`` is
+    a hash made by :func:`hash_password`; any other is compared as clear
+    text.  Comparisons take the same time whether or not the user exists.
+    """
+
+    def __init__(self, entries: Dict[str, str]) -> None:
+        self._entries = dict(entries)
+        # Checked when the user is unknown, so that a wrong user costs as
+        # much as a wrong password: a hash of the same cost when the file
+        # holds hashes, clear text otherwise.  Its digest never matches.
+        iterations = [n for n in map(_iterations, self._entries.values()) if n]
+        if iterations:
+            zeros = base64.b64encode(bytes(32)).decode("ascii")
+            self._dummy = "%s$%d$%s$%s" % (HASH_SCHEME, max(iterations), zeros, zeros)
+        else:
+            self._dummy = "\0" * 16
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return "<PasswordFile: %d users>" % len(self._entries)
+
+    @classmethod
+    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "PasswordFile":
+        """Read *path*; :class:`AuthFileError` if it is readable or writable
+        by group or others, unreadable, or has a line that is not
+        ``user:password`` (blank lines and ``#`` comments are skipped)."""
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    raise AuthFileError(
+                        "auth file %s is accessible by group or others (mode %03o); "
+                        "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path)
+                    )
+                raw = f.read()
+        except OSError as err:
+            raise AuthFileError("cannot read auth file %s: %s" % (path, err.strerror or err)) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuthFileError("auth file %s is not UTF-8" % path) from None
+        entries: Dict[str, str] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            user, sep, password = line.partition(":")
+            user = user.strip()
+            if not sep or not user or not password:
+                # Never echo the line: it may hold a password.
+                raise AuthFileError("auth file %s line %d: expected user:password" % (path, number))
+            entries[user] = password
+        return cls(entries)
+
+    def check(self, login: str, password: str) -> bool:
+        """Whether *password* is right for *login*."""
+        stored = self._entries.get(login)
+        if stored is None:
+            if _is_hashed(self._dummy):
+                _check_hashed(self._dummy, password)
+            else:
+                hmac.compare_digest(self._dummy.encode("utf-8"), password.encode("utf-8"))
+            return False
+        if _is_hashed(stored):
+            return _check_hashed(stored, password)
+        return hmac.compare_digest(stored.encode("utf-8"), password.encode("utf-8"))
+
+    def __call__(self, server: Any, channel: Any, mechanism: str, login: str, password: str) -> bool:
+        return self.check(login, password)
+
+
+if __name__ == "__main__":  # pragma: no cover - interactive helper
+    import getpass
+    import sys
+
+    user = sys.argv[1] if len(sys.argv) > 1 else input("user: ")
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        sys.exit("passwords differ")
+    print("%s:%s" % (user, hash_password(first)))
