@@ -17,12 +17,17 @@ import sys
 from . import asynchat, asyncore, smtpd
 from .asyncore import close_all, loop
 from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
+from .controller import Controller
+from .servers import MailboxServer, RecordingServer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Controller",
     "DebuggingServer",
+    "MailboxServer",
     "PureProxy",
+    "RecordingServer",
     "SMTPChannel",
     "SMTPServer",
     "asynchat",

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--smtputf8", dest="enable_SMTPUTF8", action="store_true",
                    help="enable the SMTPUTF8 extension")
     p.add_argument("-d", "--debug", action="store_true", help="print protocol debugging to stderr")
+    p.add_argument("--maildir", metavar="DIR",
+                   help="with -c MailboxServer: deliver to this Maildir (created when missing)")
+    p.add_argument("--mbox", metavar="FILE",
+                   help="with -c MailboxServer: deliver to this mbox file (created when missing)")
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
@@ -137,7 +141,7 @@ def _become_nobody() -> None:
 
 
 class _Stop(Exception):
-    """Raised by the SIGTERM handler to leave the loop."""
+    """Raised by the SIGTERM handler to leave a loop that cannot shut down gracefully."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -150,9 +154,13 @@ def make_server(ns: argparse.Namespace) -> Any:
 
     cls = resolve_class(ns.classname)
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
+    # Mailbox options only reach the class when given, so that other
+    # classes are constructed exactly as before.
+    mailbox_options = {name: getattr(ns, name) for name in ("maildir", "mbox")
+                       if getattr(ns, name, None) is not None}
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
-                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8)
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options)
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
@@ -161,12 +169,19 @@ def make_server(ns: argparse.Namespace) -> Any:
 
 
 def run(server: Any) -> None:
-    """Serve until Ctrl-C or SIGTERM."""
-    from . import asyncore
+    """Serve until Ctrl-C (immediate stop) or SIGTERM (graceful shutdown:
+    messages being received are finished, other sessions get 421)."""
+    from . import _serving, asyncore
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    graceful = callable(getattr(server, "serve_forever", None))
+
+    handler = _serving.sigterm_handler(server) if graceful else _on_sigterm
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        asyncore.loop(map=server._map)
+        if graceful:
+            server.serve_forever()
+        else:
+            asyncore.loop(map=server._map)
     except (KeyboardInterrupt, _Stop):
         pass
     finally:

@@ -1,9 +1,455 @@
-"""Serving API: serve_forever/shutdown, graceful shutdown."""
+"""Serving API: serve_forever/shutdown, graceful shutdown, session logging.
+
+:class:`~smtpd_compat.smtpd.SMTPServer` exposes this module as methods
+(``serve_forever()``, ``shutdown()``, ``server_close()``, the context
+manager, ``address``/``port``); the implementation lives here so that
+``smtpd.py`` stays the thin drop-in module.
+
+Graceful shutdown, in the order it happens on the loop thread:
+
+1. connections already waiting in the listen backlog are accepted (so they
+   are answered instead of reset) and the listening socket is closed: new
+   connections are refused from then on;
+2. every session of this server that is *not* receiving a message (state
+   ``DATA``) is answered ``421 <fqdn> Service shutting down`` and closed
+   once that reply is sent; its further input is ignored;
+3. a session that is receiving a message may finish it: the message is
+   handed to ``process_message()`` and answered as usual, then the session
+   gets the ``421`` and is closed;
+4. after ``shutdown_timeout`` seconds, sessions still in ``DATA`` get the
+   ``421`` (their message is dropped and was never acknowledged); any
+   session that still has not gone ``_FLUSH_GRACE`` seconds later (a client
+   that does not read) is closed outright.
+
+So a message is either acknowledged with ``250`` and handed to
+``process_message()``, or not acknowledged at all: nothing in between.
+
+Logging goes to the ``smtpd_compat`` logger: connections at INFO, commands
+and replies at DEBUG (``AUTH`` lines and SASL exchanges redacted), errors at
+ERROR, shutdown progress at INFO.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import errno
+import logging
+import threading
+from typing import Any, Dict, Iterator, List, Optional
+
+from . import _reactor
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults.
 # SMTPServer stores each as an attribute of the same name.
-DEFAULTS: Dict[str, Any] = {}
+DEFAULTS: Dict[str, Any] = {
+    # Seconds a graceful shutdown waits for messages being received (DATA)
+    # to complete before those sessions are cut off with a 421.
+    "shutdown_timeout": 30.0,
+}
+
+log = logging.getLogger("smtpd_compat")
+
+# After the shutdown timeout, how long sessions that were told 421 may take
+# to receive it before their sockets are closed regardless.
+_FLUSH_GRACE = 2.0
+# Upper bound on backlog connections accepted (and answered 421) when the
+# listening socket is closed; the rest are reset by the kernel.
+_BACKLOG_DRAIN_ROUNDS = 16
+
+_states_lock = threading.Lock()
+
+
+class _State:
+    """Per-server bookkeeping of the serving API (not an option)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.serving = False  # serve_forever() is running
+        self.loop_thread: Optional[int] = None  # ident of that thread
+        self.stopped = threading.Event()  # set whenever serve_forever() is not running
+        self.stopped.set()
+        self.requested = False  # shutdown asked for (any thread)
+        self.closing = False  # graceful shutdown has begun
+        self.expired = False  # the shutdown timeout has passed
+        self.timeout: Optional[float] = None  # overrides shutdown_timeout
+        self.timers: List[_reactor.TimerHandle] = []
+
+
+def _state(server: Any) -> _State:
+    st = server.__dict__.get("_serving_state")
+    if st is None:
+        with _states_lock:
+            st = server.__dict__.get("_serving_state")
+            if st is None:
+                st = server.__dict__["_serving_state"] = _State()
+    return st
+
+
+# -- address -------------------------------------------------------------------
+def bound_address(server: Any) -> Any:
+    """``(host, port)`` the server's socket is bound to, also after closing.
+
+    IPv6 addresses are reported as ``(host, port)`` too (without flow info
+    and scope id), so ``smtplib.SMTP(*server.address)`` works for both
+    families.  A Unix socket's address is returned as the kernel reports it.
+    """
+    sock = getattr(server, "socket", None)
+    if sock is not None:
+        try:
+            name = sock.getsockname()
+        except (OSError, AttributeError):
+            name = None
+        if name is not None:
+            if isinstance(name, tuple) and len(name) > 2:
+                name = name[:2]
+            server.__dict__["_bound_address"] = name
+            return name
+    cached = server.__dict__.get("_bound_address")
+    if cached is None:
+        raise OSError(errno.EBADF, "the server socket is not open")
+    return cached
+
+
+# -- which dispatchers belong to a server -------------------------------------
+def _channels(server: Any) -> Iterator[Any]:
+    """The live sessions of *server* (its map may be shared with others)."""
+    for obj in list(server._map.values()):
+        if obj is not server and getattr(obj, "smtp_server", None) is server:
+            yield obj
+
+
+def _finished(server: Any) -> bool:
+    if server._fileno is not None:
+        return False
+    for _ in _channels(server):
+        return False
+    return True
+
+
+# -- serve_forever / shutdown ----------------------------------------------------
+def serve_forever(server: Any, poll_interval: float = 0.5) -> None:
+    """Run the server's loop until :func:`shutdown` has completed.
+
+    See ``SMTPServer.serve_forever``.
+    """
+    from . import asyncore
+
+    st = _state(server)
+    map = server._map
+    with st.lock:
+        if st.serving:
+            raise RuntimeError("serve_forever() is already running for this server")
+        # The reactor exists before `serving` is announced, so a shutdown
+        # request made from now on always finds something to wake up.
+        _reactor.reactor_for(map)
+        st.serving = True
+        st.loop_thread = threading.get_ident()
+        st.stopped.clear()
+    try:
+        while True:
+            if st.requested and not st.closing:
+                begin_shutdown(server)
+            if st.closing and _finished(server):
+                break
+            if not map:
+                break  # nothing left to serve (the server was closed)
+            asyncore.poll(poll_interval, map)
+    finally:
+        with st.lock:
+            st.serving = False
+            st.loop_thread = None
+        if st.closing:
+            _cancel_timers(st)
+        if not map:
+            _reactor.forget(map)
+        st.stopped.set()
+
+
+def request_shutdown(server: Any, timeout: Optional[float] = None) -> None:
+    """Ask for a graceful shutdown and return at once.
+
+    Safe from any thread and from a signal handler running on the loop
+    thread: the work itself is done by the thread that runs the loop.
+    *timeout* overrides the server's ``shutdown_timeout``.
+    """
+    st = _state(server)
+    with st.lock:
+        if timeout is not None and (st.timeout is None or timeout < st.timeout):
+            st.timeout = timeout
+            if st.closing and not st.expired:
+                # Already shutting down with a longer bound: shorten it.
+                _post(server, lambda: _schedule_expiry(server))
+        if st.requested:
+            _wake(server)
+            return
+        st.requested = True
+        if st.serving:
+            _wake(server)
+            return
+        reactor = _reactor.reactor_for(server._map, create=False)
+        if reactor is not None and not reactor.closed and reactor.thread_id is not None:
+            # Someone drives this map with asyncore.loop(): let that thread
+            # do the work between two events.
+            reactor.call_soon_threadsafe(lambda: begin_shutdown(server))
+            return
+        # No loop is running (none has ever polled this map): nothing can
+        # race with us.  Holding st.lock keeps a serve_forever() that starts
+        # now from polling before this is done.
+        begin_shutdown(server)
+
+
+def sigterm_handler(server: Any) -> Any:
+    """A signal handler that asks *server*'s ``serve_forever()`` (running on
+    the main thread) to shut down gracefully.
+
+    It takes no lock, so it cannot deadlock with the code it interrupts: it
+    sets a flag that ``serve_forever()`` checks before each wait, and wakes
+    a wait already in progress.
+    """
+    st = _state(server)  # created now, never inside the handler
+
+    def handler(signum: int, frame: Any) -> None:
+        st.requested = True
+        _wake(server)
+
+    return handler
+
+
+def _wake(server: Any) -> None:
+    reactor = _reactor.reactor_for(server._map, create=False)
+    if reactor is not None:
+        reactor.wakeup()
+
+
+def _post(server: Any, callback: Any) -> None:
+    reactor = _reactor.reactor_for(server._map, create=False)
+    if reactor is not None and not reactor.closed:
+        reactor.call_soon_threadsafe(callback)
+
+
+def shutdown(server: Any, timeout: Optional[float] = None) -> None:
+    """Request a graceful shutdown and wait until ``serve_forever()`` returns.
+
+    Called on the loop thread itself (from ``process_message()``, say), or
+    while no ``serve_forever()`` runs, it only makes the request.
+    """
+    request_shutdown(server, timeout)
+    st = _state(server)
+    with st.lock:
+        wait = st.serving and st.loop_thread != threading.get_ident()
+    if wait:
+        st.stopped.wait()
+
+
+def server_close(server: Any) -> None:
+    """Close the listening socket and every session of *server* now.
+
+    A ``serve_forever()`` running in another thread is first stopped (with
+    no grace period for messages in progress).
+    """
+    st = _state(server)
+    with st.lock:
+        serving_elsewhere = st.serving and st.loop_thread != threading.get_ident()
+        serving_here = st.serving and not serving_elsewhere
+    if serving_elsewhere:
+        shutdown(server, timeout=0.0)
+    _remember_address(server)
+    server.close()
+    for channel in _channels(server):
+        channel.close()
+    st.closing = True
+    st.requested = True
+    _cancel_timers(st)
+    if not serving_here and not server._map:
+        _reactor.forget(server._map)
+
+
+# -- graceful shutdown, on the loop thread -----------------------------------------
+def begin_shutdown(server: Any) -> None:
+    """Stop accepting, answer idle sessions 421, let DATA transactions end."""
+    st = _state(server)
+    if st.closing:
+        return
+    st.closing = True
+    st.requested = True
+    _remember_address(server)
+    if server._fileno is not None and server.accepting:
+        _drain_backlog(server)
+        server.close()
+    in_data = 0
+    told = 0
+    for channel in _channels(server):
+        if _receiving_message(channel):
+            in_data += 1
+        elif _tell(channel):
+            told += 1
+    log.info(
+        "%s shutting down: %d session(s) closed, %d message(s) being received",
+        type(server).__name__,
+        told,
+        in_data,
+    )
+    _schedule_expiry(server)
+
+
+def _schedule_expiry(server: Any) -> None:
+    st = _state(server)
+    if st.expired or not st.closing:
+        return
+    timeout = st.timeout
+    if timeout is None:
+        timeout = getattr(server, "shutdown_timeout", DEFAULTS["shutdown_timeout"])
+    if timeout is None:
+        return  # wait for messages in progress without a bound
+    if not any(True for _ in _channels(server)):
+        return
+    reactor = _reactor.reactor_for(server._map)
+    st.timers.append(reactor.call_later(max(0.0, float(timeout)), lambda: _expire(server)))
+
+
+def _expire(server: Any) -> None:
+    st = _state(server)
+    if st.expired:
+        return
+    st.expired = True
+    cut = 0
+    for channel in _channels(server):
+        if _receiving_message(channel):
+            cut += 1
+        _tell(channel)
+    if cut:
+        log.warning("shutdown timeout: %d message(s) still being received were dropped", cut)
+    reactor = _reactor.reactor_for(server._map)
+    st.timers.append(reactor.call_later(_FLUSH_GRACE, lambda: _force_close(server)))
+
+
+def _force_close(server: Any) -> None:
+    for channel in _channels(server):
+        log.info("closing %s: it did not take its 421 reply in time", _peer_text(channel))
+        channel.close()
+
+
+def _cancel_timers(st: _State) -> None:
+    for handle in st.timers:
+        handle.cancel()
+    del st.timers[:]
+
+
+def _receiving_message(channel: Any) -> bool:
+    return getattr(channel, "smtp_state", None) == getattr(channel, "DATA", 1)
+
+
+def _tell(channel: Any) -> bool:
+    """Answer *channel* 421 and close it once sent; False if already closing."""
+    if channel._fileno is None or getattr(channel, "_ac_input_closed", False):
+        return False
+    from . import _replies
+
+    channel.push(_replies.SHUTTING_DOWN % getattr(channel, "fqdn", ""))
+    channel.close_when_done()
+    return True
+
+
+def after_data(channel: Any) -> None:
+    """Called by SMTPChannel once a message has been answered.
+
+    During a graceful shutdown the session ends here, right after its
+    message's reply.
+    """
+    st = getattr(channel.smtp_server, "_serving_state", None)
+    if st is not None and st.closing:
+        _tell(channel)
+
+
+def _drain_backlog(server: Any) -> None:
+    """Accept what already waits in the backlog, so it can be answered."""
+    map = server._map
+    for _ in range(_BACKLOG_DRAIN_ROUNDS):
+        before = len(map)
+        try:
+            server.handle_accept()
+        except Exception:
+            log.exception("accepting the backlog during shutdown failed")
+            return
+        if len(map) == before or not server.accepting:
+            return
+
+
+def _remember_address(server: Any) -> None:
+    try:
+        bound_address(server)
+    except OSError:
+        pass
+
+
+# -- logging -----------------------------------------------------------------------
+def _peer_text(channel: Any) -> str:
+    return format_address(getattr(channel, "peer", None) or getattr(channel, "addr", None))
+
+
+def format_address(addr: Any) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        if ":" in str(host):
+            return "[%s]:%s" % (host, port)
+        return "%s:%s" % (host, port)
+    return str(addr)
+
+
+def _in_sasl_exchange(channel: Any) -> bool:
+    """Whether the lines *channel* receives now are SASL responses.
+
+    SMTPChannel keeps the exchange in progress in ``_sasl`` (and does not
+    even pass such lines to the command log); a subclass may also say so
+    with a true ``_sasl_continuation`` attribute or method.  Those lines
+    are never logged.
+    """
+    if getattr(channel, "_sasl", None) is not None:
+        return True
+    state = getattr(channel, "_sasl_continuation", None)
+    if callable(state):
+        try:
+            state = state()
+        except Exception:
+            state = True  # when in doubt, redact
+    return bool(state)
+
+
+def redact_command(channel: Any, line: bytes) -> str:
+    """The text of a command line as it may be logged.
+
+    ``AUTH`` lines keep only their mechanism; SASL responses are hidden.
+    """
+    if _in_sasl_exchange(channel):
+        return "[redacted SASL response]"
+    text = line.decode("utf-8", "backslashreplace")
+    if text[:4].upper() == "AUTH":
+        words = text.split()
+        mechanism = words[1] if len(words) > 1 and words[0].upper() == "AUTH" else ""
+        if mechanism and mechanism.replace("-", "").replace("_", "").isalnum() and len(mechanism) <= 40:
+            return "AUTH %s [redacted]" % mechanism
+        return "AUTH [redacted]"
+    return text
+
+
+def log_command(channel: Any, line: bytes) -> None:
+    """Log a command line received (DEBUG); callers check the level first."""
+    log.debug("%s >>> %s", _peer_text(channel), redact_command(channel, line))
+
+
+def log_reply(channel: Any, reply: str) -> None:
+    """Log a reply sent (DEBUG); callers check the level first."""
+    log.debug("%s <<< %s", _peer_text(channel), reply)
+
+
+def log_connection(server: Any, addr: Any) -> None:
+    """Log a connection accepted (INFO)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s: connection from %s", type(server).__name__, format_address(addr))
+
+
+def log_closed(channel: Any) -> None:
+    """Log the end of a session (INFO)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s: connection closed", _peer_text(channel))
+

@@ -246,6 +246,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
+        if log.isEnabledFor(logging.DEBUG):
+            _serving.log_reply(self, msg)
         line = msg + "\r\n"
         try:
             data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
@@ -253,6 +255,11 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             # An echoed argument may hold non-ASCII text; never fail a reply.
             data = line.encode("ascii", "backslashreplace")
         asynchat.async_chat.push(self, data)
+
+    def close(self) -> None:
+        if self._fileno is not None:
+            _serving.log_closed(self)
+        asynchat.async_chat.close(self)
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
@@ -281,10 +288,13 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 return
             if _debugging():
                 _debug("Data:", repr(_auth.redact_command(line)))
+            if log.isEnabledFor(logging.DEBUG):
+                _serving.log_command(self, _auth.redact_command(line))
             size, self.num_bytes = self.num_bytes, 0
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:
             self._end_of_data()
+            _serving.after_data(self)  # a graceful shutdown ends the session here
         else:
             self.received_lines = []
             self.push(R.INTERNAL_CONFUSION)
@@ -679,12 +689,46 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
 
     @property
     def address(self) -> Any:
-        """The address the server is bound to (the real port when bound to 0)."""
-        return self.socket.getsockname()
+        """``(host, port)`` the server is bound to: the real port when bound
+        to port 0, also for IPv6 (no flow info/scope id), and still known
+        after the server was closed."""
+        return _serving.bound_address(self)
 
     @property
     def port(self) -> int:
+        """The port the server is bound to."""
         return self.address[1]
+
+    # -- serving API (socketserver style); implemented in _serving ----------
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve this server's socket map until :meth:`shutdown` completes.
+
+        Another thread's ``shutdown()`` wakes the loop at once (through the
+        loop's wake-up socket); *poll_interval* only bounds one wait.  A
+        server that was shut down stays closed: a later call returns at once.
+        """
+        _serving.serve_forever(self, poll_interval)
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Shut down gracefully and wait until ``serve_forever()`` returns.
+
+        Thread-safe.  New connections are refused; sessions receiving a
+        message may finish it (for at most *timeout* seconds, by default
+        the ``shutdown_timeout`` option), every other session is answered
+        ``421`` and closed.  Called from the loop's own thread, or when no
+        ``serve_forever()`` runs, it starts the shutdown without waiting.
+        """
+        _serving.shutdown(self, timeout)
+
+    def server_close(self) -> None:
+        """Close the listening socket and every session of this server now."""
+        _serving.server_close(self)
+
+    def __enter__(self) -> "SMTPServer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.server_close()
 
     def handle_accept(self) -> None:
         # Take a burst of waiting connections per wake-up, not just one.
@@ -698,6 +742,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
 
     def handle_accepted(self, conn: Any, addr: Any) -> None:
         _debug("Incoming connection from %s" % repr(addr))
+        _serving.log_connection(self, addr)
         conn = _tls.wrap_accepted(self, conn)  # SMTPS: TLS before the greeting
         if conn is None:
             return

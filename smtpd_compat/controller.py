@@ -1,0 +1,144 @@
+"""Run an SMTP server in a background thread: for tests and applications.
+
+::
+
+    from smtpd_compat import Controller, RecordingServer
+
+    with Controller(RecordingServer) as controller:
+        with smtplib.SMTP(*controller.address) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
+        message, = controller.server.wait_for(1, timeout=5)
+
+The server is created (bound and listening) in :meth:`Controller.start`
+before its thread starts, so the port is known and connections are accepted
+as soon as ``start()`` returns: no trigger connection, no polling, and
+binding port 0 works.  Each controller's server gets a socket map of its
+own, so servers never see each other's sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional, Tuple
+
+from ._serving import log
+
+__all__ = ["Controller"]
+
+
+class Controller:
+    """Start a server in a thread; stop it, close every session and join.
+
+    *server_class* is called as ``server_class(addr, remoteaddr,
+    map=<a new dict>, **server_kwargs)``; pass ``remoteaddr=`` for classes
+    that relay (PureProxy) and any other keyword the class accepts
+    (``data_size_limit``, ``enable_SMTPUTF8``, ``shutdown_timeout``, ...).
+
+    Methods for the caller: :meth:`start`, :meth:`stop`, ``with``.
+    Attributes: ``server`` (the running server), ``address``/``port`` (the
+    bound address, a ``(host, port)`` pair also for IPv6), ``thread``.
+    """
+
+    def __init__(
+        self,
+        server_class: Callable[..., Any],
+        addr: Tuple[str, int] = ("127.0.0.1", 0),
+        *,
+        remoteaddr: Any = None,
+        poll_interval: float = 0.5,
+        **server_kwargs: Any,
+    ) -> None:
+        self.server_class = server_class
+        self.addr = addr
+        self.remoteaddr = remoteaddr
+        self.poll_interval = poll_interval
+        self.server_kwargs = server_kwargs
+        self.server: Any = None
+        self.thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    # -- the caller's API ------------------------------------------------------
+    def start(self) -> "Controller":
+        """Create the server and serve it in a daemon thread.
+
+        Returns once the server listens (it was bound and put in listening
+        state before the thread started); binding errors are raised here.
+        """
+        if self.thread is not None:
+            raise RuntimeError("this controller is already started")
+        kwargs = dict(self.server_kwargs)
+        kwargs.setdefault("map", {})
+        server = self.server_class(self.addr, self.remoteaddr, **kwargs)
+        self.server = server
+        self._error = None
+        thread = threading.Thread(
+            target=self._run,
+            name="smtpd_compat-%s-%s" % (type(server).__name__, server.port),
+            daemon=True,
+        )
+        self.thread = thread
+        try:
+            thread.start()
+        except BaseException:
+            self.thread = None
+            server.server_close()
+            raise
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Shut the server down gracefully, join the thread, close everything.
+
+        Sessions receiving a message may finish it for *timeout* seconds
+        (default: the server's ``shutdown_timeout``); every other session is
+        answered ``421`` and closed.  An exception that ended the server's
+        thread is re-raised here.  Calling ``stop()`` twice is harmless.
+        """
+        thread = self.thread
+        if thread is None:
+            return
+        server = self.server
+        try:
+            server.shutdown(timeout)
+            thread.join()
+        finally:
+            self.thread = None
+            server.server_close()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    @property
+    def address(self) -> Any:
+        """``(host, port)`` the server is bound to."""
+        if self.server is None:
+            raise RuntimeError("the controller has not been started")
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        """The port the server is bound to."""
+        return self.address[1]
+
+    def __enter__(self) -> "Controller":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.thread is not None else "stopped"
+        where = ""
+        if self.server is not None:
+            try:
+                where = " %s:%s" % self.address
+            except (OSError, TypeError):
+                pass
+        return "<Controller %s %s%s>" % (getattr(self.server_class, "__name__", self.server_class), state, where)
+
+    # -- the thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.server.serve_forever(poll_interval=self.poll_interval)
+        except BaseException as exc:  # reported by stop()
+            log.exception("the server thread of %r stopped on an exception", self)
+            self._error = exc

@@ -1,0 +1,200 @@
+"""Ready-made servers beside DebuggingServer and PureProxy.
+
+* :class:`RecordingServer` keeps every message it accepts in memory, for
+  tests: envelope, raw bytes and an :class:`email.message.EmailMessage`.
+* :class:`MailboxServer` delivers every message to a Maildir or an mbox
+  file, so that ``python -m smtpd_compat -n -c MailboxServer --maildir
+  ./mail`` is a local mail catcher.
+
+Both are :class:`~smtpd_compat.smtpd.SMTPServer` subclasses and take the
+same arguments (``remoteaddr`` may be omitted), so they also work with
+:class:`~smtpd_compat.controller.Controller` and ``serve_forever()``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import mailbox
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Union
+
+from .smtpd import SMTPServer
+
+__all__ = ["MailboxServer", "RecordedMessage", "RecordingServer"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    """One message accepted by a :class:`RecordingServer`.
+
+    ``data`` is the message exactly as ``process_message()`` received it
+    (dot-stuffing removed, lines ending in ``\\n``), always as ``bytes``
+    (UTF-8 encoded when the server runs with ``decode_data=True``);
+    ``message`` is ``data`` parsed with :data:`email.policy.default`.
+    """
+
+    peer: Any
+    mailfrom: str
+    rcpttos: List[str]
+    data: bytes
+    message: email.message.EmailMessage
+    mail_options: List[str] = field(default_factory=list)
+    rcpt_options: List[str] = field(default_factory=list)
+    received_at: float = 0.0
+
+
+def _as_bytes(data: Union[bytes, str]) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogateescape")
+    return bytes(data)
+
+
+class RecordingServer(SMTPServer):
+    """An SMTP server that keeps what it receives, for tests.
+
+    Methods for the caller: :attr:`messages` (a copy of the list received
+    so far, in order), :meth:`wait_for` (block until *n* have arrived),
+    :meth:`clear`.  All are thread-safe: the server runs in its loop thread
+    (see :class:`~smtpd_compat.controller.Controller`), the test in another.
+
+    Set the attribute ``reply`` to a full reply line (``"550 No thanks"``)
+    to answer messages with it instead of ``250 OK``; a message answered
+    with anything but a ``2xx`` reply is not recorded.
+    """
+
+    reply: Optional[str] = None
+
+    def __init__(self, localaddr: Any, remoteaddr: Any = None, *args: Any, **kwargs: Any) -> None:
+        self._records: List[RecordedMessage] = []
+        self._records_cond = threading.Condition()
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
+
+    @property
+    def messages(self) -> List[RecordedMessage]:
+        """The messages accepted so far, oldest first (a copy)."""
+        with self._records_cond:
+            return list(self._records)
+
+    def wait_for(self, count: int = 1, timeout: Optional[float] = 10.0) -> List[RecordedMessage]:
+        """Wait until at least *count* messages have been accepted.
+
+        Returns all messages accepted so far; raises :class:`TimeoutError`
+        after *timeout* seconds (``None``: wait without limit).
+        """
+        with self._records_cond:
+            if not self._records_cond.wait_for(lambda: len(self._records) >= count, timeout):
+                raise TimeoutError(
+                    "expected %d message(s) within %s s, got %d" % (count, timeout, len(self._records))
+                )
+            return list(self._records)
+
+    def clear(self) -> None:
+        """Forget the messages received so far."""
+        with self._records_cond:
+            del self._records[:]
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        """Record the message (unless ``reply`` refuses it)."""
+        reply = self.reply
+        if reply is not None and not reply.startswith("2"):
+            return reply
+        raw = _as_bytes(data)
+        record = RecordedMessage(
+            peer=peer,
+            mailfrom=mailfrom,
+            rcpttos=list(rcpttos),
+            data=raw,
+            message=email.message_from_bytes(raw, policy=email.policy.default),  # type: ignore[arg-type]
+            mail_options=list(kwargs.get("mail_options") or ()),
+            rcpt_options=list(kwargs.get("rcpt_options") or ()),
+            received_at=time.time(),
+        )
+        with self._records_cond:
+            self._records.append(record)
+            self._records_cond.notify_all()
+        return reply
+
+
+def trace_headers(peer: Any, mailfrom: str, rcpttos: List[str]) -> bytes:
+    """``Return-Path``, ``X-Peer`` and ``X-RcptTo`` header lines (LF-ended)."""
+    sender = mailfrom if mailfrom.startswith("<") else "<%s>" % mailfrom
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    lines = [
+        "Return-Path: %s" % sender,
+        "X-Peer: %s" % host,
+        "X-RcptTo: %s" % ", ".join(rcpttos),
+    ]
+    # SMTPUTF8 addresses are UTF-8 in the header too (RFC 6532).
+    return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+
+
+class MailboxServer(SMTPServer):
+    """Deliver every message to a Maildir or to an mbox file.
+
+    Exactly one of the keyword arguments *maildir* (a directory; it and its
+    ``tmp``/``new``/``cur`` subdirectories are created when missing) or
+    *mbox* (a file, created when missing) must be given.  Each message gets
+    ``Return-Path``, ``X-Peer`` and ``X-RcptTo`` header lines in front of
+    it; the rest is stored as received.
+
+    Maildir delivery is atomic: the message is written in ``tmp/``, synced
+    to disk, then moved into ``new/`` (:meth:`mailbox.Maildir.add`).  mbox
+    delivery holds the mailbox's lock (``fcntl`` plus dot-lock, as
+    :meth:`mailbox.mbox.lock`) while appending and syncing; lines of the
+    body beginning with ``From`` are quoted as ``>From``, as mbox requires.
+
+    A failed delivery (disk full, permissions) is answered ``451`` so that
+    the client keeps the message and retries; the error is logged.
+    Delivery happens on the server's loop thread.
+    """
+
+    def __init__(
+        self,
+        localaddr: Any,
+        remoteaddr: Any = None,
+        *args: Any,
+        maildir: Optional[PathLike] = None,
+        mbox: Optional[PathLike] = None,
+        **kwargs: Any,
+    ) -> None:
+        if (maildir is None) == (mbox is None):
+            raise ValueError("MailboxServer needs exactly one of maildir= or mbox=")
+        self.maildir: Optional[str] = os.fspath(maildir) if maildir is not None else None
+        self.mbox: Optional[str] = os.fspath(mbox) if mbox is not None else None
+        self._maildir: Optional[mailbox.Maildir] = None
+        # Create the mailbox now: a bad path is an error at start-up, not a
+        # 451 for every message.
+        if self.maildir is not None:
+            self._maildir = mailbox.Maildir(self.maildir, factory=None, create=True)
+        else:
+            assert self.mbox is not None
+            mailbox.mbox(self.mbox, create=True).close()
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        """Deliver the message; an exception is answered ``451``."""
+        message = trace_headers(peer, mailfrom, rcpttos) + _as_bytes(data)
+        if self._maildir is not None:
+            self._maildir.add(message)
+        else:
+            self._deliver_mbox(mailfrom, message)
+        return None
+
+    def _deliver_mbox(self, mailfrom: str, message: bytes) -> None:
+        assert self.mbox is not None
+        sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
+        from_line = ("From %s %s\n" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
+        box = mailbox.mbox(self.mbox, create=True)
+        try:
+            box.lock()
+            box.add(from_line + message)
+            box.flush()
+        finally:
+            box.close()  # also unlocks

@@ -1,0 +1,460 @@
+"""serve_forever(), shutdown(), server_close(), graceful shutdown, SIGTERM.
+
+Real loopback sockets; every wait is on an event, a reply or a thread join
+with a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import pytest
+
+from conftest import TIMEOUT, RawClient, has_ipv6
+from smtpd_compat import Controller, RecordingServer, asyncore, smtpd
+from smtpd_compat import _replies as R
+from smtpd_compat import _serving
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHUTTING_DOWN = (R.SHUTTING_DOWN % smtpd._getfqdn()).encode("ascii") + b"\r\n"
+
+
+def in_thread(func: Callable[[], Any], name: str = "helper") -> Tuple[threading.Thread, Dict[str, Any]]:
+    """Run *func* in a daemon thread; the box gets its result or exception."""
+    box: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def join(thread: threading.Thread, box: Dict[str, Any], timeout: float = TIMEOUT) -> Any:
+    thread.join(timeout)
+    assert not thread.is_alive(), "%s did not finish within %s s" % (thread.name, timeout)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def refused(address: Tuple[str, int]) -> bool:
+    """Whether a new connection to *address* is refused."""
+    try:
+        sock = socket.create_connection(address, timeout=TIMEOUT)
+    except ConnectionRefusedError:
+        return True
+    sock.close()
+    return False
+
+
+def open_session(address: Tuple[str, int]) -> RawClient:
+    client = RawClient(address)
+    assert client.read_reply().startswith(b"220 ")
+    assert client.command(b"EHLO test").startswith(b"250-")
+    return client
+
+
+def enter_data(client: RawClient) -> None:
+    assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+    assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+    assert client.command(b"DATA").startswith(b"354 ")
+
+
+# -- serve_forever / shutdown ----------------------------------------------------------
+def test_shutdown_wakes_serve_forever_at_once() -> None:
+    server = RecordingServer(("127.0.0.1", 0), map={})
+    # A poll interval far longer than the test: only the wake-up socket can
+    # make shutdown() return in time.
+    thread, box = in_thread(lambda: server.serve_forever(poll_interval=3600), "serve_forever")
+    try:
+        client = open_session(server.address)  # the loop is running
+        started = time.monotonic()
+        server.shutdown()
+        elapsed = time.monotonic() - started
+        join(thread, box)
+        assert elapsed < 5.0
+        assert client.read_until_closed() == SHUTTING_DOWN
+        client.close()
+        assert refused(server.address)
+    finally:
+        server.server_close()
+        join(thread, box)
+
+
+def test_shutdown_from_the_loop_thread_does_not_deadlock() -> None:
+    class StopAfterOne(RecordingServer):
+        def process_message(self, *args: Any, **kwargs: Any) -> Optional[str]:
+            result = super().process_message(*args, **kwargs)
+            self.shutdown()  # on the loop thread: starts the shutdown, returns
+            return result
+
+    server = StopAfterOne(("127.0.0.1", 0), map={})
+    thread, box = in_thread(server.serve_forever, "serve_forever")
+    try:
+        client = open_session(server.address)
+        enter_data(client)
+        # The message is answered, then the session ends with 421.
+        assert client.command(b"Subject: x\r\n\r\nbody\r\n.") == b"250 OK\r\n"
+        assert client.read_until_closed() == SHUTTING_DOWN
+        client.close()
+        join(thread, box)
+        assert len(server.messages) == 1
+    finally:
+        server.server_close()
+
+
+def test_shutdown_before_serve_forever() -> None:
+    server = RecordingServer(("127.0.0.1", 0), map={})
+    address = server.address
+    server.shutdown()  # nothing serves yet: must not block
+    assert refused(address)
+    thread, box = in_thread(server.serve_forever, "serve_forever")
+    join(thread, box)  # returns at once: the server is shut down
+    server.server_close()
+    assert server._map == {}
+
+
+def test_serve_forever_twice_at_once_is_an_error() -> None:
+    with Controller(RecordingServer) as controller:
+        with pytest.raises(RuntimeError):
+            controller.server.serve_forever()
+
+
+def test_context_manager_closes_everything() -> None:
+    map: Dict[int, Any] = {}
+    with RecordingServer(("127.0.0.1", 0), map=map) as server:
+        address = server.address
+        asyncore.loop(timeout=0.01, map=map, count=1)
+    assert map == {}
+    assert refused(address)
+    # The address stays readable after closing.
+    assert server.address == address
+    assert server.port == address[1]
+
+
+def test_server_close_stops_a_serving_thread() -> None:
+    server = RecordingServer(("127.0.0.1", 0), map={})
+    thread, box = in_thread(lambda: server.serve_forever(poll_interval=3600), "serve_forever")
+    client = open_session(server.address)
+    server.server_close()  # from another thread: stops serve_forever first
+    join(thread, box)
+    assert client.read_until_closed() == SHUTTING_DOWN
+    client.close()
+    assert server._map == {}
+
+
+def test_address_port_zero_ipv4() -> None:
+    with RecordingServer(("127.0.0.1", 0), map={}) as server:
+        host, port = server.address
+        assert host == "127.0.0.1"
+        assert port == server.port and port > 0
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+def test_address_and_smtplib_over_ipv6() -> None:
+    with Controller(RecordingServer, ("::1", 0)) as controller:
+        assert controller.address == ("::1", controller.port)
+        with smtplib.SMTP(*controller.address, timeout=TIMEOUT) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: v6\r\n\r\nover IPv6\r\n")
+        (message,) = controller.server.wait_for(1, TIMEOUT)
+        assert message.peer[0] == "::1"
+        assert message.message["Subject"] == "v6"
+
+
+def test_each_server_has_its_own_map() -> None:
+    before = dict(asyncore.socket_map)
+    with Controller(RecordingServer) as one, Controller(RecordingServer) as two:
+        assert one.server._map is not two.server._map
+        assert one.server._map is not asyncore.socket_map
+        client = open_session(one.address)
+        channels_one = [o for o in list(one.server._map.values()) if o is not one.server]
+        channels_two = [o for o in list(two.server._map.values()) if o is not two.server]
+        assert len(channels_one) == 1 and channels_two == []
+        client.close()
+    assert asyncore.socket_map == before
+
+
+def test_map_none_still_means_the_global_socket_map() -> None:
+    server = RecordingServer(("127.0.0.1", 0))
+    try:
+        assert server._map is asyncore.socket_map
+        assert asyncore.socket_map.get(server._fileno) is server
+    finally:
+        server.server_close()
+    assert server._fileno is None
+
+
+def test_shutdown_timeout_is_an_option() -> None:
+    server = RecordingServer(("127.0.0.1", 0), map={}, shutdown_timeout=1.5)
+    try:
+        assert server.shutdown_timeout == 1.5
+    finally:
+        server.server_close()
+    with pytest.raises(TypeError):
+        RecordingServer(("127.0.0.1", 0), map={}, shutdown_timout=1)
+
+
+# -- graceful shutdown ---------------------------------------------------------------------
+def test_graceful_shutdown_finishes_data_and_answers_others_421() -> None:
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    sender = idle = None
+    try:
+        address = controller.address
+        sender = open_session(address)
+        enter_data(sender)
+        sender.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        idle = open_session(address)
+
+        stopper, box = in_thread(controller.stop, "stop")
+        # The idle session is told at once and closed.
+        assert idle.read_until_closed() == SHUTTING_DOWN
+        assert refused(address)
+        assert stopper.is_alive()  # still waiting for the message in DATA
+        sender.send(b"second half\r\n.\r\n")
+        assert sender.read_reply() == b"250 OK\r\n"
+        assert sender.read_until_closed() == SHUTTING_DOWN
+        join(stopper, box)
+        (message,) = controller.server.messages
+        assert message.data == b"Subject: in flight\n\nfirst half\nsecond half"
+    finally:
+        for client in (sender, idle):
+            if client is not None:
+                client.close()
+        controller.stop()
+
+
+def test_graceful_shutdown_timeout_drops_unfinished_message() -> None:
+    controller = Controller(RecordingServer, shutdown_timeout=0.2).start()
+    try:
+        with open_session(controller.address) as client:
+            enter_data(client)
+            client.send(b"Subject: never finished\r\n\r\n")
+            started = time.monotonic()
+            controller.stop()
+            assert time.monotonic() - started < 5.0
+            # Told 421 in the middle of its DATA; never a 250.
+            assert client.read_until_closed() == SHUTTING_DOWN
+        assert controller.server.messages == []
+    finally:
+        controller.stop()
+
+
+def test_client_that_does_not_read_is_closed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serving, "_FLUSH_GRACE", 0.2)
+    controller = Controller(RecordingServer, shutdown_timeout=0.1).start()
+    try:
+        with open_session(controller.address) as client:
+            enter_data(client)
+            channel = next(o for o in list(controller.server._map.values()) if o is not controller.server)
+            # Make the channel unable to flush its 421, as if the client
+            # never read: the forced close must still end the shutdown.
+            monkeypatch.setattr(channel, "initiate_send", lambda: None)
+            started = time.monotonic()
+            controller.stop()
+            assert time.monotonic() - started < 5.0
+            assert controller.server._map == {}
+    finally:
+        controller.stop()
+
+
+def test_backlog_is_answered_421_not_reset() -> None:
+    server = RecordingServer(("127.0.0.1", 0), map={})
+    clients: List[RawClient] = []
+    try:
+        # Nothing serves the map yet: these connections wait in the backlog.
+        clients = [RawClient(server.address) for _ in range(3)]
+        server.shutdown()  # accepts them, answers 421
+        thread, box = in_thread(server.serve_forever, "serve_forever")
+        join(thread, box)
+        for client in clients:
+            reply = client.read_until_closed()
+            assert reply.startswith(b"220 ") and reply.endswith(SHUTTING_DOWN)
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+
+
+def test_shutdown_with_asyncore_loop_driving_the_map() -> None:
+    map: Dict[int, Any] = {}
+    server = RecordingServer(("127.0.0.1", 0), map=map)
+    thread, box = in_thread(lambda: asyncore.loop(timeout=3600, map=map), "asyncore.loop")
+    client = open_session(server.address)
+    server.shutdown()  # posted to the loop thread, which empties the map
+    assert client.read_until_closed() == SHUTTING_DOWN
+    client.close()
+    join(thread, box)  # asyncore.loop() ends when the map is empty
+    assert map == {}
+
+
+# -- shutdown under load: every 250 is a delivered message, and the reverse ------------------
+CLIENTS = 20
+
+
+def test_shutdown_under_load_loses_nothing_and_invents_nothing() -> None:
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    host, port = controller.address
+    acked: List[Set[str]] = [set() for _ in range(CLIENTS)]
+    connected = threading.Barrier(CLIENTS + 1, timeout=TIMEOUT)
+    body = b"".join(b"line %d of a message that takes a while to send\r\n" % i for i in range(200))
+
+    def client(index: int) -> None:
+        deadline = time.monotonic() + 20
+        try:
+            session = smtplib.SMTP(host, port, timeout=TIMEOUT)
+        except OSError:
+            connected.abort()
+            raise
+        try:
+            session.ehlo()
+            connected.wait()
+            for n in range(100000):
+                if time.monotonic() > deadline:
+                    return
+                tag = "%d-%d" % (index, n)
+                message = b"X-Tag: " + tag.encode() + b"\r\nSubject: load\r\n\r\n" + body
+                try:
+                    session.sendmail("a@example.com", ["b@example.com"], message)
+                except (smtplib.SMTPException, OSError):
+                    return  # the server is going away
+                acked[index].add(tag)  # sendmail returned: the DATA got 250
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        connected.wait()
+        # Shut down in the middle of the traffic.
+        controller.server.wait_for(CLIENTS * 5, timeout=TIMEOUT)
+        controller.stop()
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive()
+    finally:
+        controller.stop()
+    delivered = [m.message["X-Tag"] for m in controller.server.messages]
+    client_250s = set().union(*acked)
+    assert len(delivered) == len(set(delivered))  # nothing delivered twice
+    assert len(client_250s) == sum(len(a) for a in acked)
+    assert set(delivered) == client_250s
+    assert len(delivered) >= CLIENTS * 5
+
+
+# -- the command line: SIGTERM ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class CliServer:
+    """``python -m smtpd_compat -n -d ...`` in a subprocess, ready when its
+    debug output says it started."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpd_compat", "-n", "-d", *args, "127.0.0.1:%d" % self.port],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.stderr = b""
+        self._wait_for(b"started at")
+        # Keep draining stderr so that the debug output can never block it.
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
+
+    def _wait_for(self, marker: bytes) -> None:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while marker not in self.stderr:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, "server did not start: %r" % self.stderr
+                if sel.select(remaining):
+                    chunk = os.read(fd, 65536)
+                    assert chunk, "server exited: %r" % self.stderr
+                    self.stderr += chunk
+
+    def _read_rest(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr += self.proc.stderr.read()
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def terminate_and_wait(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(TIMEOUT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+        self._drain.join(TIMEOUT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def cli_server() -> Any:
+    servers: List[CliServer] = []
+
+    def start(*args: str) -> CliServer:
+        server = CliServer(*args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_sigterm_lets_the_message_in_data_finish(cli_server: Any) -> None:
+    server = cli_server("-c", "DebuggingServer")
+    with open_session(server.address) as sender, open_session(server.address) as idle:
+        enter_data(sender)
+        sender.send(b"Subject: sigterm\r\n\r\nbefore the signal\r\n")
+        server.proc.send_signal(signal.SIGTERM)
+        # The idle session's 421 shows that the shutdown has begun.
+        assert idle.read_until_closed() == SHUTTING_DOWN
+        sender.send(b"after the signal\r\n.\r\n")
+        assert sender.read_reply() == b"250 OK\r\n"
+        assert sender.read_until_closed() == SHUTTING_DOWN
+    assert server.proc.wait(TIMEOUT) == 0
+    assert server.proc.stdout is not None
+    out = server.proc.stdout.read()
+    assert b"after the signal" in out  # DebuggingServer printed the message
+
+
+def test_sigterm_with_no_session_exits_zero(cli_server: Any) -> None:
+    server = cli_server("-c", "DebuggingServer")
+    # A greeting shows the loop runs, so the SIGTERM handler is installed.
+    with RawClient(server.address) as client:
+        assert client.read_reply().startswith(b"220 ")
+    assert server.terminate_and_wait() == 0
+    assert refused(server.address)
