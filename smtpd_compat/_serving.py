@@ -11,15 +11,18 @@ Graceful shutdown, in the order it happens on the loop thread:
    are answered instead of reset) and the listening socket is closed: new
    connections are refused from then on;
 2. every session of this server that is *not* receiving a message (state
-   ``DATA``) is answered ``421 <fqdn> Service shutting down`` and closed
-   once that reply is sent; its further input is ignored;
+   ``DATA``, or waiting for a deferred reply to its message) is answered
+   ``421 <fqdn> Service shutting down`` and closed once that reply is sent;
+   its further input is ignored;
 3. a session that is receiving a message may finish it: the message is
    handed to ``process_message()`` and answered as usual, then the session
-   gets the ``421`` and is closed;
+   gets the ``421`` (right after the reply, or at its next command when the
+   reply was deferred) and is closed;
 4. after ``shutdown_timeout`` seconds, sessions still in ``DATA`` get the
    ``421`` (their message is dropped and was never acknowledged); any
    session that still has not gone ``_FLUSH_GRACE`` seconds later (a client
-   that does not read) is closed outright.
+   that does not read) is closed outright.  A session whose message is
+   being processed is never cut: it is answered first.
 
 So a message is either acknowledged with ``250`` and handed to
 ``process_message()``, or not acknowledged at all: nothing in between.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import _reactor
@@ -49,8 +53,10 @@ DEFAULTS: Dict[str, Any] = {
 log = logging.getLogger("smtpd_compat")
 
 # After the shutdown timeout, how long sessions that were told 421 may take
-# to receive it before their sockets are closed regardless.
+# to receive it before their sockets are closed regardless, and how often
+# the remaining sessions are looked at meanwhile.
 _FLUSH_GRACE = 2.0
+_LATE_SWEEP_INTERVAL = 0.1
 # Upper bound on backlog connections accepted (and answered 421) when the
 # listening socket is closed; the rest are reset by the kernel.
 _BACKLOG_DRAIN_ROUNDS = 16
@@ -72,6 +78,7 @@ class _State:
         self.expired = False  # the shutdown timeout has passed
         self.timeout: Optional[float] = None  # overrides shutdown_timeout
         self.timers: List[_reactor.TimerHandle] = []
+        self.told_at: Dict[Any, float] = {}  # session -> when it was told 421
 
 
 def _state(server: Any) -> _State:
@@ -280,7 +287,7 @@ def begin_shutdown(server: Any) -> None:
     for channel in _channels(server):
         if _receiving_message(channel):
             in_data += 1
-        elif _tell(channel):
+        elif _tell(channel, st):
             told += 1
     log.info(
         "%s shutting down: %d session(s) closed, %d message(s) being received",
@@ -311,34 +318,60 @@ def _expire(server: Any) -> None:
     if st.expired:
         return
     st.expired = True
-    cut = 0
-    for channel in _channels(server):
-        if _receiving_message(channel):
-            cut += 1
-        _tell(channel)
+    cut = sum(1 for channel in _channels(server) if _in_data(channel))
     if cut:
         log.warning("shutdown timeout: %d message(s) still being received were dropped", cut)
-    reactor = _reactor.reactor_for(server._map)
-    st.timers.append(reactor.call_later(_FLUSH_GRACE, lambda: _force_close(server)))
+    _late_sweep(server)
 
 
-def _force_close(server: Any) -> None:
+def _late_sweep(server: Any) -> None:
+    """After the timeout: tell every remaining session 421, close those told
+    at least ``_FLUSH_GRACE`` seconds ago, and look again shortly.
+
+    A session whose message is being processed (its reply is deferred, see
+    ``process_message`` returning a Future) is left alone until it has been
+    answered: cutting it could lose a message that gets delivered anyway.
+    """
+    st = _state(server)
+    now = time.monotonic()
+    remaining = False
     for channel in _channels(server):
-        log.info("closing %s: it did not take its 421 reply in time", _peer_text(channel))
-        channel.close()
+        remaining = True
+        if _awaiting_reply(channel):
+            continue
+        told = st.told_at.get(channel)
+        if told is None:
+            _tell(channel, st)
+            st.told_at.setdefault(channel, now)  # also a session closing on its own
+        elif now - told >= _FLUSH_GRACE:
+            log.info("closing %s: it did not take its 421 reply in time", _peer_text(channel))
+            channel.close()
+    if remaining:
+        reactor = _reactor.reactor_for(server._map)
+        st.timers.append(reactor.call_later(_LATE_SWEEP_INTERVAL, lambda: _late_sweep(server)))
 
 
 def _cancel_timers(st: _State) -> None:
     for handle in st.timers:
         handle.cancel()
     del st.timers[:]
+    st.told_at.clear()
 
 
-def _receiving_message(channel: Any) -> bool:
+def _in_data(channel: Any) -> bool:
     return getattr(channel, "smtp_state", None) == getattr(channel, "DATA", 1)
 
 
-def _tell(channel: Any) -> bool:
+def _awaiting_reply(channel: Any) -> bool:
+    """The session's message was handed over and its reply is pending."""
+    return "reply" in getattr(channel, "_ac_paused", ())
+
+
+def _receiving_message(channel: Any) -> bool:
+    return _in_data(channel) or _awaiting_reply(channel)
+
+
+def _tell(channel: Any, st: Optional[_State] = None) -> bool:
     """Answer *channel* 421 and close it once sent; False if already closing."""
     if channel._fileno is None or getattr(channel, "_ac_input_closed", False):
         return False
@@ -346,6 +379,8 @@ def _tell(channel: Any) -> bool:
 
     channel.push(_replies.SHUTTING_DOWN % getattr(channel, "fqdn", ""))
     channel.close_when_done()
+    if st is not None:
+        st.told_at[channel] = time.monotonic()
     return True
 
 
@@ -353,11 +388,22 @@ def after_data(channel: Any) -> None:
     """Called by SMTPChannel once a message has been answered.
 
     During a graceful shutdown the session ends here, right after its
-    message's reply.
+    message's reply.  A reply still pending (deferred) comes first: such a
+    session is told at its next command, or by the late sweep.
     """
     st = getattr(channel.smtp_server, "_serving_state", None)
-    if st is not None and st.closing:
-        _tell(channel)
+    if st is not None and st.closing and not _awaiting_reply(channel):
+        _tell(channel, st)
+
+
+def refuse_command(channel: Any) -> bool:
+    """Called by SMTPChannel before it executes a command: during a
+    graceful shutdown the command is answered 421 instead (True)."""
+    st = getattr(channel.smtp_server, "_serving_state", None)
+    if st is None or not st.closing:
+        return False
+    _tell(channel, st)
+    return True
 
 
 def _drain_backlog(server: Any) -> None:

@@ -291,6 +291,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
             size, self.num_bytes = self.num_bytes, 0
+            if _serving.refuse_command(self):
+                return  # the server is shutting down: answered 421
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:
             self._end_of_data()

@@ -75,6 +75,18 @@ def test_200_start_stop_cycles_leak_nothing() -> None:
     assert elapsed < 60
 
 
+def test_stop_right_after_start() -> None:
+    # stop() may run before the thread has entered serve_forever(): the
+    # request must not be lost and nothing may be left open.
+    fds_before = open_fds() if os.path.isdir("/proc/self/fd") else None
+    for _ in range(50):
+        controller = Controller(RecordingServer).start()
+        controller.stop()
+        assert controller.server._map == {}
+    if fds_before is not None:
+        assert open_fds() == fds_before
+
+
 def test_stop_is_idempotent_and_start_twice_is_an_error() -> None:
     controller = Controller(RecordingServer)
     controller.stop()  # never started: harmless

@@ -6,6 +6,7 @@ with a timeout.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import selectors
 import signal
@@ -300,6 +301,66 @@ def test_shutdown_with_asyncore_loop_driving_the_map() -> None:
     client.close()
     join(thread, box)  # asyncore.loop() ends when the map is empty
     assert map == {}
+
+
+# -- deferred replies (process_message returning a Future) ---------------------------------
+class DeferredServer(RecordingServer):
+    """Hands back a Future per message; the test decides when it is done."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.futures: "List[concurrent.futures.Future[Any]]" = []
+        self.handed_over = threading.Event()
+
+    def process_message(self, *args: Any, **kwargs: Any) -> Any:
+        super().process_message(*args, **kwargs)
+        future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        self.futures.append(future)
+        self.handed_over.set()
+        return future
+
+
+needs_deferred_replies = pytest.mark.skipif(
+    not hasattr(smtpd.SMTPChannel, "_await_reply"), reason="process_message cannot defer its reply here"
+)
+
+
+@needs_deferred_replies
+@pytest.mark.parametrize("past_the_timeout", [False, True])
+def test_a_deferred_reply_is_sent_before_the_421(monkeypatch: pytest.MonkeyPatch, past_the_timeout: bool) -> None:
+    expired = threading.Event()
+    original_expire = _serving._expire
+
+    def expire(server: Any) -> None:
+        original_expire(server)
+        expired.set()
+
+    monkeypatch.setattr(_serving, "_expire", expire)
+    controller = Controller(DeferredServer, shutdown_timeout=0.1 if past_the_timeout else TIMEOUT).start()
+    server = controller.server
+    stopper = None
+    try:
+        with open_session(controller.address) as sender, open_session(controller.address) as idle:
+            enter_data(sender)
+            sender.send(b"Subject: deferred\r\n\r\nx\r\n.\r\n")
+            assert server.handed_over.wait(TIMEOUT)
+            stopper, box = in_thread(controller.stop, "stop")
+            assert idle.read_until_closed() == SHUTTING_DOWN  # the shutdown has begun
+            if past_the_timeout:
+                assert expired.wait(TIMEOUT)
+            # The message is still being processed: its session is not cut.
+            server.futures[0].set_result(None)
+            assert sender.read_reply() == b"250 OK\r\n"
+            # Told at its next command (or by the late sweep, whichever first).
+            sender.send(b"MAIL FROM:<a@example.com>\r\n")
+            assert sender.read_until_closed() == SHUTTING_DOWN
+            join(stopper, box)
+    finally:
+        for future in server.futures:
+            if not future.done():
+                future.set_result(None)
+        controller.stop()
+    assert len(server.messages) == 1
 
 
 # -- shutdown under load: every 250 is a delivered message, and the reverse ------------------
