@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import stat
 from typing import Any, Dict, NamedTuple, Optional, Union
 
@@ -74,8 +75,16 @@ class Credentials(NamedTuple):
         )
 
 
+# Canonical base64: whole quanta, padding only at the end.  Checked before
+# decoding because binascii's leniency differs between Python versions
+# (3.9 and 3.10 decode a lone "=" as empty).
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def decode_base64(text: str) -> bytes:
     """Decode one SASL response line; ``501`` if it is not strict base64."""
+    if not _BASE64.fullmatch(text):
+        raise ReplyError(R.AUTH_BAD_BASE64)
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with -c MailboxServer: deliver to this Maildir (created when missing)")
     p.add_argument("--mbox", metavar="FILE",
                    help="with -c MailboxServer: deliver to this mbox file (created when missing)")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: offer STARTTLS with it")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key (when not in --tls-cert)")
+    p.add_argument("--smtps", action="store_true", help="implicit TLS (SMTPS) instead of STARTTLS")
+    p.add_argument("--require-starttls", action="store_true", help="refuse MAIL until STARTTLS")
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="offer AUTH (over TLS) for the user:password lines of FILE (mode 600)")
+    p.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
@@ -150,7 +157,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def make_server(ns: argparse.Namespace) -> Any:
     """Build the server the options ask for; UsageError on failure."""
-    from . import smtpd
+    from . import _tls, smtpd
 
     cls = resolve_class(ns.classname)
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
@@ -159,8 +166,12 @@ def make_server(ns: argparse.Namespace) -> Any:
     mailbox_options = {name: getattr(ns, name) for name in ("maildir", "mbox")
                        if getattr(ns, name, None) is not None}
     try:
+        security_options = _tls.options_from_args(ns)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
-                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options)
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options)
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None

@@ -259,7 +259,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     def close(self) -> None:
         if self._fileno is not None:
             _serving.log_closed(self)
-        asynchat.async_chat.close(self)
+        super().close()  # through _tls.SecureChannelMixin: TLS close_notify
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
