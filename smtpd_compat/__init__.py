@@ -19,6 +19,7 @@ from .asyncore import close_all, loop
 from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
 from .controller import Controller
 from .servers import MailboxServer, RecordingServer
+from ._auth import PasswordFile
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "Controller",
     "DebuggingServer",
     "MailboxServer",
+    "PasswordFile",
     "PureProxy",
     "RecordingServer",
     "SMTPChannel",
