@@ -61,13 +61,18 @@ class async_chat(asyncore.dispatcher):
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- compatibility view of the input buffer ---------------------------------
+    # How far framing has got in _ac_buf while it runs callbacks: the input
+    # before it is consumed (asynchat had already cut it off its buffer).
+    _ac_pos = 0
+
     @property
     def ac_in_buffer(self) -> bytes:
-        return bytes(self._ac_buf)
+        return bytes(self._ac_buf[self._ac_pos :])
 
     @ac_in_buffer.setter
     def ac_in_buffer(self, value: bytes) -> None:
         self._ac_buf = bytearray(value)
+        self._ac_pos = 0
 
     # -- subclass API -------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
@@ -125,7 +130,14 @@ class async_chat(asyncore.dispatcher):
         buf += data
         pos = 0
         try:
-            while pos < len(buf):
+            while True:
+                if buf is not self._ac_buf:
+                    # A callback replaced the input (discard_buffers(), or
+                    # an assignment to ac_in_buffer): go on with the new
+                    # input, as asynchat did.
+                    buf, pos = self._ac_buf, 0
+                if pos >= len(buf):
+                    break
                 if self._ac_input_closed or self._fileno is None:
                     pos = len(buf)
                     break
@@ -144,6 +156,7 @@ class async_chat(asyncore.dispatcher):
                         self.collect_incoming_data(bytes(buf[pos : pos + term]))
                         pos += term
                         self.terminator = 0
+                        self._ac_pos = pos
                         self.found_terminator()
                 else:
                     prefix = self._ac_prefix_seen
@@ -153,6 +166,7 @@ class async_chat(asyncore.dispatcher):
                         if head == rest:
                             self._ac_prefix_seen = b""
                             pos += len(rest)
+                            self._ac_pos = pos
                             self.found_terminator()
                             continue
                         if rest.startswith(head):
@@ -163,6 +177,7 @@ class async_chat(asyncore.dispatcher):
                         if index != pos:
                             self.collect_incoming_data(bytes(buf[pos:index]))
                         pos = index + len(term)
+                        self._ac_pos = pos
                         self.found_terminator()
                     else:
                         # Keep a possible start of the terminator for later.
@@ -174,6 +189,7 @@ class async_chat(asyncore.dispatcher):
                         break
         finally:
             del buf[:pos]
+            self._ac_pos = 0
 
     # -- output -------------------------------------------------------------------
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -285,16 +301,18 @@ class async_chat(asyncore.dispatcher):
                 return
             if sent >= sum(len(chunk) for chunk in chunks):
                 continue
-            # The socket took less than offered: put the rest back, in
-            # order, and wait until it is writable again.
-            for chunk in reversed(chunks):
+            # The socket took less than offered: the first `sent` bytes
+            # left, from the front.  Put the rest back, in order, and wait
+            # until the socket is writable again.
+            unsent = []
+            for chunk in chunks:
                 if sent >= len(chunk):
                     sent -= len(chunk)
-                elif sent:
-                    fifo.appendleft(memoryview(chunk)[sent:])
-                    sent = 0
-                else:
-                    fifo.appendleft(chunk)
+                    continue
+                unsent.append(memoryview(chunk)[sent:] if sent else chunk)
+                sent = 0
+            for chunk in reversed(unsent):
+                fifo.appendleft(chunk)
             break
         self._ac_interest()
 
