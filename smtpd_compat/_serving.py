@@ -79,6 +79,7 @@ class _State:
         self.timeout: Optional[float] = None  # overrides shutdown_timeout
         self.timers: List[_reactor.TimerHandle] = []
         self.told_at: Dict[Any, float] = {}  # session -> when it was told 421
+        self.watching = False  # _watch_deferred is scheduled
 
 
 def _state(server: Any) -> _State:
@@ -296,6 +297,7 @@ def begin_shutdown(server: Any) -> None:
         in_data,
     )
     _schedule_expiry(server)
+    _watch_deferred(server)
 
 
 def _schedule_expiry(server: Any) -> None:
@@ -311,6 +313,26 @@ def _schedule_expiry(server: Any) -> None:
         return
     reactor = _reactor.reactor_for(server._map)
     st.timers.append(reactor.call_later(max(0.0, float(timeout)), lambda: _expire(server)))
+
+
+def _watch_deferred(server: Any) -> None:
+    """While sessions wait for a deferred reply to their message, look at
+    them every ``_LATE_SWEEP_INTERVAL`` seconds and tell the ones that have
+    been answered (nothing else notices that moment)."""
+    st = _state(server)
+    st.watching = False
+    if st.expired:
+        return  # the late sweep looks at every session from now on
+    waiting = False
+    for channel in _channels(server):
+        if _awaiting_reply(channel):
+            waiting = True
+        elif not _in_data(channel) and channel not in st.told_at:
+            _tell(channel, st)
+    if waiting:
+        st.watching = True
+        reactor = _reactor.reactor_for(server._map)
+        st.timers.append(reactor.call_later(_LATE_SWEEP_INTERVAL, lambda: _watch_deferred(server)))
 
 
 def _expire(server: Any) -> None:
@@ -389,11 +411,15 @@ def after_data(channel: Any) -> None:
 
     During a graceful shutdown the session ends here, right after its
     message's reply.  A reply still pending (deferred) comes first: such a
-    session is told at its next command, or by the late sweep.
+    session is told once it has been answered (see _watch_deferred).
     """
     st = getattr(channel.smtp_server, "_serving_state", None)
-    if st is not None and st.closing and not _awaiting_reply(channel):
+    if st is None or not st.closing:
+        return
+    if not _awaiting_reply(channel):
         _tell(channel, st)
+    elif not st.watching:
+        _watch_deferred(channel.smtp_server)
 
 
 def refuse_command(channel: Any) -> bool:
