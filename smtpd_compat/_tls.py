@@ -283,6 +283,9 @@ class SecureChannelMixin(asynchat.async_chat):
         self._ac_input_closed = True
         self.received_lines = []
         self._interest_changed()
+        # The clock runs from here: a client that does not read the 220
+        # is bounded as well as one that stalls in the handshake.
+        self._arm_handshake_timer()
         self.push(R.READY_TLS)
 
     def _tls_wrap(self) -> None:
@@ -305,22 +308,19 @@ class SecureChannelMixin(asynchat.async_chat):
         self._tls_implicit = implicit
         self._tls_want = _READ  # the client speaks first in TLS
         self._interest_changed()
-        reactor = _reactor.reactor_for(self._map)
         if implicit:
             # The server is not known yet when the socket is set (see
             # set_socket); read the timeout once the channel is built.
-            reactor.call_later(0, self._arm_handshake_timer)
-        else:
-            self._arm_handshake_timer()
+            _reactor.reactor_for(self._map).call_later(0, self._arm_handshake_timer)
 
     def _arm_handshake_timer(self) -> None:
         timeout = self._security_option("tls_handshake_timeout")
-        if timeout and self._tls_phase == _HANDSHAKING and self._fileno is not None:
+        if timeout and self._tls_phase in (_FLUSHING, _HANDSHAKING) and self._fileno is not None:
             self._tls_timer = _reactor.reactor_for(self._map).call_later(timeout, self._handshake_timed_out)
 
     def _handshake_timed_out(self) -> None:
         self._tls_timer = None
-        if self._tls_phase == _HANDSHAKING and self._fileno is not None:
+        if self._tls_phase in (_FLUSHING, _HANDSHAKING) and self._fileno is not None:
             log.info("TLS handshake with %r timed out", getattr(self, "peer", None))
             self.handle_close()
 
@@ -440,6 +440,8 @@ class SecureChannelMixin(asynchat.async_chat):
         phase = self._tls_phase
         if phase == _HANDSHAKING:
             return  # replies wait for the handshake (the SMTPS greeting)
+        if self._tls_write_needs_read:
+            return  # TLS must read first; the next read event retries
         super().initiate_send()
         if phase == _FLUSHING and not self.producer_fifo and self._fileno is not None:
             self._tls_wrap()

@@ -28,7 +28,7 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     tls_files,
 )
 
-from smtpd_compat import _reactor, smtpd
+from smtpd_compat import _reactor, _tls, asyncore, smtpd
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: over TLS\r\n\r\n"
@@ -385,3 +385,70 @@ def test_quit_over_tls_ends_with_close_notify(server_factory: Any, server_contex
     # Without close_notify this read raises SSLEOFError.
     assert client.read_until_closed() == b""
     client.close()
+
+
+# -- a read that needs a write, a write that needs a read -----------------------------------------
+class _ScriptedTLSSocket:
+    """Stands in for an established SSLSocket: recv()/send() return or raise
+    the scripted outcomes in order, so that TLS's "want write while
+    reading" / "want read while writing" can be produced at will."""
+
+    def __init__(self, sock: socket.socket, recv_script: list, send_script: list) -> None:
+        self.sock = sock
+        self.recv_script = recv_script
+        self.send_script = send_script
+        self.sent = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        outcome = self.recv_script.pop(0) if self.recv_script else ssl.SSLWantReadError()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def send(self, data: bytes) -> int:
+        outcome = self.send_script.pop(0) if self.send_script else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.sent += bytes(data)
+        return len(data)
+
+    def pending(self) -> int:
+        return 0
+
+    def unwrap(self) -> None:
+        raise OSError("not a real TLS socket")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_tls_want_write_on_read_and_want_read_on_write() -> None:
+    socket_map: dict = {}
+    server = RecordingSMTPServer(("127.0.0.1", 0), None, map=socket_map)
+    here, there = socket.socketpair()
+    try:
+        channel = smtpd.SMTPChannel(server, here, ("127.0.0.1", 1), map=socket_map)
+        assert there.recv(1024) == GREETING
+        fake = _ScriptedTLSSocket(here, [ssl.SSLWantWriteError(), b"NOOP\r\n"], [ssl.SSLWantReadError()])
+        channel.socket = fake
+        channel._tls_phase = _tls._ACTIVE
+        assert channel.readable() and not channel.writable()
+
+        channel.handle_read_event()  # TLS must write before it can read
+        assert not channel.readable() and channel.writable()
+
+        channel.handle_write_event()  # retries the read: NOOP is answered...
+        assert fake.sent == b""  # ...but the reply's write needs a read first
+        assert channel.readable() and not channel.writable()
+        assert channel.producer_fifo
+
+        channel.handle_read_event()  # retries the write, then reads (nothing yet)
+        assert fake.sent == b"250 OK\r\n"
+        assert channel.readable() and not channel.writable()
+        assert not channel.producer_fifo
+    finally:
+        there.close()
+        asyncore.close_all(map=socket_map, ignore_all=True)
