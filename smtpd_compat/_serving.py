@@ -222,6 +222,12 @@ def sigterm_handler(server: Any) -> Any:
     return handler
 
 
+def _loop_reactor(server: Any) -> _reactor.Reactor:
+    reactor = _reactor.reactor_for(server._map)
+    assert reactor is not None  # create=True always gives one
+    return reactor
+
+
 def _wake(server: Any) -> None:
     reactor = _reactor.reactor_for(server._map, create=False)
     if reactor is not None:
@@ -311,7 +317,7 @@ def _schedule_expiry(server: Any) -> None:
         return  # wait for messages in progress without a bound
     if not any(True for _ in _channels(server)):
         return
-    reactor = _reactor.reactor_for(server._map)
+    reactor = _loop_reactor(server)
     st.timers.append(reactor.call_later(max(0.0, float(timeout)), lambda: _expire(server)))
 
 
@@ -331,7 +337,7 @@ def _watch_deferred(server: Any) -> None:
             _tell(channel, st)
     if waiting:
         st.watching = True
-        reactor = _reactor.reactor_for(server._map)
+        reactor = _loop_reactor(server)
         st.timers.append(reactor.call_later(_LATE_SWEEP_INTERVAL, lambda: _watch_deferred(server)))
 
 
@@ -369,7 +375,7 @@ def _late_sweep(server: Any) -> None:
             log.info("closing %s: it did not take its 421 reply in time", _peer_text(channel))
             channel.close()
     if remaining:
-        reactor = _reactor.reactor_for(server._map)
+        reactor = _loop_reactor(server)
         st.timers.append(reactor.call_later(_LATE_SWEEP_INTERVAL, lambda: _late_sweep(server)))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, Tuple
 
+from . import asyncore
 from ._serving import log
 
 __all__ = ["Controller"]
@@ -56,6 +57,7 @@ class Controller:
         self.server: Any = None
         self.thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
+        self._own_map = True
 
     # -- the caller's API ------------------------------------------------------
     def start(self) -> "Controller":
@@ -67,6 +69,7 @@ class Controller:
         if self.thread is not None:
             raise RuntimeError("this controller is already started")
         kwargs = dict(self.server_kwargs)
+        self._own_map = "map" not in kwargs
         kwargs.setdefault("map", {})
         server = self.server_class(self.addr, self.remoteaddr, **kwargs)
         self.server = server
@@ -103,6 +106,11 @@ class Controller:
         finally:
             self.thread = None
             server.server_close()
+            if self._own_map:
+                # Anything else the server put in its map (a relay's client
+                # connection, a custom channel class without smtp_server)
+                # goes too: nothing may outlive the controller.
+                asyncore.close_all(map=server._map, ignore_all=True)
         error, self._error = self._error, None
         if error is not None:
             raise error

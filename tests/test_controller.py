@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -186,3 +187,25 @@ def test_swaks_end_to_end() -> None:
     assert message.message["Subject"] == "from swaks"
     body = message.message.get_content()
     assert "Hello from swaks." in body and "\n.leading dot" in body
+
+
+def test_stop_closes_dispatchers_that_are_not_sessions() -> None:
+    # A dispatcher in the server's map that shutdown() does not know about
+    # (no smtp_server attribute): stop() closes it with the map.
+    ours, theirs = socket.socketpair()
+    added = threading.Event()
+    box: Dict[str, Any] = {}
+    try:
+        with Controller(RecordingServer) as controller:
+
+            def add() -> None:  # on the loop thread: the map is not thread-safe
+                box["stray"] = asyncore.dispatcher(ours, map=controller.server._map)
+                added.set()
+
+            _reactor.reactor_for(controller.server._map).call_soon_threadsafe(add)
+            assert added.wait(TIMEOUT)
+        assert controller.server._map == {}
+        assert box["stray"].socket.fileno() == -1
+    finally:
+        ours.close()
+        theirs.close()
