@@ -24,7 +24,7 @@ import hmac
 import os
 import re
 import stat
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from . import _replies as R
 from ._protocol import ReplyError
@@ -37,7 +37,9 @@ __all__ = [
     "PasswordFile",
     "decode_base64",
     "hash_password",
+    "load_credentials",
     "parse_plain",
+    "read_password_file",
     "redact_command",
 ]
 
@@ -225,6 +227,54 @@ def _iterations(stored: str) -> int:
     return int(fields[1])
 
 
+def read_password_file(path: Union[str, "os.PathLike[str]"]) -> Dict[str, str]:
+    """The ``user:password`` entries of *path* (see :meth:`PasswordFile.load`).
+
+    Refuses (:class:`AuthFileError`, one line that never quotes the file's
+    content) a file that group or others may access, or a malformed line.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise AuthFileError(
+                    "auth file %s is accessible by group or others (mode %03o); "
+                    "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path)
+                )
+            raw = f.read()
+    except OSError as err:
+        raise AuthFileError("cannot read auth file %s: %s" % (path, err.strerror or err)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthFileError("auth file %s is not UTF-8" % path) from None
+    entries: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        user = user.strip()
+        if not sep or not user or not password:
+            # Never echo the line: it may hold a password.
+            raise AuthFileError("auth file %s line %d: expected user:password" % (path, number))
+        entries[user] = password
+    return entries
+
+
+def load_credentials(path: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
+    """The one ``user:password`` of *path* (mode-checked like an auth file),
+    for logging in to an upstream server; the password in clear."""
+    entries = read_password_file(path)
+    if len(entries) != 1:
+        raise AuthFileError("credentials file %s must hold exactly one user:password line" % os.fspath(path))
+    [(user, password)] = entries.items()
+    if _is_hashed(password):
+        raise AuthFileError("credentials file %s: the upstream server needs the password itself, not a hash" % os.fspath(path))
+    return user, password
+
+
 class PasswordFile:
     """An authenticator that checks logins against ``user:password`` entries.
 
@@ -257,34 +307,7 @@ class PasswordFile:
         """Read *path*; :class:`AuthFileError` if it is readable or writable
         by group or others, unreadable, or has a line that is not
         ``user:password`` (blank lines and ``#`` comments are skipped)."""
-        path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise AuthFileError(
-                        "auth file %s is accessible by group or others (mode %03o); "
-                        "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path)
-                    )
-                raw = f.read()
-        except OSError as err:
-            raise AuthFileError("cannot read auth file %s: %s" % (path, err.strerror or err)) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise AuthFileError("auth file %s is not UTF-8" % path) from None
-        entries: Dict[str, str] = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            user, sep, password = line.partition(":")
-            user = user.strip()
-            if not sep or not user or not password:
-                # Never echo the line: it may hold a password.
-                raise AuthFileError("auth file %s line %d: expected user:password" % (path, number))
-            entries[user] = password
-        return cls(entries)
+        return cls(read_password_file(path))
 
     def check(self, login: str, password: str) -> bool:
         """Whether *password* is right for *login*."""

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-file", metavar="FILE",
                    help="offer AUTH (over TLS) for the user:password lines of FILE (mode 600)")
     p.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
+    p.add_argument("--relay-tls", choices=("starttls", "smtps"),
+                   help="PureProxy: reach the remote server over STARTTLS or SMTPS")
+    p.add_argument("--relay-cafile", metavar="FILE",
+                   help="PureProxy: CA certificates to verify the remote server (default: the system's)")
+    p.add_argument("--relay-auth-file", metavar="FILE",
+                   help="PureProxy: one user:password line (mode 600) to authenticate upstream")
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")

@@ -37,6 +37,7 @@ whether a login and password are right.
 from __future__ import annotations
 
 import logging
+import smtplib
 import socket as _socket
 import ssl
 from errno import EAGAIN
@@ -73,7 +74,17 @@ DEFAULTS: Dict[str, Any] = {
     # Wrong passwords allowed per session; the next is answered 421 and the
     # connection closed (None or 0: no limit).
     "max_auth_failures": 3,
+    # PureProxy's connection to its upstream server (see _relay): None, or
+    # "starttls" / "smtps" to relay over TLS ...
+    "relay_tls": None,
+    # ... verified with this client ssl.SSLContext (None: the system's CAs
+    # and the upstream host name, ssl.create_default_context()) ...
+    "relay_tls_context": None,
+    # ... and (login, password) to authenticate with there, over TLS only.
+    "relay_auth": None,
 }
+
+RELAY_TLS_MODES = ("starttls", "smtps")
 
 # RFC 4954 section 4: an AUTH command line may be up to 12288 octets, so that
 # an initial response of reasonable size fits; the same bound applies to
@@ -115,6 +126,16 @@ def check_options(server: Any) -> None:
             )
     elif server.auth_required:
         raise ValueError("auth_required needs an authenticator (or an authenticate() override)")
+    if server.relay_tls not in (None,) + RELAY_TLS_MODES:
+        raise ValueError("relay_tls must be None, 'starttls' or 'smtps', not %r" % (server.relay_tls,))
+    if server.relay_tls_context is not None and not isinstance(server.relay_tls_context, ssl.SSLContext):
+        raise TypeError("relay_tls_context must be an ssl.SSLContext")
+    if server.relay_auth is not None:
+        auth = server.relay_auth
+        if not (isinstance(auth, (tuple, list)) and len(auth) == 2 and all(isinstance(x, str) and x for x in auth)):
+            raise TypeError("relay_auth must be a (login, password) pair of non-empty strings")
+        if server.relay_tls is None:
+            raise ValueError("relay_auth would send the password in clear: set relay_tls to 'starttls' or 'smtps'")
 
 
 def auth_enabled(server: Any) -> bool:
@@ -140,6 +161,64 @@ def wrap_accepted(server: Any, conn: Any) -> Optional[Any]:
         log.warning("cannot start TLS on an accepted connection: %s", err)
         conn.close()
         return None
+
+
+# -- PureProxy's upstream connection -----------------------------------------------------
+def _relay_context(server: Any) -> ssl.SSLContext:
+    context = getattr(server, "relay_tls_context", None)
+    return context if context is not None else ssl.create_default_context()
+
+
+def relay_client(server: Any, **kwargs: Any) -> smtplib.SMTP:
+    """An unconnected ``smtplib`` client for *server*'s upstream: ``SMTP_SSL``
+    when ``relay_tls="smtps"``, ``SMTP`` otherwise (*kwargs* go to it)."""
+    if getattr(server, "relay_tls", None) == "smtps":
+        return smtplib.SMTP_SSL(context=_relay_context(server), **kwargs)
+    return smtplib.SMTP(**kwargs)
+
+
+class RelaySecurityError(smtplib.SMTPException):
+    """The upstream session could not be secured or authenticated as
+    configured.  It carries no SMTP code on purpose: the relay answers its
+    client with a temporary failure (the fix is on our side, the client
+    should keep the message and retry)."""
+
+
+def secure_relay_session(server: Any, conn: smtplib.SMTP) -> None:
+    """After the upstream EHLO: STARTTLS (and EHLO again), then AUTH, as
+    *server*'s ``relay_tls`` and ``relay_auth`` ask.  Raises
+    RelaySecurityError (or OSError) when that is impossible; never sends a
+    password over an unencrypted connection."""
+    mode = getattr(server, "relay_tls", None)
+    if mode == "starttls":
+        if not conn.has_extn("starttls"):
+            raise RelaySecurityError("the upstream server does not offer STARTTLS")
+        try:
+            code, text = conn.starttls(context=_relay_context(server))
+        except smtplib.SMTPResponseException as err:
+            raise RelaySecurityError("upstream STARTTLS refused: %d %s" % (err.smtp_code, _reply_text(err.smtp_error))) from None
+        conn.ehlo()
+    auth = getattr(server, "relay_auth", None)
+    if auth is None:
+        return
+    if mode is None or not isinstance(conn.sock, ssl.SSLSocket):
+        raise RelaySecurityError("refusing to send the upstream password without TLS")
+    login, password = auth
+    try:
+        conn.login(login, password)
+    except smtplib.SMTPNotSupportedError:
+        raise RelaySecurityError("the upstream server does not offer AUTH") from None
+    except smtplib.SMTPException as err:
+        # The password is in neither the message nor the traceback.
+        code = getattr(err, "smtp_code", None)
+        reply = _reply_text(getattr(err, "smtp_error", "")) if code else str(err)
+        raise RelaySecurityError("upstream AUTH as %r failed: %s %s" % (login, code or "", reply)) from None
+
+
+def _reply_text(text: Any) -> str:
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text).decode("ascii", "replace")
+    return str(text)
 
 
 class SecureServerMixin:
@@ -197,6 +276,31 @@ def options_from_args(ns: Any) -> Dict[str, Any]:
         if not ns.auth_file:
             raise ValueError("--auth-required needs --auth-file")
         options["auth_required"] = True
+    options.update(_relay_options_from_args(ns))
+    return options
+
+
+def _relay_options_from_args(ns: Any) -> Dict[str, Any]:
+    from ._auth import AuthFileError, load_credentials
+
+    options: Dict[str, Any] = {}
+    mode = getattr(ns, "relay_tls", None)
+    cafile = getattr(ns, "relay_cafile", None)
+    auth_file = getattr(ns, "relay_auth_file", None)
+    if (cafile or auth_file) and not mode:
+        raise ValueError("%s needs --relay-tls" % ("--relay-cafile" if cafile else "--relay-auth-file"))
+    if mode:
+        options["relay_tls"] = mode
+    if cafile:
+        try:
+            options["relay_tls_context"] = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError("cannot load --relay-cafile %s: %s" % (cafile, getattr(err, "strerror", None) or err)) from None
+    if auth_file:
+        try:
+            options["relay_auth"] = load_credentials(auth_file)
+        except AuthFileError as err:
+            raise ValueError(str(err)) from None
     return options
 
 
