@@ -1,0 +1,332 @@
+"""Pins the public API: the migration contract of issue 2.
+
+``from smtpd_compat import smtpd, asyncore, asynchat`` must give modules with
+CPython 3.11's public names and values; ``import smtpd_compat`` gives the
+short surface.  A change to these lists must be deliberate: update the test
+with it.  Also: ``install_aliases()`` under 3.12+ and 3.11, and the check
+that importing the package loads nothing outside the standard library.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import inspect
+import io
+import os
+import pkgutil
+import subprocess
+import sys
+from typing import Any, List, Optional
+
+import pytest
+
+import smtpd_compat
+from conftest import REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread
+from smtpd_compat import asynchat, asyncore, smtpd
+
+# -- smtpd -----------------------------------------------------------------------------------
+def test_smtpd_all_is_exactly_cpythons() -> None:
+    assert smtpd.__all__ == ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
+
+
+def test_smtpd_module_globals() -> None:
+    assert smtpd.__version__ == "Python SMTP proxy version 0.3"
+    assert smtpd.DATA_SIZE_DEFAULT == 33554432
+    assert smtpd.NEWLINE == "\n"
+    assert smtpd.COMMASPACE == ", "
+    assert isinstance(smtpd.program, str)
+    assert isinstance(smtpd.DEBUGSTREAM, smtpd.Devnull)
+    devnull = smtpd.Devnull()
+    assert devnull.write("anything") is None and devnull.flush() is None
+    assert callable(smtpd.usage) and callable(smtpd.parseargs)
+    assert inspect.isclass(smtpd.Options)
+    assert "Usage:" in smtpd.__doc__ and "%(program)s" in smtpd.__doc__ and "%(__version__)s" in smtpd.__doc__
+
+
+def test_usage_exits_with_the_code(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as info:
+        smtpd.usage(3, "the message")
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "Usage:" in err and err.rstrip().endswith("the message")
+
+
+def test_class_signatures_and_defaults() -> None:
+    init = inspect.signature(smtpd.SMTPServer.__init__).parameters
+    assert list(init)[:7] == ["self", "localaddr", "remoteaddr", "data_size_limit", "map", "enable_SMTPUTF8", "decode_data"]
+    assert init["data_size_limit"].default == 33554432
+    assert init["map"].default is None
+    assert init["enable_SMTPUTF8"].default is False and init["decode_data"].default is False
+    chan = inspect.signature(smtpd.SMTPChannel.__init__).parameters
+    assert list(chan) == ["self", "server", "conn", "addr", "data_size_limit", "map", "enable_SMTPUTF8", "decode_data"]
+    assert chan["data_size_limit"].default == 33554432
+    assert smtpd.SMTPServer.channel_class is smtpd.SMTPChannel
+    assert (smtpd.SMTPChannel.COMMAND, smtpd.SMTPChannel.DATA) == (0, 1)
+    assert smtpd.SMTPChannel.command_size_limit == 512
+    assert issubclass(smtpd.SMTPChannel, asynchat.async_chat)
+    assert issubclass(smtpd.SMTPServer, asyncore.dispatcher)
+    assert issubclass(smtpd.DebuggingServer, smtpd.SMTPServer) and issubclass(smtpd.PureProxy, smtpd.SMTPServer)
+    for verb in ("HELO", "EHLO", "NOOP", "QUIT", "MAIL", "RCPT", "RSET", "DATA", "HELP", "VRFY", "EXPN"):
+        assert callable(getattr(smtpd.SMTPChannel, "smtp_" + verb))
+    ppm = inspect.signature(smtpd.SMTPServer.process_message).parameters
+    assert list(ppm) == ["self", "peer", "mailfrom", "rcpttos", "data", "kwargs"]
+
+
+def test_both_utf8_and_decode_data_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        RecordingSMTPServer(("127.0.0.1", 0), None, map={}, enable_SMTPUTF8=True, decode_data=True)
+
+
+def test_documented_channel_attributes(smtp_server: ServerThread) -> None:
+    with RawClient(smtp_server.address) as client:
+        client.read_reply()
+        client.command(b"HELO me")
+        client.command(b"MAIL FROM:<a@b>")
+        client.command(b"RCPT TO:<c@d>")
+        channel = smtp_server.call(lambda: next(o for o in smtp_server.map.values() if isinstance(o, smtpd.SMTPChannel)))
+        values = smtp_server.call(lambda: {name: getattr(channel, name) for name in (
+            "smtp_server", "conn", "addr", "received_lines", "smtp_state", "seen_greeting", "mailfrom",
+            "rcpttos", "received_data", "fqdn", "peer")})
+        local = client.sock.getsockname()
+    assert values["smtp_server"] is smtp_server.server
+    assert values["conn"] is channel.socket
+    assert values["addr"] == values["peer"] == local
+    assert values["smtp_state"] == smtpd.SMTPChannel.COMMAND
+    assert values["seen_greeting"] == "me"
+    assert values["mailfrom"] == "a@b"
+    assert values["rcpttos"] == ["c@d"]
+    assert values["received_lines"] == [] and values["received_data"] == ""
+    assert isinstance(values["fqdn"], str) and values["fqdn"]
+
+
+def test_deprecated_private_aliases_warn(smtp_server: ServerThread) -> None:
+    with RawClient(smtp_server.address) as client:
+        client.read_reply()
+        client.command(b"HELO me")
+        channel = smtp_server.call(lambda: next(o for o in smtp_server.map.values() if isinstance(o, smtpd.SMTPChannel)))
+
+        def read_aliases() -> Any:
+            with pytest.warns(DeprecationWarning):
+                greeting = channel._SMTPChannel__greeting
+            with pytest.warns(DeprecationWarning):
+                channel._SMTPChannel__greeting = "changed"
+            return greeting, channel.seen_greeting
+
+        assert smtp_server.call(read_aliases) == ("me", "changed")
+    for old in ("server", "line", "state", "greeting", "mailfrom", "rcpttos", "data", "fqdn", "peer", "conn", "addr"):
+        assert isinstance(getattr(smtpd.SMTPChannel, "_SMTPChannel__" + old), property)
+
+
+def test_debugstream_assignment_takes_effect_on_a_live_channel(monkeypatch: Any) -> None:
+    stream = io.StringIO()
+    with ServerThread(RecordingSMTPServer) as st:
+        with RawClient(st.address) as client:
+            client.read_reply()
+            monkeypatch.setattr(smtpd, "DEBUGSTREAM", stream)  # after the session started
+            assert client.command(b"HELO me").startswith(b"250")
+            assert client.command(b"MAIL FROM:<debug@example.org>") == b"250 OK\r\n"
+            assert client.command(b"QUIT") == b"221 Bye\r\n"
+    text = stream.getvalue()
+    assert "Data: b'MAIL FROM:<debug@example.org>'" in text
+    assert "sender: debug@example.org" in text
+
+
+def test_smtpd_socket_is_a_module_global() -> None:
+    """Test suites assign smtpd.socket = mock_socket; it must be looked up there."""
+    assert smtpd.socket is __import__("socket")
+    assert asyncore.socket is __import__("socket")
+
+
+# -- asyncore / asynchat -------------------------------------------------------------------------
+ASYNCORE_NAMES = ["dispatcher", "dispatcher_with_send", "loop", "poll", "poll2", "poll3", "socket_map", "close_all",
+                  "ExitNow", "compact_traceback", "read", "write", "readwrite", "file_dispatcher", "file_wrapper"]
+DISPATCHER_METHODS = [
+    "create_socket", "set_socket", "set_reuse_addr", "bind", "listen", "accept", "connect", "send", "recv", "close",
+    "readable", "writable", "add_channel", "del_channel", "log", "log_info", "handle_read_event",
+    "handle_write_event", "handle_expt_event", "handle_connect_event", "handle_error", "handle_expt",
+    "handle_read", "handle_write", "handle_connect", "handle_accept", "handle_accepted", "handle_close",
+]
+ASYNCHAT_METHODS = ["push", "push_with_producer", "set_terminator", "get_terminator", "collect_incoming_data",
+                    "found_terminator", "close_when_done", "discard_buffers", "initiate_send", "handle_read",
+                    "handle_write", "handle_close", "readable", "writable"]
+
+
+def test_asyncore_names() -> None:
+    for name in ASYNCORE_NAMES:
+        assert hasattr(asyncore, name), name
+    for name in DISPATCHER_METHODS:
+        assert callable(getattr(asyncore.dispatcher, name)), name
+    d = asyncore.dispatcher(map={})
+    assert (d.socket, d.addr, d.connected, d.accepting, d.connecting, d.closing) == (None, None, False, False, False, False)
+    assert d._map == {}
+    assert isinstance(asyncore.socket_map, dict)
+    assert issubclass(asyncore.ExitNow, Exception)
+    assert list(inspect.signature(asyncore.loop).parameters.items())[0][1].default == 30.0
+    assert list(inspect.signature(asyncore.loop).parameters) == ["timeout", "use_poll", "map", "count"]
+    assert list(inspect.signature(asyncore.close_all).parameters) == ["map", "ignore_all"]
+
+
+def test_asynchat_names() -> None:
+    for name in ("async_chat", "simple_producer", "find_prefix_at_end"):
+        assert hasattr(asynchat, name)
+    for name in ASYNCHAT_METHODS:
+        assert callable(getattr(asynchat.async_chat, name)), name
+    assert asynchat.async_chat.ac_in_buffer_size == 65536
+    assert asynchat.async_chat.ac_out_buffer_size == 65536
+    assert issubclass(asynchat.async_chat, asyncore.dispatcher)
+
+
+def _stdlib(name: str) -> Optional[Any]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            return None
+    return None if "smtpd_compat" in (getattr(module, "__file__", "") or "") else module
+
+
+# Names CPython's modules had only because they imported them.
+STDLIB_ONLY = {"asyncore": {"select", "time"}, "smtpd": {"getopt", "os", "get_addr_spec", "get_angle_addr"}}
+
+
+@pytest.mark.parametrize("name", ["smtpd", "asyncore", "asynchat"])
+def test_every_public_name_of_cpythons_module_exists(name: str) -> None:
+    theirs = _stdlib(name)
+    if theirs is None:
+        pytest.skip("CPython's %s is not available on this interpreter" % name)
+    ours = getattr(smtpd_compat, name)
+    public = {n for n in dir(theirs) if not n.startswith("_")} - STDLIB_ONLY.get(name, set())
+    missing = sorted(n for n in public if not hasattr(ours, n))
+    assert missing == []
+    for cls_name in {"smtpd": ["SMTPChannel", "SMTPServer"], "asyncore": ["dispatcher"], "asynchat": ["async_chat"]}[name]:
+        their_cls, our_cls = getattr(theirs, cls_name), getattr(ours, cls_name)
+        missing = sorted(n for n in dir(their_cls) if not n.startswith("__") and not hasattr(our_cls, n))
+        assert missing == [], cls_name
+
+
+# -- the package ---------------------------------------------------------------------------------
+# The package's public surface.  Adding a name is an API decision: add it here too.
+PACKAGE_ALL = [
+    "Controller", "DebuggingServer", "MailboxServer", "PasswordFile", "PureProxy", "RecordingServer",
+    "SMTPChannel", "SMTPServer", "asynchat", "asyncore", "close_all", "install_aliases", "loop", "smtpd",
+]
+
+
+def test_package_all() -> None:
+    assert sorted(smtpd_compat.__all__) == sorted(PACKAGE_ALL)
+    for name in smtpd_compat.__all__:
+        assert hasattr(smtpd_compat, name), name
+
+
+def test_package_reexports() -> None:
+    assert smtpd_compat.smtpd is smtpd and smtpd_compat.asyncore is asyncore and smtpd_compat.asynchat is asynchat
+    for name in ("SMTPServer", "SMTPChannel", "DebuggingServer", "PureProxy"):
+        assert getattr(smtpd_compat, name) is getattr(smtpd, name)
+    assert smtpd_compat.loop is asyncore.loop
+    assert smtpd_compat.close_all is asyncore.close_all
+    assert isinstance(smtpd_compat.__version__, str)
+
+
+# -- install_aliases() in other interpreters -------------------------------------------------------
+def interpreter(version: str) -> Optional[str]:
+    if "%d.%d" % sys.version_info[:2] == version:
+        return sys.executable
+    found = sorted(glob.glob("/root/.pyenv/versions/%s.*/bin/python" % version))
+    return found[-1] if found else None
+
+
+ALIAS_SCRIPT = r"""
+import sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+import smtpd_compat
+aliased = smtpd_compat.install_aliases()
+import smtpd, asyncore, asynchat
+ours = [smtpd is smtpd_compat.smtpd, asyncore is smtpd_compat.asyncore, asynchat is smtpd_compat.asynchat]
+print(sorted(aliased), ours, smtpd.SMTPServer.__module__)
+# Idempotent.
+print(smtpd_compat.install_aliases())
+"""
+
+
+def run_alias_script(python: str) -> List[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([python, "-c", ALIAS_SCRIPT], cwd=str(REPO_ROOT), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_install_aliases_where_smtpd_is_gone(version: str) -> None:
+    python = interpreter(version)
+    if python is None:
+        pytest.skip("Python %s is not installed" % version)
+    first, second = run_alias_script(python)
+    assert first == "['asynchat', 'asyncore', 'smtpd'] [True, True, True] smtpd_compat.smtpd"
+    assert second == "[]"
+
+
+def test_install_aliases_leaves_the_real_modules_alone() -> None:
+    python = interpreter("3.11")
+    if python is None:
+        pytest.skip("Python 3.11 is not installed")
+    first, second = run_alias_script(python)
+    assert first == "[] [False, False, False] smtpd"
+    assert second == "[]"
+
+
+# -- runtime: the standard library only -------------------------------------------------------------
+STDLIB_SCRIPT = r"""
+import sys
+before = set(sys.modules)
+import importlib, pkgutil
+import smtpd_compat
+for info in pkgutil.iter_modules(smtpd_compat.__path__, "smtpd_compat."):
+    # __main__ runs the CLI; pytest_plugin is loaded by pytest only, and
+    # imports it by design.
+    if info.name.rpartition(".")[2] not in ("__main__", "pytest_plugin"):
+        importlib.import_module(info.name)
+loaded = sorted(set(sys.modules) - before)
+# _sysconfigdata_* is generated by the stdlib build, not listed by name.
+outside = [m for m in loaded if m.partition(".")[0] not in sys.stdlib_module_names
+           and m.partition(".")[0] != "smtpd_compat" and not m.startswith("_sysconfigdata_")]
+print(len(loaded), outside)
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
+def test_importing_smtpd_compat_loads_only_the_standard_library() -> None:
+    """``import smtpd_compat`` alone (what users do) adds only stdlib modules."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    script = STDLIB_SCRIPT.split("for info in")[0] + (
+        "loaded = sorted(set(sys.modules) - before)\n"
+        "outside = [m for m in loaded if m.partition('.')[0] not in sys.stdlib_module_names"
+        " and m.partition('.')[0] != 'smtpd_compat' and not m.startswith('_sysconfigdata_')]\n"
+        "print(len(loaded), outside)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(REPO_ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    count, outside = result.stdout.split(" ", 1)
+    assert int(count) > 0
+    assert outside.strip() == "[]"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
+def test_every_runtime_module_loads_only_the_standard_library() -> None:
+    # -S: no site-packages at all, so a third-party import would also fail.
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-S", "-c", STDLIB_SCRIPT], cwd=str(REPO_ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    count, outside = result.stdout.split(" ", 1)
+    assert int(count) > 0
+    assert outside.strip() == "[]"
+
+
+def test_pyproject_declares_no_runtime_dependencies() -> None:
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert "\ndependencies = []" in text
