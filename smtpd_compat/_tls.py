@@ -173,8 +173,14 @@ def relay_client(server: Any, **kwargs: Any) -> smtplib.SMTP:
     """An unconnected ``smtplib`` client for *server*'s upstream: ``SMTP_SSL``
     when ``relay_tls="smtps"``, ``SMTP`` otherwise (*kwargs* go to it)."""
     if getattr(server, "relay_tls", None) == "smtps":
-        return smtplib.SMTP_SSL(context=_relay_context(server), **kwargs)
-    return smtplib.SMTP(**kwargs)
+        conn: smtplib.SMTP = smtplib.SMTP_SSL(context=_relay_context(server), **kwargs)
+    else:
+        conn = smtplib.SMTP(**kwargs)
+    # smtplib checks the certificate against (and sends as SNI) the host
+    # given to its constructor, which would also connect; the relay connects
+    # later, so name the host now.
+    conn._host = server._remoteaddr[0]
+    return conn
 
 
 class RelaySecurityError(smtplib.SMTPException):

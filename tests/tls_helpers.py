@@ -126,6 +126,14 @@ class SpoolServer(smtpd.SMTPServer):
         tmp.replace(path)
 
 
+class AnnouncingProxy(smtpd.PureProxy):
+    """PureProxy that announces its port on stderr like SpoolServer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        print("LISTENING %d" % self.port, file=sys.stderr, flush=True)
+
+
 class CliServer:
     """``python -m smtpd_compat -n -c tls_helpers.SpoolServer ARGS 127.0.0.1:0``.
 
@@ -134,13 +142,13 @@ class CliServer:
     stderr (with ``-d``: the protocol debug stream).
     """
 
-    def __init__(self, args: List[str], spool: Path) -> None:
+    def __init__(self, args: List[str], spool: Path, cls: str = "tls_helpers.SpoolServer", remote: Optional[str] = None) -> None:
         self.spool = spool
         env = dict(os.environ)
         env[SPOOL_ENV] = str(spool)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), env.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpd_compat", "-n", "-c", "tls_helpers.SpoolServer", *args, "127.0.0.1:0"],
+            [sys.executable, "-m", "smtpd_compat", "-n", "-c", cls, *args, "127.0.0.1:0", *([remote] if remote else [])],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -195,13 +203,14 @@ class CliServer:
 
 @pytest.fixture
 def cli_server(tmp_path: Path) -> Iterator[Any]:
-    """``cli_server(*args)`` starts a CliServer; all are stopped at the end."""
+    """``cli_server(*args, cls=..., remote=...)`` starts a CliServer; all are
+    stopped at the end."""
     started: List[CliServer] = []
 
-    def start(*args: str) -> CliServer:
+    def start(*args: str, **kwargs: Any) -> CliServer:
         spool = tmp_path / ("spool%d" % len(started))
         spool.mkdir()
-        server = CliServer(list(args), spool)
+        server = CliServer(list(args), spool, **kwargs)
         started.append(server)
         return server
 
