@@ -229,6 +229,32 @@ def test_smtps_greeting_comes_after_the_handshake(server_factory: Any, server_co
         assert client.command(b"EHLO client.example") == DEFAULT_EHLO
 
 
+def test_concurrent_tls_sessions(server_factory: Any, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    # Handshakes and messages of many sessions interleave in one loop.
+    st = server_factory(tls_context=server_context, authenticator=lambda *a: a[3:] == (USER, PASSWORD))
+    count = 16
+    errors: list = []
+
+    def session(i: int) -> None:
+        try:
+            with smtplib.SMTP(*st.address, timeout=TIMEOUT) as client:
+                client.starttls(context=client_context)
+                client.login(USER, PASSWORD)
+                client.sendmail("s%d@example.com" % i, ["b@example.com"], MESSAGE)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors, errors
+    messages = st.server.wait_for(count)
+    assert sorted(m.mailfrom for m in messages) == sorted("s%d@example.com" % i for i in range(count))
+    assert all(m.data == RECEIVED and m.kwargs["auth_login"] == USER for m in messages)
+
+
 # -- decrypted bytes held inside the SSLSocket ----------------------------------------------------
 class _TinyReadChannel(smtpd.SMTPChannel):
     # A read of 7 bytes leaves most of each TLS record inside the SSLSocket
