@@ -306,6 +306,12 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if not line:
             self.push(R.BAD_SYNTAX)
             return
+        if size > self.max_command_size_limit:
+            # Too long for any command, and cut short while it was read:
+            # where the cut fell (perhaps inside a UTF-8 character) must not
+            # change the reply.
+            self.push(R.LINE_TOO_LONG)
+            return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:

@@ -340,6 +340,12 @@ TRANSCRIPTS = [
         "line-too-long",
         [step("NOOP " + "x" * 600, "500 Error: line too long"), step("NOOP", OK)],
     ),
+    # Over-long lines are cut while they are read: where the cut falls must
+    # not change the reply (here it can split a two-byte character).
+    Transcript(
+        "line-too-long-utf8",
+        [step("NOOP x" + "é" * 300, "500 Error: line too long"), step("NOOP", OK)],
+    ),
     Transcript(
         "mail-limit-grows-after-ehlo",
         [HELO, step("MAIL FROM:<%s@example.org>" % ("a" * 500), "500 Error: line too long"), step("RSET", OK)],
