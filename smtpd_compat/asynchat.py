@@ -12,14 +12,17 @@ Differences from the original, all invisible to the API:
   read has been handled, so replies to pipelined commands leave in one
   system call (``sendmsg``) instead of one ``send()`` per reply;
 * once ``close_when_done()`` has been called, input that arrives after it is
-  ignored (nothing after SMTP ``QUIT`` is processed).
+  ignored (nothing after SMTP ``QUIT`` is processed);
+* ``pause_reading()``/``resume_reading()`` suspend input processing (a
+  channel waiting for a slow reply, or whose client does not read what it is
+  sent), and ``ac_max_output`` bounds the output queued for a client.
 """
 
 from __future__ import annotations
 
 import socket as _real_socket
 from collections import deque
-from typing import Any, Deque, List, Optional, Union
+from typing import Any, Deque, List, Optional, Set, Union
 
 from . import asyncore
 
@@ -47,6 +50,10 @@ class async_chat(asyncore.dispatcher):
     use_encoding = 0
     encoding = "latin-1"
 
+    # Stop processing input while more than this many bytes of pushed output
+    # wait to be sent (a client that never reads its replies); None: no bound.
+    ac_max_output: Optional[int] = None
+
     def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
         self._ac_buf = bytearray()
         self.incoming: List[bytes] = []
@@ -58,6 +65,11 @@ class async_chat(asyncore.dispatcher):
         self._ac_batching = False
         self._ac_input_closed = False
         self._ac_want_write = False
+        # Why input processing is suspended (see pause_reading()).
+        self._ac_paused: Set[str] = set()
+        # Bytes of the bytes-like entries of producer_fifo (producers are not
+        # counted): what ac_max_output bounds.
+        self._ac_out_queued = 0
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- compatibility view of the input buffer ---------------------------------
@@ -117,18 +129,30 @@ class async_chat(asyncore.dispatcher):
 
     def _ac_feed(self, data: bytes) -> None:
         """Frame *data* (plus what is buffered) and flush the replies once."""
-        self._ac_batching = True
-        try:
-            self._ac_frame(data)
-        finally:
-            self._ac_batching = False
-        if self.producer_fifo:
-            self.initiate_send()
+        # Each pass consumes input or ends: framing stops early only when the
+        # output is over ac_max_output, and then either the send brings it
+        # back under the bound or reading is paused.
+        while True:
+            self._ac_batching = True
+            try:
+                over_output = self._ac_frame(data)
+            finally:
+                self._ac_batching = False
+            data = b""
+            if self.producer_fifo:
+                self.initiate_send()
+            if not over_output or self._fileno is None:
+                return
+            if self._ac_out_queued > (self.ac_max_output or 0):
+                self.pause_reading("output")
+                return
 
-    def _ac_frame(self, data: bytes) -> None:
+    def _ac_frame(self, data: bytes) -> bool:
+        """Frame the buffer; True if it stopped because output is over the bound."""
         buf = self._ac_buf
         buf += data
         pos = 0
+        max_output = self.ac_max_output
         try:
             while True:
                 if buf is not self._ac_buf:
@@ -141,6 +165,10 @@ class async_chat(asyncore.dispatcher):
                 if self._ac_input_closed or self._fileno is None:
                     pos = len(buf)
                     break
+                if self._ac_paused:
+                    break  # keep the rest for resume_reading()
+                if max_output is not None and self._ac_out_queued > max_output:
+                    return True
                 term = self.terminator
                 remaining = len(buf) - pos
                 if not term:
@@ -190,6 +218,43 @@ class async_chat(asyncore.dispatcher):
         finally:
             del buf[:pos]
             self._ac_pos = 0
+        return False
+
+    def pause_reading(self, reason: str = "") -> None:
+        """Stop reading and processing input until ``resume_reading(reason)``.
+
+        Several reasons may hold at once (waiting for a reply, output not
+        being read); input resumes when the last one is lifted.  Input
+        already received stays buffered.
+        """
+        if not self._ac_paused:
+            self._ac_paused.add(reason)
+            self._interest_changed()
+        else:
+            self._ac_paused.add(reason)
+
+    def resume_reading(self, reason: str = "") -> None:
+        """Lift the pause *reason*; input buffered meanwhile is then processed."""
+        paused = self._ac_paused
+        if reason not in paused:
+            return
+        paused.discard(reason)
+        if paused:
+            return
+        self._interest_changed()
+        if self._ac_buf:
+            # The client may have nothing more to send (it pipelined
+            # everything already), so no read event would come: process
+            # the buffer from the loop, not from inside our caller.
+            reactor = self._reactor()
+            if reactor is not None:
+                reactor.call_soon_threadsafe(self._ac_resume_input)
+            else:
+                self._ac_resume_input()
+
+    def _ac_resume_input(self) -> None:
+        if not self._ac_paused and self._fileno is not None and self._ac_buf:
+            self._ac_feed(b"")
 
     # -- output -------------------------------------------------------------------
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -197,6 +262,7 @@ class async_chat(asyncore.dispatcher):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data argument must be byte-ish (%r)" % type(data))
         self.producer_fifo.append(data)
+        self._ac_out_queued += len(data)
         if not self._ac_batching:
             self.initiate_send()
 
@@ -207,7 +273,7 @@ class async_chat(asyncore.dispatcher):
             self.initiate_send()
 
     def readable(self) -> bool:
-        return True
+        return not self._ac_paused
 
     def writable(self) -> bool:
         return bool(self.producer_fifo) or (not self.connected)
@@ -244,6 +310,7 @@ class async_chat(asyncore.dispatcher):
                 if len(first):
                     chunks.append(first)
                     size += len(first)
+                    self._ac_out_queued -= len(first)
                 fifo.popleft()
                 continue
             if chunks:
@@ -313,14 +380,18 @@ class async_chat(asyncore.dispatcher):
                 sent = 0
             for chunk in reversed(unsent):
                 fifo.appendleft(chunk)
+                self._ac_out_queued += len(chunk)
             break
         self._ac_interest()
+        if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
+            self.resume_reading("output")
 
     def discard_buffers(self) -> None:
         """Drop unprocessed input and unsent output."""
         self._ac_buf = bytearray()
         del self.incoming[:]
         self.producer_fifo.clear()
+        self._ac_out_queued = 0
         self._ac_interest()
 
 
