@@ -1,9 +1,208 @@
-"""Session limits and timeouts (hardening): bounds on time, errors, connections and memory per session."""
+"""Session limits and timeouts (hardening): bounds on time, errors, connections and memory per session.
+
+Options (keyword-only arguments of ``SMTPServer``, stored as attributes of
+the same name; see ``docs/hardening.md``):
+
+``command_timeout``
+    Seconds a session may wait for the next command (input) before it is
+    answered ``421`` and closed.  RFC 5321 section 4.5.3.2.7: at least five
+    minutes.  ``None`` disables it.
+``data_timeout``
+    The same while a message is being received (after ``354``): RFC 5321
+    section 4.5.3.2.5, three minutes between data blocks.  ``None`` disables it.
+``max_connections``
+    Sessions a server keeps at once; a connection beyond it is answered
+    ``421`` and closed as soon as it is accepted.  ``None``: no limit.
+``max_errors``
+    Erroneous commands a session may send (replies ``500``-``504`` and
+    ``555``: unknown commands, syntax and sequence errors).  The command
+    after the budget is spent is answered ``421`` and the session is
+    closed.  ``None``: no limit, as in CPython.
+``max_output``
+    Bytes of replies that may wait for a client that does not read them.
+    Above it the session stops processing that client's input until its
+    output drains; a session stuck that way is closed by
+    ``command_timeout``.  ``None``: no bound, as in CPython.
+
+Nothing here starts a timer for a channel that no loop runs: channels made
+by hand over mock sockets (CPython's test suite) never meet a reactor, and
+their behaviour stays smtpd's.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import logging
+import time
+from typing import Any, Dict, Optional, Set
+
+from . import _replies as R
+
+log = logging.getLogger("smtpd_compat")
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults.
 # SMTPServer stores each as an attribute of the same name.
-DEFAULTS: Dict[str, Any] = {}
+DEFAULTS: Dict[str, Any] = {
+    # RFC 5321 4.5.3.2.7: "at least 5 minutes" awaiting the next command.
+    "command_timeout": 300.0,
+    # RFC 5321 4.5.3.2.5: 3 minutes between data blocks.
+    "data_timeout": 180.0,
+    "max_connections": None,
+    # Postfix's smtpd_hard_error_limit default: no real client comes near
+    # 20 rejected commands, while a client speaking another protocol to the
+    # port (an HTTP request from a browser, a scanner) is cut off quickly.
+    "max_errors": 20,
+    # Replies are tens of bytes: 128 KiB is thousands of pipelined replies
+    # that the client has not read, on top of the kernel's socket buffers.
+    "max_output": 131072,
+}
+
+# Reply codes that count against max_errors: the command was not
+# understood or not acceptable in this state (RFC 5321 4.2.4, 4.3.2).
+ERROR_CODES = ("500", "501", "502", "503", "504", "555")
+
+
+def _option(server: Any, name: str) -> Any:
+    # A channel may be built with a server that predates these options, or
+    # with a stand-in object (tests): fall back to the default.
+    return getattr(server, name, DEFAULTS[name])
+
+
+def sessions(server: Any) -> Set[Any]:
+    """The live sessions (channels) of *server* that count towards
+    ``max_connections``."""
+    try:
+        return server.__dict__["_limits_sessions"]
+    except KeyError:
+        found: Set[Any] = set()
+        server.__dict__["_limits_sessions"] = found
+        return found
+    except AttributeError:  # a server object without a __dict__
+        return set()
+
+
+def refuse_connection(server: Any, conn: Any, reply: str) -> bool:
+    """If *server* already has ``max_connections`` sessions, send *reply*
+    (a ``421`` line) on the just-accepted *conn*, close it and return True."""
+    limit = _option(server, "max_connections")
+    if limit is None or len(sessions(server)) < limit:
+        return False
+    log.warning("refusing a connection: %d sessions open (max_connections)", limit)
+    try:
+        conn.setblocking(False)
+        # A fresh socket has an empty send buffer: one short line fits.
+        conn.send((reply + "\r\n").encode("ascii", "backslashreplace"))
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    return True
+
+
+class SessionGuard:
+    """The limits of one session: idle timer, error budget, session count.
+
+    One timer per session, re-armed lazily: reading input only records the
+    time (``touch()``); when the timer fires early it is armed again for
+    the real deadline.  A new timer is made ahead of time only when the
+    deadline moves earlier, which happens once per message (the data
+    timeout is shorter than the command timeout).
+    """
+
+    __slots__ = (
+        "channel",
+        "server",
+        "command_timeout",
+        "data_timeout",
+        "max_errors",
+        "errors",
+        "last",
+        "timer",
+        "closed",
+    )
+
+    def __init__(self, channel: Any, server: Any) -> None:
+        self.channel = channel
+        self.server = server
+        self.command_timeout: Optional[float] = _option(server, "command_timeout")
+        self.data_timeout: Optional[float] = _option(server, "data_timeout")
+        self.max_errors: Optional[int] = _option(server, "max_errors")
+        channel.ac_max_output = _option(server, "max_output")
+        self.errors = 0
+        self.last = time.monotonic()
+        self.timer: Any = None
+        self.closed = False
+        sessions(server).add(channel)
+        self._arm()
+
+    # -- idle timeouts ------------------------------------------------------------
+    def _timeout(self) -> Optional[float]:
+        channel = self.channel
+        if channel.smtp_state == channel.DATA:
+            return self.data_timeout
+        return self.command_timeout
+
+    def _arm(self) -> None:
+        timeout = self._timeout()
+        if timeout is None or self.closed:
+            return
+        reactor = self.channel._reactor()
+        if reactor is None:
+            return  # no loop runs this channel (yet): see touch()
+        deadline = self.last + timeout
+        timer = self.timer
+        if timer is not None:
+            if timer.when <= deadline:
+                return  # it fires in time and re-arms itself if early
+            timer.cancel()
+        self.timer = reactor.call_later(deadline - time.monotonic(), self._fire)
+
+    def touch(self) -> None:
+        """The client was heard from (or a reply it waited for was sent)."""
+        self.last = time.monotonic()
+        if self.timer is None or self.channel.smtp_state == self.channel.DATA:
+            # No timer yet (a channel first run by a loop), or the deadline
+            # may have moved earlier (a shorter data timeout).
+            self._arm()
+
+    def _fire(self) -> None:
+        self.timer = None
+        channel = self.channel
+        if self.closed or channel._fileno is None:
+            return
+        if "reply" in channel._ac_paused:
+            # The client waits for us (process_message is still working):
+            # not idle.  The reply re-arms the timer through touch().
+            return
+        timeout = self._timeout()
+        if timeout is None:
+            return
+        remaining = self.last + timeout - time.monotonic()
+        if remaining > 0:
+            self._arm()
+            return
+        log.info("session from %r idle for %.0fs, closing", getattr(channel, "peer", None), timeout)
+        try:
+            # Sent at once if the client reads at all; a client that does
+            # not is closed anyway, with the reply still queued.
+            channel.push(R.IDLE_TIMEOUT % channel.fqdn)
+        finally:
+            channel.close()
+
+    # -- error budget ----------------------------------------------------------
+    def over_budget(self, reply: str) -> bool:
+        """Count *reply* if it answers an erroneous command; True when the
+        budget is spent (the caller then answers ``421`` and closes)."""
+        if self.max_errors is None or not reply.startswith(ERROR_CODES):
+            return False
+        self.errors += 1
+        return self.errors == self.max_errors + 1
+
+    # -- end of the session ------------------------------------------------------
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        sessions(self.server).discard(self.channel)

@@ -100,3 +100,12 @@ TOO_MANY_ERRORS = "421 %s Error: too many errors, closing connection"
 TOO_MANY_CONNECTIONS = "421 %s Error: too many connections, try again later"
 IDLE_TIMEOUT = "421 %s Error: timeout exceeded, closing connection"
 SHUTTING_DOWN = "421 %s Service shutting down, closing connection"
+
+# PureProxy relay (see _relay): the upstream server could not be reached or
+# the conversation broke; the client keeps the message and retries.
+RELAY_UNAVAILABLE = "451 Requested action aborted: upstream server unavailable"
+# Some recipients refused upstream: one line each (code, recipient, what the
+# upstream server said), then a last line; nothing was relayed to anyone.
+RELAY_REFUSED_RCPT = "%d-<%s>: upstream replied: %s"
+RELAY_UNREACHABLE_DETAIL = "no usable reply"
+RELAY_NOT_RELAYED = "%d Message not relayed: upstream refused %d of %d recipients, relayed to none"

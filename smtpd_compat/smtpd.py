@@ -46,6 +46,7 @@ PureProxy) to localhost:25.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import errno
 import functools
 import inspect
@@ -56,7 +57,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _limits, _protocol, _serving, _tls, asynchat, asyncore
+from . import _auth, _limits, _protocol, _relay, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -165,6 +166,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     COMMAND = 0
     DATA = 1
 
+    # Idle timeouts, error budget, session count (see _limits); None until
+    # the channel is set up.
+    _guard: Optional[_limits.SessionGuard] = None
+
     command_size_limit = 512
     # Kept for compatibility; each channel has its own copy (smtpd shared
     # this dict, so one session's EHLO raised the limit for all of them).
@@ -224,6 +229,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 raise
             return
         _debug("Peer:", repr(self.peer))
+        self._guard = _limits.SessionGuard(self, server)
         self.push(R.GREETING % (self.fqdn, __version__))
 
     # -- state -------------------------------------------------------------------
@@ -248,6 +254,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         """Send the reply line *msg* (a str without line ending)."""
         if log.isEnabledFor(logging.DEBUG):
             _serving.log_reply(self, msg)
+        guard = self._guard
+        over_budget = guard is not None and guard.over_budget(msg)
+        if over_budget:
+            msg = R.TOO_MANY_ERRORS % self.fqdn
         line = msg + "\r\n"
         try:
             data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
@@ -255,11 +265,20 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             # An echoed argument may hold non-ASCII text; never fail a reply.
             data = line.encode("ascii", "backslashreplace")
         asynchat.async_chat.push(self, data)
+        if over_budget:
+            self.close_when_done()
 
     def close(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
         if self._fileno is not None:
             _serving.log_closed(self)
         super().close()  # through _tls.SecureChannelMixin: TLS close_notify
+
+    def handle_read(self) -> None:
+        super().handle_read()
+        if self._guard is not None:
+            self._guard.touch()
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
@@ -374,12 +393,53 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             log.exception("process_message() failed for a message from %r", self.peer)
             status = R.PROCESSING_FAILED
         self._set_post_data_state()
+        if isinstance(status, concurrent.futures.Future):
+            self._await_reply(status)
+        else:
+            self._push_status(status)
+
+    def _push_status(self, status: Any) -> None:
+        """Answer the end of data with what process_message returned."""
         if not status:
             self.push(R.OK)
         else:
             if isinstance(status, bytes):
                 status = status.decode("utf-8", "replace")
             self.push(status)
+
+    def _await_reply(self, future: "concurrent.futures.Future[Any]") -> None:
+        """process_message returned a Future: reply with its result once it
+        is done, without blocking the loop.
+
+        Input is not processed meanwhile (commands the client pipelined stay
+        buffered), and the idle timeout does not run: the client is waiting
+        for us.  The result is handed to the loop's thread through the
+        reactor, whatever thread completes the future.
+        """
+        reactor = self._reactor()
+        if reactor is None:
+            # No loop runs this channel (a test driving handle_read() by
+            # hand): nothing else could run meanwhile, so wait here.
+            self._reply_ready(future)
+            return
+        self.pause_reading("reply")
+        future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._reply_ready(done)))
+
+    def _reply_ready(self, future: "concurrent.futures.Future[Any]") -> None:
+        if self._fileno is None:
+            # The session ended while the message was being processed; the
+            # client got no reply, so it still holds the message.
+            log.info("session from %r closed before its message was answered", self.peer)
+            return
+        try:
+            status = future.result()
+        except Exception:
+            log.exception("process_message() failed for a message from %r", self.peer)
+            status = R.PROCESSING_FAILED
+        self._push_status(status)
+        self.resume_reading("reply")
+        if self._guard is not None:
+            self._guard.touch()
 
     # -- helpers kept from smtpd for subclasses ----------------------------------
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
@@ -751,6 +811,8 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
     def handle_accepted(self, conn: Any, addr: Any) -> None:
         _debug("Incoming connection from %s" % repr(addr))
         _serving.log_connection(self, addr)
+        if _limits.refuse_connection(self, conn, R.TOO_MANY_CONNECTIONS % _getfqdn()):
+            return
         conn = _tls.wrap_accepted(self, conn)  # SMTPS: TLS before the greeting
         if conn is None:
             return
@@ -780,6 +842,13 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         Return None for ``250 OK``, or a full reply line such as
         ``"550 No such user"``.  An exception is answered with a ``451`` and
         logged; the session continues.
+
+        Work that takes time (delivering elsewhere) may run in another
+        thread: return a ``concurrent.futures.Future`` whose result is that
+        return value.  The session stops reading the client's input and
+        answers once the future is done, and the loop keeps serving every
+        other session meanwhile.  An exception set on the future is answered
+        ``451`` and logged.
         """
         raise NotImplementedError
 
@@ -818,40 +887,52 @@ class DebuggingServer(SMTPServer):
 
 
 class PureProxy(SMTPServer):
-    """Relay every message to the SMTP server at *remoteaddr*."""
+    """Relay every message to the SMTP server at *remoteaddr*.
+
+    The client is answered with the upstream server's verdict: ``250`` once
+    the upstream server has accepted the message for every recipient, its
+    refusal otherwise (naming each refused recipient when only some were
+    refused; the message is then relayed to none), ``451`` when it cannot
+    be reached.  The message arrives upstream byte for byte as the client
+    sent it, plus an ``X-Peer`` header.
+
+    The upstream conversation runs in a worker thread (``process_message``
+    returns a ``concurrent.futures.Future``), so other sessions are served
+    meanwhile.  Subclasses may override ``_deliver()``, which runs in that
+    thread.  ``relay_timeout`` (seconds per upstream operation) and
+    ``relay_workers`` (conversations at once) may be set on a subclass or
+    an instance.
+    """
+
+    relay_timeout: float = _relay.DEFAULT_TIMEOUT
+    relay_workers: int = _relay.DEFAULT_WORKERS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("enable_SMTPUTF8"):
             raise ValueError("PureProxy does not support SMTPUTF8.")
         super().__init__(*args, **kwargs)
 
-    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
         data = _protocol.add_peer_header(data, peer[0])
+        return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data)
+
+    def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Optional[str]:
+        """Deliver one message (worker thread); return the client's reply."""
         refused = self._deliver(mailfrom, rcpttos, data)
-        _debug("we got some refusals:", refused)
-        return None
+        if refused:
+            _debug("we got some refusals:", refused)
+        return _relay.reply_for(refused, rcpttos)
 
     def _deliver(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Dict[str, Tuple[int, Any]]:
-        import smtplib
+        """Send one message upstream; return the refused recipients as
+        ``{address: (code, reply text)}`` (code -1: the upstream server
+        could not be reached), as smtpd's PureProxy did.  ``{}`` means it
+        was accepted for every recipient."""
+        return _relay.deliver(self, mailfrom, rcpttos, data)
 
-        refused: Dict[str, Tuple[int, Any]] = {}
-        try:
-            s = smtplib.SMTP()
-            s.connect(self._remoteaddr[0], self._remoteaddr[1])
-            try:
-                refused = s.sendmail(mailfrom, rcpttos, data)
-            finally:
-                s.quit()
-        except smtplib.SMTPRecipientsRefused as e:
-            _debug("got SMTPRecipientsRefused")
-            refused = e.recipients
-        except (OSError, smtplib.SMTPException) as e:
-            _debug("got", e.__class__)
-            errcode = getattr(e, "smtp_code", -1)
-            errmsg = getattr(e, "smtp_error", "ignore")
-            for r in rcpttos:
-                refused[r] = (errcode, errmsg)
-        return refused
+    def close(self) -> None:
+        super().close()
+        _relay.shutdown_executor(self)
 
 
 class Options:

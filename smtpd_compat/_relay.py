@@ -1,0 +1,277 @@
+"""PureProxy's relay: an SMTP client that passes each message on unchanged.
+
+``PureProxy.process_message`` hands each message to a worker thread
+(:func:`executor`) which runs :func:`deliver` and turns what the upstream
+server said into the reply to the client's end of data (:func:`reply_for`).
+The loop thread never waits for the upstream server.
+
+What arrives upstream is the client's message byte for byte, plus the
+``X-Peer`` header: the ``\\n`` that separate lines in ``process_message``'s
+*data* go out as CRLF again, lines starting with ``.`` are dot-stuffed, and
+nothing else is touched (``smtplib.sendmail`` would rewrite bare CR and LF,
+so the DATA phase is driven here).
+
+A message is relayed to all of its recipients or to none of them.  The
+client's RCPT commands were answered ``250`` before the upstream server
+was asked anything, and the one reply left, the one to the end of data,
+speaks for every recipient: if the upstream server refuses some
+recipients, the transaction is abandoned upstream (``RSET``) and the
+client is answered with a reply naming each refused recipient and what the
+upstream server said about it.  The code of that reply is permanent
+(``5xx``) if one refusal is permanent (retrying can never succeed), and
+temporary otherwise.  So ``250`` always means "accepted upstream for every
+recipient", anything else "accepted for none": no recipient is dropped
+silently, and a retry never duplicates a delivery.
+
+:func:`connect` is the one place that opens the upstream session; TLS and
+authentication towards the upstream server belong there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import smtplib
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _replies as R
+from . import _tls
+
+log = logging.getLogger("smtpd_compat")
+
+# Seconds allowed for each upstream operation (connect, each command, the
+# final reply).  A client waits up to 10 minutes for the reply to its end
+# of data (RFC 5321 4.5.3.2.6), so one slow step still leaves it time.
+DEFAULT_TIMEOUT = 60.0
+# Upstream conversations at once per server; more messages wait their turn.
+DEFAULT_WORKERS = 8
+# Longest upstream reply text quoted back to the client.
+_MAX_TEXT = 200
+
+Refusals = Dict[str, Tuple[int, Any]]
+
+_executor_lock = threading.Lock()
+
+
+# -- the worker threads --------------------------------------------------------
+def executor(server: Any) -> concurrent.futures.ThreadPoolExecutor:
+    """The thread pool that runs *server*'s upstream conversations, created
+    on first use (a fresh one after :func:`shutdown_executor`)."""
+    with _executor_lock:
+        pool = server.__dict__.get("_relay_executor")
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=getattr(server, "relay_workers", DEFAULT_WORKERS),
+                thread_name_prefix="smtpd-relay",
+            )
+            server.__dict__["_relay_executor"] = pool
+        return pool
+
+
+def shutdown_executor(server: Any) -> None:
+    """Let *server*'s workers end once their current message is relayed."""
+    with _executor_lock:
+        pool = server.__dict__.pop("_relay_executor", None)
+    if pool is not None:
+        # Conversations already running finish (their mail is relayed and
+        # the client, if still there, answered); queued ones never started
+        # and their clients, unanswered, keep their messages.
+        pool.shutdown(wait=False)
+
+
+# -- the message on the wire ---------------------------------------------------------
+def wire_data(data: Union[bytes, str]) -> bytes:
+    """The DATA payload for *data* as ``process_message`` receives it:
+    CRLF line ends, dot-stuffed, ending with ``<CRLF>.<CRLF>``.
+
+    Each ``\\n`` of *data* stands for a CRLF (or a bare LF) the client sent,
+    so the client's bytes are restored exactly; a bare CR stays a bare CR.
+    Because every line end goes out as CRLF and every line starting with a
+    dot is stuffed, no sequence in the message can end it early upstream.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    text = data.replace(b"\n", b"\r\n")
+    if text.startswith(b"."):
+        text = b"." + text
+    text = text.replace(b"\r\n.", b"\r\n..")
+    return text + b"\r\n.\r\n"
+
+
+def _path(address: str) -> str:
+    return address if address == "<>" else "<%s>" % address
+
+
+# -- the upstream session --------------------------------------------------------------
+def _local_hostname() -> str:
+    from .smtpd import _getfqdn  # memoised; smtplib would ask DNS each time
+
+    return _getfqdn()
+
+
+def connect(server: Any) -> smtplib.SMTP:
+    """Open the upstream session for *server*: connect to its remote address
+    (``server._remoteaddr``), read the greeting and say EHLO (HELO if EHLO
+    is refused).
+
+    This is the one place that decides how the relay reaches its upstream
+    server; STARTTLS, implicit TLS and AUTH towards it go here.  Raises
+    ``OSError`` or ``smtplib.SMTPException`` (with ``smtp_code`` when the
+    upstream server refused us).
+    """
+    host, port = server._remoteaddr[0], server._remoteaddr[1]
+    conn = _tls.relay_client(  # SMTP, or SMTP_SSL for relay_tls="smtps"
+        server,
+        local_hostname=_local_hostname(),
+        timeout=getattr(server, "relay_timeout", DEFAULT_TIMEOUT),
+    )
+    # Addresses are relayed as the client sent them; the channel's parser
+    # has already excluded CR, LF and other control characters.
+    conn.command_encoding = "utf-8"
+    try:
+        code, text = conn.connect(host, port)
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, text)
+        conn.ehlo_or_helo_if_needed()
+        _tls.secure_relay_session(server, conn)  # relay_tls="starttls", relay_auth
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _all(rcpttos: Sequence[str], code: int, text: Any) -> Refusals:
+    return {rcpt: (code, text) for rcpt in rcpttos}
+
+
+def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Refusals:
+    """Relay one message upstream; return the refused recipients.
+
+    The result follows smtpd's ``PureProxy._deliver``: ``{}`` when every
+    recipient was accepted, else ``{recipient: (code, reply text)}``, with
+    code ``-1`` where the upstream server could not be reached or the
+    connection failed (then the text is for the log only).  Refusals at
+    MAIL or DATA apply to every recipient.  Runs in a worker thread.
+    """
+    payload = wire_data(data)
+    try:
+        conn = connect(server)
+    except smtplib.SMTPResponseException as err:
+        return _all(rcpttos, err.smtp_code, err.smtp_error)
+    except (OSError, smtplib.SMTPException) as err:
+        log.warning("relay to %r failed: %s", server._remoteaddr, err)
+        return _all(rcpttos, -1, "upstream unreachable: %s" % err)
+    finished = False
+    try:
+        refused = _transaction(conn, mailfrom, rcpttos, payload)
+        finished = True
+        return refused
+    except (OSError, smtplib.SMTPException, ValueError, UnicodeError) as err:
+        # Also when the connection broke after the data was sent: the
+        # upstream server may have the message, but without its reply the
+        # client must keep it (a possible duplicate beats a loss).
+        log.warning("relay to %r failed: %s", server._remoteaddr, err)
+        return _all(rcpttos, -1, "upstream conversation failed: %s" % err)
+    finally:
+        _close(conn, polite=finished)
+
+
+def _transaction(conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: bytes) -> Refusals:
+    params = ""
+    if conn.has_extn("size"):
+        params += " SIZE=%d" % len(payload)
+    if not payload.isascii() and conn.has_extn("8bitmime"):
+        params += " BODY=8BITMIME"
+    code, text = conn.docmd("MAIL", "FROM:%s%s" % (_path(mailfrom), params))
+    if code != 250:
+        _abandon(conn)
+        return _all(rcpttos, code, text)
+    refused: Refusals = {}
+    for rcpt in rcpttos:
+        code, text = conn.docmd("RCPT", "TO:%s" % _path(rcpt))
+        if code not in (250, 251):
+            refused[rcpt] = (code, text)
+    if refused:
+        # All or nothing (see the module docstring): relay to nobody.
+        _abandon(conn)
+        return refused
+    code, text = conn.docmd("DATA")
+    if code != 354:
+        _abandon(conn)
+        return _all(rcpttos, code, text)
+    conn.send(payload)
+    code, text = conn.getreply()
+    if not 200 <= code < 300:
+        return _all(rcpttos, code, text)
+    return {}
+
+
+def _abandon(conn: smtplib.SMTP) -> None:
+    conn.docmd("RSET")
+
+
+def _close(conn: smtplib.SMTP, polite: bool) -> None:
+    try:
+        if polite:
+            conn.quit()
+            return
+    except (OSError, smtplib.SMTPException):
+        pass
+    # After a failure the upstream server may not answer QUIT at all: do not
+    # keep the client waiting for that.
+    conn.close()
+
+
+# -- the reply to the client -------------------------------------------------------------
+def _text(text: Any) -> str:
+    """Upstream reply text, safe to quote in one reply line."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("ascii", "replace")
+    text = str(text)
+    text = "".join(ch if " " <= ch < "\x7f" else " " for ch in text)
+    text = " ".join(text.split())
+    if len(text) > _MAX_TEXT:
+        text = text[: _MAX_TEXT - 3] + "..."
+    return text
+
+
+def _code(code: Any) -> Optional[int]:
+    """A refusal code usable in our reply, or None (no upstream reply)."""
+    if not isinstance(code, int) or not 400 <= code < 600:
+        return None
+    if code == 421:
+        # The upstream server closing its session is a temporary failure
+        # for us; our own 421 would mean we close the client's session.
+        return 451
+    return code
+
+
+def reply_for(refused: Optional[Refusals], rcpttos: Sequence[str]) -> Optional[str]:
+    """The reply to the end of data for what :func:`deliver` returned.
+
+    None (``250 OK``) when nothing was refused.  The upstream server's own
+    reply when it refused every recipient alike (at MAIL, DATA, or each
+    RCPT the same way); ``451`` when it could not be reached; otherwise a
+    multi-line reply naming each refused recipient (see the module
+    docstring for the choice of code).
+    """
+    if not refused:
+        return None
+    entries = [(rcpt, _code(code), _text(text)) for rcpt, (code, text) in refused.items()]
+    known = [(code, text) for _, code, text in entries if code is not None]
+    if not known:
+        return R.RELAY_UNAVAILABLE
+    recipients = set(rcpttos)
+    if len(known) == len(entries) and len(set(known)) == 1 and recipients <= set(refused):
+        code, text = known[0]
+        return "%d %s" % (code, text) if text else "%d" % code
+    permanent = [code for code, _ in known if code >= 500]
+    temporary = [code for code, _ in known if code < 500]
+    code = permanent[0] if permanent else temporary[0]
+    lines = []
+    for rcpt, rcode, text in entries:
+        said = R.RELAY_UNREACHABLE_DETAIL if rcode is None else ("%d %s" % (rcode, text)).rstrip()
+        lines.append(R.RELAY_REFUSED_RCPT % (code, rcpt, said))
+    lines.append(R.RELAY_NOT_RELAYED % (code, len(refused), len(recipients)))
+    return "\r\n".join(lines)

@@ -1,0 +1,507 @@
+"""PureProxy: byte-exact relay, upstream verdicts, no blocking, no lost mail.
+
+CPython 3.11's PureProxy crashed with the default options (``process_message``
+without ``**kwargs``, ``str`` methods on ``bytes``), answered ``250`` whatever
+the upstream server said or whether it was reachable at all, and blocked
+every other session while it talked to the upstream server.
+
+The upstream server here is a small scripted one (threads and blocking
+sockets) that records each transaction's raw bytes, so what the relay sends
+is checked byte for byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import socket
+import threading
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from conftest import TIMEOUT, RawClient, running_server
+from smtpd_compat import _relay, smtpd
+from smtpd_compat import _replies as R
+
+START_DATA = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+
+
+class FakeUpstream:
+    """A scripted SMTP server on 127.0.0.1 that records what it receives.
+
+    ``transactions`` holds one dict per MAIL command: ``mail`` (the MAIL
+    line), ``rcpts`` (RCPT lines), ``data`` (raw bytes between the DATA
+    reply and the final ``.``, dot-stuffing and all, or None), ``rset``.
+    Replies are configurable: ``greeting``, ``mail_reply``, ``rcpt_replies``
+    (by address), ``data_reply``, ``final_reply``.  A transaction with a
+    recipient in ``stall`` waits for the ``release`` event before answering
+    its end of data.  ``drop_after_data`` closes the connection instead of
+    answering the end of data.
+    """
+
+    def __init__(self) -> None:
+        self.greeting = b"220 upstream ESMTP"
+        self.ehlo = [b"250-upstream", b"250-8BITMIME", b"250 SIZE 10000000"]
+        self.mail_reply = b"250 2.1.0 Ok"
+        self.rcpt_replies: Dict[str, bytes] = {}
+        self.data_reply = b"354 go ahead"
+        self.final_reply = b"250 2.0.0 queued"
+        self.stall: set = set()
+        self.release = threading.Event()
+        self.stalled = threading.Event()
+        self.drop_after_data = False
+        self.transactions: List[Dict[str, Any]] = []
+        self.connections = 0
+        self.cond = threading.Condition()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.address = self.sock.getsockname()
+        self.threads: List[threading.Thread] = []
+        self.closing = False
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.cond:
+                self.connections += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT)
+        buf = b""
+        current: Optional[Dict[str, Any]] = None
+
+        def line() -> Optional[bytes]:
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+            text, _, buf = buf.partition(b"\r\n")
+            return text
+
+        try:
+            conn.sendall(self.greeting + b"\r\n")
+            if not self.greeting.startswith(b"220"):
+                return
+            while True:
+                cmd = line()
+                if cmd is None:
+                    return
+                verb = cmd[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"\r\n".join(self.ehlo) + b"\r\n")
+                elif verb == b"HELO":
+                    conn.sendall(b"250 upstream\r\n")
+                elif verb == b"MAIL":
+                    current = {"mail": cmd, "rcpts": [], "data": None, "rset": False}
+                    with self.cond:
+                        self.transactions.append(current)
+                        self.cond.notify_all()
+                    conn.sendall(self.mail_reply + b"\r\n")
+                elif verb == b"RCPT":
+                    assert current is not None
+                    current["rcpts"].append(cmd)
+                    address = cmd.decode().split("<", 1)[1].rstrip(">")
+                    conn.sendall(self.rcpt_replies.get(address, b"250 2.1.5 Ok") + b"\r\n")
+                elif verb == b"RSET":
+                    if current is not None:
+                        current["rset"] = True
+                    conn.sendall(b"250 Ok\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(self.data_reply + b"\r\n")
+                    if not self.data_reply.startswith(b"354"):
+                        continue
+                    # The CRLF that ended DATA starts the terminator.
+                    raw = b"\r\n" + buf
+                    while b"\r\n.\r\n" not in raw:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        raw += chunk
+                    end = raw.index(b"\r\n.\r\n")
+                    data, buf = raw[2 : end + 2], raw[end + 5 :]
+                    assert current is not None
+                    with self.cond:
+                        current["data"] = data
+                        self.cond.notify_all()
+                    if any(r in cmd for cmd in current["rcpts"] for r in (b"<%s>" % s.encode() for s in self.stall)):
+                        self.stalled.set()
+                        self.release.wait(TIMEOUT)
+                    if self.drop_after_data:
+                        return
+                    conn.sendall(self.final_reply + b"\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 Bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"502 unknown\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def wait_for_data(self, count: int = 1) -> List[Dict[str, Any]]:
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: len([t for t in self.transactions if t["data"] is not None]) >= count, TIMEOUT
+            )
+        assert ok, "upstream received %r" % self.transactions
+        return [t for t in self.transactions if t["data"] is not None]
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(TIMEOUT)
+
+
+@pytest.fixture
+def upstream():
+    up = FakeUpstream()
+    yield up
+    up.close()
+
+
+def proxy_factory(remote: Any, cls: Any = smtpd.PureProxy):
+    def make(local: Any, _remote: Any, **kwargs: Any) -> Any:
+        return cls(local, remote, **kwargs)
+
+    return make
+
+
+def envelope(client: RawClient, rcpts: List[bytes] = (b"rcpt@example.org",), sender: bytes = b"sender@example.com") -> None:
+    assert client.read_reply().startswith(b"220 ")
+    assert client.command(b"EHLO client.example").startswith(b"250-")
+    assert client.command(b"MAIL FROM:<" + sender + b">") == b"250 OK\r\n"
+    for rcpt in rcpts:
+        assert client.command(b"RCPT TO:<" + rcpt + b">") == b"250 OK\r\n"
+    assert client.command(b"DATA") == START_DATA
+
+
+def send_message(address: Any, body: bytes, rcpts: List[bytes] = (b"rcpt@example.org",)) -> bytes:
+    """Send one message (body already dot-stuffed, CRLF-terminated); return
+    the reply to its end of data."""
+    with RawClient(address) as client:
+        envelope(client, rcpts)
+        client.send(body + b".\r\n")
+        reply = client.read_reply()
+        assert client.command(b"QUIT") == b"221 Bye\r\n"
+        return reply
+
+
+# -- byte-exact relay ------------------------------------------------------------
+def test_relays_byte_exact_with_default_options(upstream):
+    # Dot-stuffed lines, bare CR, CR before CRLF, 8-bit bytes, trailing
+    # spaces, an empty line in the body, no final empty line.
+    body = (
+        b"From: a@example.com\r\n"
+        b"Subject: exact  \r\n"
+        b"\r\n"
+        b"..leading dot (stuffed)\r\n"
+        b"bare\rcr and cr-crlf\r\r\n"
+        b"8bit: \xc3\xa9\xff\r\n"
+        b"\r\n"
+        b"  indented\t\r\n"
+    )
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, body) == b"250 OK\r\n"
+    [t] = upstream.wait_for_data(1)
+    expected = body.replace(b"\r\n\r\n", b"\r\nX-Peer: 127.0.0.1\r\n\r\n", 1)
+    assert t["data"] == expected
+    assert t["mail"].startswith(b"MAIL FROM:<sender@example.com>")
+    # 8-bit content is declared when the upstream server supports it.
+    assert b" BODY=8BITMIME" in t["mail"]
+    assert t["rcpts"] == [b"RCPT TO:<rcpt@example.org>"]
+
+
+def test_message_without_headers_gets_peer_header_at_end(upstream):
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, b"just one line\r\n") == b"250 OK\r\n"
+    [t] = upstream.wait_for_data(1)
+    assert t["data"] == b"just one line\r\nX-Peer: 127.0.0.1\r\n"
+
+
+def test_bare_lf_sequences_cannot_end_the_message_upstream(upstream):
+    # "\n.\n" is message text here; relayed with CRLF line ends and the dot
+    # stuffed, it cannot end the message at a lenient upstream server.
+    body = b"Subject: s\r\n\r\nbefore\n.\nMAIL FROM:<evil@example.com>\r\n"
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, body) == b"250 OK\r\n"
+    [t] = upstream.wait_for_data(1)
+    assert t["data"].endswith(b"before\r\n..\r\nMAIL FROM:<evil@example.com>\r\n")
+    assert len(upstream.transactions) == 1
+
+
+def test_empty_message_and_null_sender(upstream):
+    with running_server(proxy_factory(upstream.address)) as px:
+        with RawClient(px.address) as client:
+            assert client.read_reply().startswith(b"220 ")
+            assert client.command(b"HELO client.example").startswith(b"250 ")
+            assert client.command(b"MAIL FROM:<>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<postmaster@example.org>") == b"250 OK\r\n"
+            assert client.command(b"DATA") == START_DATA
+            assert client.command(b".") == b"250 OK\r\n"
+    [t] = upstream.wait_for_data(1)
+    assert t["mail"].startswith(b"MAIL FROM:<>")
+    # The header, then the empty line that ends the header section.
+    assert t["data"] == b"X-Peer: 127.0.0.1\r\n\r\n"
+
+
+def test_decode_data_true_relays_utf8(upstream):
+    body = "Subject: caf\u00e9\r\n\r\nna\u00efve\r\n".encode("utf-8")
+    with running_server(proxy_factory(upstream.address), decode_data=True) as px:
+        assert send_message(px.address, body) == b"250 OK\r\n"
+    [t] = upstream.wait_for_data(1)
+    assert t["data"] == body.replace(b"\r\n\r\n", b"\r\nX-Peer: 127.0.0.1\r\n\r\n", 1)
+
+
+# -- upstream verdicts -----------------------------------------------------------------
+def test_unreachable_upstream_is_451_never_250(caplog):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = probe.getsockname()
+    probe.close()  # nothing listens there now: connection refused
+    with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
+        with running_server(proxy_factory(dead)) as px:
+            reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n")
+    assert reply == (R.RELAY_UNAVAILABLE + "\r\n").encode()
+    assert "relay to" in caplog.text
+
+
+def test_upstream_refusing_every_recipient_alike_is_passed_through(upstream):
+    upstream.rcpt_replies = {"nobody@example.org": b"550 5.1.1 <nobody@example.org>: User unknown"}
+    with running_server(proxy_factory(upstream.address)) as px:
+        reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n", rcpts=[b"nobody@example.org"])
+    assert reply == b"550 5.1.1 <nobody@example.org>: User unknown\r\n"
+    [t] = upstream.transactions
+    assert t["data"] is None and t["rset"]
+
+
+def test_some_recipients_refused_relays_to_none_and_names_each(upstream):
+    upstream.rcpt_replies = {
+        "gone@example.org": b"550 5.1.1 User unknown",
+        "full@example.org": b"452 4.2.2 Mailbox full",
+    }
+    rcpts = [b"ok@example.org", b"gone@example.org", b"full@example.org"]
+    with running_server(proxy_factory(upstream.address)) as px:
+        reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n", rcpts=rcpts)
+    # One permanent refusal makes the whole reply permanent: the same
+    # transaction can never succeed.
+    assert reply == (
+        b"550-<gone@example.org>: upstream replied: 550 5.1.1 User unknown\r\n"
+        b"550-<full@example.org>: upstream replied: 452 4.2.2 Mailbox full\r\n"
+        b"550 Message not relayed: upstream refused 2 of 3 recipients, relayed to none\r\n"
+    )
+    [t] = upstream.transactions
+    assert t["data"] is None, "a partial delivery was made"
+    assert t["rset"]
+
+
+def test_only_temporary_refusals_give_a_temporary_reply(upstream):
+    upstream.rcpt_replies = {"full@example.org": b"452 4.2.2 Mailbox full"}
+    with running_server(proxy_factory(upstream.address)) as px:
+        reply = send_message(px.address, b"body\r\n", rcpts=[b"ok@example.org", b"full@example.org"])
+    assert reply.startswith(b"452-<full@example.org>: upstream replied: 452 4.2.2 Mailbox full\r\n452 ")
+    assert upstream.transactions[0]["data"] is None
+
+
+@pytest.mark.parametrize(
+    "setting, value, expected",
+    [
+        ("mail_reply", b"553 5.7.1 Sender rejected", b"553 5.7.1 Sender rejected\r\n"),
+        ("data_reply", b"554 5.3.0 No data today", b"554 5.3.0 No data today\r\n"),
+        ("final_reply", b"552 5.3.4 Message too big", b"552 5.3.4 Message too big\r\n"),
+        ("final_reply", b"451 4.3.0 Try later", b"451 4.3.0 Try later\r\n"),
+        ("greeting", b"554 5.7.1 Go away", b"554 5.7.1 Go away\r\n"),
+        # The upstream server closing its session is no reason to close ours.
+        ("greeting", b"421 4.3.2 Busy", b"451 4.3.2 Busy\r\n"),
+    ],
+)
+def test_upstream_refusal_is_passed_to_the_client(upstream, setting, value, expected):
+    setattr(upstream, setting, value)
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, b"Subject: x\r\n\r\nbody\r\n") == expected
+
+
+def test_upstream_closing_after_data_is_451(upstream):
+    upstream.drop_after_data = True
+    with running_server(proxy_factory(upstream.address)) as px:
+        reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n")
+    assert reply == (R.RELAY_UNAVAILABLE + "\r\n").encode()
+
+
+def test_upstream_reply_text_is_sanitised():
+    refused = {"a@x": (550, b"bad\r\n550 injected\x00line")}
+    assert _relay.reply_for(refused, ["a@x"]) == "550 bad 550 injected line"
+    long = {"a@x": (550, b"x" * 1000)}
+    assert len(_relay.reply_for(long, ["a@x"])) < 220
+
+
+# -- no blocking, no loss ----------------------------------------------------------------
+def test_slow_upstream_does_not_block_other_sessions(upstream):
+    upstream.stall = {"slow@example.org"}
+    with running_server(proxy_factory(upstream.address)) as px:
+        with RawClient(px.address) as slow:
+            envelope(slow, [b"slow@example.org"])
+            # End of data, with a command pipelined behind it: it must wait
+            # for the relay's verdict and be answered after it.
+            slow.send(b"Subject: slow\r\n\r\nbody\r\n.\r\nNOOP\r\n")
+            assert upstream.stalled.wait(TIMEOUT)
+            # The upstream server sits on the first message; another client
+            # is served completely meanwhile, its message relayed too.
+            assert send_message(px.address, b"Subject: fast\r\n\r\nbody\r\n") == b"250 OK\r\n"
+            upstream.release.set()
+            assert slow.read_reply() == b"250 OK\r\n"
+            assert slow.read_reply() == b"250 OK\r\n"
+            assert slow.command(b"QUIT") == b"221 Bye\r\n"
+    datas = [t["data"] for t in upstream.wait_for_data(2)]
+    assert sorted(d.split(b"\r\n")[0] for d in datas) == [b"Subject: fast", b"Subject: slow"]
+
+
+def test_idle_timeout_does_not_fire_while_waiting_for_upstream(upstream):
+    upstream.stall = {"slow@example.org"}
+    with running_server(proxy_factory(upstream.address), command_timeout=60.0) as px:
+        with RawClient(px.address) as client:
+            envelope(client, [b"slow@example.org"])
+            client.send(b"body\r\n.\r\n")
+            assert upstream.stalled.wait(TIMEOUT)
+
+            def expire_now() -> List[bool]:
+                [channel] = [c for c in px.map.values() if isinstance(c, smtpd.SMTPChannel)]
+                guard = channel._guard
+                assert "reply" in channel._ac_paused
+                guard.last -= 3600  # as if the client had been silent for an hour
+                guard._fire()
+                return [channel.connected]
+
+            assert px.call(expire_now) == [True]
+            upstream.release.set()
+            assert client.read_reply() == b"250 OK\r\n"
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+
+
+def test_messages_of_one_session_are_relayed_in_order(upstream):
+    with running_server(proxy_factory(upstream.address)) as px:
+        with RawClient(px.address) as client:
+            assert client.read_reply().startswith(b"220 ")
+            assert client.command(b"HELO client.example").startswith(b"250 ")
+            # Two whole transactions pipelined in one packet.
+            client.send(
+                b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: 1\r\n\r\nx\r\n.\r\n"
+                b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: 2\r\n\r\ny\r\n.\r\n"
+                b"QUIT\r\n"
+            )
+            replies = [client.read_reply() for _ in range(9)]
+            assert replies == [b"250 OK\r\n", b"250 OK\r\n", START_DATA, b"250 OK\r\n"] * 2 + [b"221 Bye\r\n"]
+    datas = [t["data"] for t in upstream.wait_for_data(2)]
+    assert [d.split(b"\r\n")[0] for d in datas] == [b"Subject: 1", b"Subject: 2"]
+
+
+# -- subclasses ---------------------------------------------------------------------------
+class CapturingProxy(smtpd.PureProxy):
+    """The classic test double: override _deliver instead of relaying."""
+
+    refusals: Dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.delivered: List[Any] = []
+        self.threads: List[str] = []
+        self.done = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _deliver(self, mailfrom, rcpttos, data):  # the legacy signature
+        self.delivered.append((mailfrom, rcpttos, data))
+        self.threads.append(threading.current_thread().name)
+        self.done.set()
+        return self.refusals
+
+
+def test_deliver_override_keeps_working_and_runs_off_the_loop_thread():
+    with running_server(proxy_factory(("127.0.0.1", 9), CapturingProxy)) as px:
+        assert send_message(px.address, b"Subject: x\r\n\r\nbody\r\n") == b"250 OK\r\n"
+        assert px.server.done.wait(TIMEOUT)
+        [(mailfrom, rcpttos, data)] = px.server.delivered
+        assert (mailfrom, rcpttos) == ("sender@example.com", ["rcpt@example.org"])
+        assert data == b"Subject: x\nX-Peer: 127.0.0.1\n\nbody"
+        assert px.server.threads[0].startswith("smtpd-relay")
+
+
+def test_deliver_override_refusals_become_the_reply():
+    class Refusing(CapturingProxy):
+        refusals = {"rcpt@example.org": (550, b"No such user here")}
+
+    with running_server(proxy_factory(("127.0.0.1", 9), Refusing)) as px:
+        assert send_message(px.address, b"body\r\n") == b"550 No such user here\r\n"
+
+
+def test_deliver_override_raising_is_451_and_logged(caplog):
+    class Broken(CapturingProxy):
+        def _deliver(self, mailfrom, rcpttos, data):
+            raise RuntimeError("secret internal detail")
+
+    with caplog.at_level(logging.ERROR, logger="smtpd_compat"):
+        with running_server(proxy_factory(("127.0.0.1", 9), Broken)) as px:
+            reply = send_message(px.address, b"body\r\n")
+    assert reply == (R.PROCESSING_FAILED + "\r\n").encode()
+    assert b"secret" not in reply
+    assert "secret internal detail" in caplog.text
+
+
+def test_process_message_returns_a_future():
+    proxy = CapturingProxy(("127.0.0.1", 0), ("127.0.0.1", 9), map={})
+    try:
+        future = proxy.process_message(("10.0.0.1", 1234), "a@x", ["b@y"], b"Subject: s\n\nbody")
+        assert isinstance(future, concurrent.futures.Future)
+        assert future.result(TIMEOUT) is None
+        assert proxy.delivered[0][2] == b"Subject: s\nX-Peer: 10.0.0.1\n\nbody"
+    finally:
+        proxy.close()
+
+
+def test_smtputf8_still_refused():
+    with pytest.raises(ValueError):
+        smtpd.PureProxy(("127.0.0.1", 0), ("127.0.0.1", 9), enable_SMTPUTF8=True, map={})
+
+
+# -- the pure helpers ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "data, wire",
+    [
+        (b"", b"\r\n.\r\n"),
+        (b"a", b"a\r\n.\r\n"),
+        (b"a\nb", b"a\r\nb\r\n.\r\n"),
+        (b".a\n.\n..b", b"..a\r\n..\r\n...b\r\n.\r\n"),
+        (b"a\r\nb", b"a\r\r\nb\r\n.\r\n"),
+        (b"x\ry", b"x\ry\r\n.\r\n"),
+        (b"end\n", b"end\r\n\r\n.\r\n"),
+        ("caf\u00e9", "caf\u00e9\r\n.\r\n".encode("utf-8")),
+    ],
+)
+def test_wire_data(data, wire):
+    assert _relay.wire_data(data) == wire
+
+
+def test_reply_for_cases():
+    assert _relay.reply_for({}, ["a"]) is None
+    assert _relay.reply_for(None, ["a"]) is None
+    assert _relay.reply_for({"a": (-1, "refused"), "b": (-1, "refused")}, ["a", "b"]) == R.RELAY_UNAVAILABLE
+    assert _relay.reply_for({"a": (550, b"No"), "b": (550, b"No")}, ["a", "b"]) == "550 No"
+    # The same refusal, but not for everyone: name the recipient.
+    partial = _relay.reply_for({"a": (550, b"No")}, ["a", "b"])
+    assert partial.split("\r\n") == [
+        "550-<a>: upstream replied: 550 No",
+        "550 Message not relayed: upstream refused 1 of 2 recipients, relayed to none",
+    ]
+    mixed = _relay.reply_for({"a": (-1, "boom"), "b": (450, b"Later")}, ["a", "b"])
+    assert mixed.split("\r\n")[0] == "450-<a>: upstream replied: " + R.RELAY_UNREACHABLE_DETAIL
