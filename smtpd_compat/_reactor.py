@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import select
 import selectors
 import socket as _socket
 import threading
@@ -73,6 +74,95 @@ class TimerHandle:
         self.cancelled = True
 
 
+# Event bits as the pollers below report them (epoll's values; the generic
+# poller translates to them).
+_IN = 0x001
+_OUT = 0x004
+
+
+class _EpollPoller:
+    """``selectors``' register/modify/unregister on a bare ``epoll`` object.
+
+    ``select()`` returns epoll's own ``(fd, events)`` pairs, so a loop
+    iteration builds no ``SelectorKey`` list; the reactor maps events to
+    dispatchers through the socket map itself.  Errors follow ``selectors``:
+    KeyError for an fd registered twice or not registered, OSError from the
+    kernel for a bad descriptor.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._masks: Dict[int, int] = {}
+
+    @staticmethod
+    def _bits(mask: int) -> int:
+        return (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0)
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd in self._masks:
+            raise KeyError(fd)
+        self._epoll.register(fd, self._bits(mask))
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd not in self._masks:
+            raise KeyError(fd)
+        try:
+            self._epoll.modify(fd, self._bits(mask))
+        except FileNotFoundError:
+            # The descriptor was closed and reused behind our back; the
+            # kernel forgot the old registration.
+            self._epoll.register(fd, self._bits(mask))
+        self._masks[fd] = mask
+
+    def unregister(self, fd: int) -> None:
+        del self._masks[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # already closed: the kernel dropped it
+
+    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        return self._epoll.poll(-1 if timeout is None else timeout, max(len(self._masks), 1))
+
+    def mask_of(self, fd: int, events: int) -> int:
+        """selectors' mask for unusual *events* (errors, hang-ups): as
+        ``EpollSelector`` does, they wake both directions the fd asked for."""
+        mask = 0
+        if events & ~_IN:
+            mask |= EVENT_WRITE
+        if events & ~_OUT:
+            mask |= EVENT_READ
+        return mask & self._masks.get(fd, 0)
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class _SelectorsPoller:
+    """The same interface on ``selectors.DefaultSelector`` (no epoll)."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self.register = self._selector.register
+        self.modify = self._selector.modify
+        self.unregister = self._selector.unregister
+        self.close = self._selector.close
+
+    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        return [
+            (key.fd, (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0))
+            for key, mask in self._selector.select(timeout)
+        ]
+
+    @staticmethod
+    def mask_of(fd: int, events: int) -> int:
+        return (EVENT_READ if events & _IN else 0) | (EVENT_WRITE if events & _OUT else 0)
+
+
+_Poller = _EpollPoller if hasattr(select, "epoll") else _SelectorsPoller
+
+
 def _interest(obj: Any) -> int:
     mask = 0
     if obj.readable():
@@ -87,7 +177,7 @@ class Reactor:
 
     def __init__(self, map: dict) -> None:
         self.map = map
-        self.selector = selectors.DefaultSelector()
+        self.selector: Any = _Poller()
         # fd -> (dispatcher, registered mask); mask 0 means "known, not in
         # the selector" because selectors refuse an empty mask.
         self.known: Dict[int, Tuple[Any, int]] = {}
@@ -250,7 +340,10 @@ class Reactor:
         """Run one iteration: wait up to *timeout* seconds, dispatch events,
         run due timers and posted calls."""
         self.thread_id = threading.get_ident()
-        self._sync()
+        # Most iterations change no interest: skip _sync() (a call and a
+        # list) unless something is dirty, polled or added behind our back.
+        if self.dirty or self.polled or len(self.known) != len(self.map):
+            self._sync()
         if self.calls or self.read_ready:
             timeout = 0.0
         elif self.timers:
@@ -258,25 +351,34 @@ class Reactor:
             timeout = delay if timeout is None else min(timeout, delay)
         if timeout is not None and timeout < 0:
             timeout = 0.0
+        selector = self.selector
         try:
-            events = self.selector.select(timeout)
+            events = selector.select(timeout)
         except InterruptedError:
             events = []
         map = self.map
         wake_fd = self._wake_fd
-        for key, mask in events:
-            fd = key.fd
+        for fd, bits in events:
             if fd == wake_fd:
                 self._drain_wakeups()
                 continue
             obj = map.get(fd)
             if obj is None:
                 continue
-            dispatch(obj, mask)
+            if bits == _IN:
+                dispatch(obj, EVENT_READ)
+            elif bits == _OUT:
+                dispatch(obj, EVENT_WRITE)
+            else:
+                mask = selector.mask_of(fd, bits)
+                if mask:
+                    dispatch(obj, mask)
         if self.read_ready:
             self._dispatch_read_again(dispatch)
-        self._run_timers()
-        self._run_calls()
+        if self.timers:
+            self._run_timers()
+        if self.calls:
+            self._run_calls()
 
     def _dispatch_read_again(self, dispatch: Callable[[Any, int], None]) -> None:
         # Requests made during this iteration's events count too: a
