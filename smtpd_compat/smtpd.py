@@ -351,7 +351,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         method = getattr(self, "smtp_" + command, None)
         if not method:
-            self.push(R.UNKNOWN_COMMAND % command)
+            self.push(R.UNKNOWN_COMMAND % _protocol.reply_safe(command))
             return
         method(arg)
 
@@ -542,7 +542,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if address:
             self.push(R.VRFY_CANNOT)
         else:
-            self.push(R.VRFY_FAILED % arg)
+            self.push(R.VRFY_FAILED % _protocol.reply_safe(arg))
 
     def smtp_MAIL(self, arg: Optional[str]) -> None:
         if not self.seen_greeting:

@@ -55,6 +55,32 @@ def test_strip_keyword(keyword: str, arg: str, expected: str) -> None:
     assert P.strip_keyword(keyword, arg) == expected
 
 
+# -- reply_safe -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("FOO", "FOO"),
+        ("FOO\nBAR", "FOO\\x0aBAR"),
+        ("a\r\nb", "a\\x0d\\x0ab"),
+        ("tab\tkept", "tab\tkept"),
+        ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+        ("NÖÖP ☃", "NÖÖP ☃"),  # non-ASCII is left to the reply's encoding
+        ("", ""),
+    ],
+)
+def test_reply_safe(text: str, expected: str) -> None:
+    assert P.reply_safe(text) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_reply_safe_leaves_no_line_break(text: str) -> None:
+    safe = P.reply_safe(text)
+    assert "\r" not in safe and "\n" not in safe
+    if text.isprintable():
+        assert safe == text
+
+
 # -- parse_path ---------------------------------------------------------------------
 # (argument, address, rest): what smtpd's _getaddr returned for the address;
 # ``rest`` is everything after it (the ESMTP parameters).

@@ -362,6 +362,17 @@ TRANSCRIPTS = [
         cpython=False,
     ),
     # smtpd failed to encode the echoed verb (UnicodeEncodeError) without SMTPUTF8.
+    # smtpd echoed a bare CR or LF of the command into its reply, breaking
+    # the reply into lines the client chose.
+    Transcript(
+        "echoed-text-keeps-reply-framing",
+        [step(b"FOO\nBAR", '500 Error: command "FOO\\x0aBAR" not recognized'),
+         step(b"X\r250 OK", '500 Error: command "X\\x0d250" not recognized'),
+         step(b"VRFY <a\rb>", "502 Could not VRFY <a\\x0db>"),
+         step(b"FOO\tBAR", '500 Error: command "FOO\tBAR" not recognized'),
+         step("NOOP", OK)],
+        cpython=False,
+    ),
     Transcript("unknown-verb-not-ascii", [step("NÖÖP", '500 Error: command "N\\xd6\\xd6P" not recognized'), step("NOOP", OK)], cpython=False),
 ]
 
