@@ -32,6 +32,10 @@ pure module ``_auth``.
 :class:`SecureServerMixin` is a base class of ``SMTPServer``: its
 :meth:`~SecureServerMixin.authenticate` is the override point deciding
 whether a login and password are right.
+
+:func:`relay_client` and :func:`secure_relay_session` are the client side,
+for PureProxy's upstream connection (``_relay.connect``): STARTTLS or SMTPS
+with a verified certificate, then AUTH.
 """
 
 from __future__ import annotations
