@@ -289,3 +289,10 @@ def test_option_errors(options: dict, error: str) -> None:
 def test_mechanisms_are_case_insensitive(server_factory: Any) -> None:
     st = server_factory(authenticator=check, auth_require_tls=False, auth_mechanisms=("login", "plain"))
     assert st.server.auth_mechanisms == ("LOGIN", "PLAIN")
+
+
+def test_overlong_response_ends_the_exchange(auth_server: Any, client_context: ssl.SSLContext) -> None:
+    client = tls_client(auth_server.address, client_context)
+    assert client.command(b"AUTH PLAIN") == b"334 \r\n"
+    assert client.command(b"QUFB" * 4000) == b"500 Error: line too long\r\n"
+    assert client.command(b"NOOP") == b"250 OK\r\n"  # a command again
