@@ -57,6 +57,10 @@ HOST = "127.0.0.1"
 HELO_NAME = "localhost"
 MAIL_FROM = "bench@example.com"
 RCPT_TO = "sink@example.com"
+# -s for the Python servers: one explicit limit for all, large enough for
+# mem32 (32 MiB + headers).  Without -s, CPython's smtpd has no limit while
+# smtpd_compat and aiosmtpd default to 33554432 bytes.
+SIZE_LIMIT = 1 << 30
 START_TIMEOUT = 10.0  # seconds a server gets to accept and greet
 KIB = 1024
 MIB = 1024 * 1024
@@ -320,6 +324,8 @@ def tail_file(path: str, n: int = 4) -> str:
             lines = f.read().decode("utf-8", "replace").strip().splitlines()
     except OSError:
         return ""
+    # drop traceback position markers ("    ^^^^^^") and blank lines
+    lines = [line for line in lines if line.strip(" \t^~")]
     return " | ".join(line.strip() for line in lines[-n:])
 
 
@@ -417,7 +423,8 @@ class CompatServer(Server):
         return _python_env([REPO_ROOT, self.ctx.workdir])
 
     def argv(self, port: int) -> List[str]:
-        return [self.python, "-m", "smtpd_compat", "-n", "-c", "bench_sink_compat.Sink", "%s:%d" % (HOST, port)]
+        return [self.python, "-m", "smtpd_compat", "-n", "-c", "bench_sink_compat.Sink",
+                "-s", str(SIZE_LIMIT), "%s:%d" % (HOST, port)]
 
 
 class CPythonSmtpdServer(Server):
@@ -463,7 +470,8 @@ class CPythonSmtpdServer(Server):
         return _python_env([self.ctx.workdir])
 
     def argv(self, port: int) -> List[str]:
-        return [self.python, "-W", "ignore", "-m", "smtpd", "-n", "-c", "bench_sink_stdlib.Sink", "%s:%d" % (HOST, port)]
+        return [self.python, "-W", "ignore", "-m", "smtpd", "-n", "-c", "bench_sink_stdlib.Sink",
+                "-s", str(SIZE_LIMIT), "%s:%d" % (HOST, port)]
 
 
 class AiosmtpdServer(Server):
@@ -559,12 +567,11 @@ class AiosmtpdServer(Server):
         return env
 
     def argv(self, port: int) -> List[str]:
-        # -s: lift the default 32 MiB DATA limit so mem32 fits.
         return [
             self._venv_python(), "-m", "aiosmtpd", "-n",
             "-l", "%s:%d" % (HOST, port),
             "-c", "aiosmtpd.handlers.Sink",
-            "-s", str(1 << 30),
+            "-s", str(SIZE_LIMIT),
         ]
 
 
@@ -703,7 +710,8 @@ class GenResult:
     expected: int = 0
     elapsed: float = 0.0
     errors: Dict[str, int] = field(default_factory=dict)
-    held: int = 0  # hold mode: connections greeted and held at the peak
+    held: int = 0  # hold mode: most connections greeted and held at once
+    retries: int = 0  # connections dropped for want of a greeting and retried
     hold_info: Dict[str, float] = field(default_factory=dict)
 
     def add_error(self, what: str) -> None:
@@ -722,15 +730,17 @@ EXPECTED = {GREETING: (220,), HELD: (), HELO: (250,), MAIL: (250,), RCPT: (250, 
 
 
 class _Conn:
-    __slots__ = ("sock", "state", "inbuf", "out", "has_claim", "writing")
+    __slots__ = ("sock", "state", "inbuf", "out", "has_claim", "writing", "started", "attempt")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, attempt: int) -> None:
         self.sock = sock
         self.state = CONNECTING
         self.inbuf = bytearray()
         self.out: Optional[memoryview] = None
         self.has_claim = False
         self.writing = True
+        self.started = time.perf_counter()
+        self.attempt = attempt
 
 
 class PyLoadGen:
@@ -741,15 +751,22 @@ class PyLoadGen:
     QUIT.  With ``persistent`` False a connection carries one message and the
     session reconnects for the next one (like smtp-source without -d).
 
+    A connection that is not greeted within ``greeting_timeout`` seconds is
+    dropped and retried (up to ``max_attempts`` times) and counted in
+    ``GenResult.retries``: with a tiny listen backlog and SYN cookies the
+    kernel can drop the final handshake ACK silently, which leaves a client
+    of a server-speaks-first protocol waiting forever.
+
     Hold mode: ``sessions`` connections are opened (at most ``max_connecting``
-    in progress at a time) and parked after the greeting; once all are
+    being set up at a time) and parked after the greeting; once all are
     greeted or failed ``on_held`` is called, then every connection sends one
     message and quits.
     """
 
     def __init__(self, port: int, sessions: int, messages: int, size: int, persistent: bool,
                  timeout: float, hold: bool = False, on_held: Optional[Callable[[int], None]] = None,
-                 max_connecting: int = 128) -> None:
+                 max_connecting: int = 4, greeting_timeout: float = 3.0, max_attempts: int = 5,
+                 stall_timeout: float = 30.0) -> None:
         self.addr = (HOST, port)
         self.sessions = sessions
         self.messages = messages
@@ -759,10 +776,14 @@ class PyLoadGen:
         self.hold = hold
         self.on_held = on_held
         self.max_connecting = max_connecting
+        self.greeting_timeout = greeting_timeout
+        self.max_attempts = max_attempts
+        self.stall_timeout = stall_timeout
+        self.progress = 0  # replies received + sends completed
         self.sel = selectors.DefaultSelector()
         self.unclaimed = messages
         self.open = 0
-        self.connecting = 0
+        self.setting_up: set = set()  # connections not greeted yet
         self.pending = 0  # hold mode: connections not started yet
         self.held: List[_Conn] = []
         self.released = not hold
@@ -778,8 +799,9 @@ class PyLoadGen:
             return True
         return False
 
-    def _start_conn(self) -> bool:
-        if not self._claim():
+    def _start_conn(self, claimed: bool = False, attempt: int = 1) -> bool:
+        """Open a connection carrying one claimed message."""
+        if not claimed and not self._claim():
             return False
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -789,13 +811,13 @@ class PyLoadGen:
             return False
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock)
+        conn = _Conn(sock, attempt)
         conn.has_claim = True
         self.open += 1
-        self.connecting += 1
+        self.setting_up.add(conn)
         err = sock.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            self._fail(conn, "connect: %s" % os.strerror(err))
+            self._fail(conn, os.strerror(err))
             return False
         self.sel.register(sock, selectors.EVENT_WRITE, conn)
         return True
@@ -809,8 +831,7 @@ class PyLoadGen:
             pass
         conn.sock.close()
         conn.sock = None  # type: ignore[assignment]
-        if conn.state in (CONNECTING, GREETING):
-            self.connecting -= 1
+        self.setting_up.discard(conn)
         self.open -= 1
 
     def _fail(self, conn: _Conn, what: str) -> None:
@@ -825,6 +846,16 @@ class PyLoadGen:
                 pass
         self._close(conn)
         # the session slot is abandoned (like smtp-source without -A)
+
+    def _check_setup_timeouts(self, now: float) -> None:
+        for conn in [c for c in self.setting_up if now - c.started > self.greeting_timeout]:
+            if conn.attempt >= self.max_attempts:
+                self._fail(conn, "no greeting after %d attempts" % conn.attempt)
+                continue
+            self.res.retries += 1
+            conn.has_claim = False
+            self._close(conn)
+            self._start_conn(claimed=True, attempt=conn.attempt + 1)
 
     # -- I/O ---------------------------------------------------------------
     def _send(self, conn: _Conn, data: bytes, state: int) -> None:
@@ -846,7 +877,7 @@ class PyLoadGen:
         if conn.state == CONNECTING:
             err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._fail(conn, "connect: %s" % os.strerror(err))
+                self._fail(conn, os.strerror(err))
                 return
             conn.state = GREETING
             conn.writing = False
@@ -863,6 +894,7 @@ class PyLoadGen:
                 return
             out = out[n:]
             conn.out = out if len(out) else None
+            self.progress += 1
         if conn.out is None and conn.writing:
             conn.writing = False
             self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
@@ -910,6 +942,7 @@ class PyLoadGen:
 
     def _on_reply(self, conn: _Conn, code: int, text: bytes) -> None:
         state = conn.state
+        self.progress += 1
         if code not in EXPECTED[state]:
             self._fail(conn, "unexpected reply %r" % text[:60].decode("latin-1"))
             return
@@ -930,18 +963,20 @@ class PyLoadGen:
         elif state == HELO:
             self._send(conn, self.mail, MAIL)
         elif state == GREETING:
-            self.connecting -= 1
+            self.setting_up.discard(conn)
             if self.released:
                 self._send(conn, self.helo, HELO)
             else:
                 conn.state = HELD
                 self.held.append(conn)
+                if len(self.held) > self.res.held:
+                    self.res.held = len(self.held)
         elif state == QUIT:
             self._finish(conn)
 
     # -- main loop ---------------------------------------------------------
-    def _fill_connecting(self) -> None:
-        while self.pending > 0 and self.connecting < self.max_connecting:
+    def _fill_setup(self) -> None:
+        while self.pending > 0 and len(self.setting_up) < self.max_connecting:
             self.pending -= 1
             self._start_conn()
 
@@ -950,19 +985,20 @@ class PyLoadGen:
         deadline = t0 + self.timeout
         if self.hold:
             self.pending = self.sessions
-            self._fill_connecting()
+            self._fill_setup()
         else:
             for _ in range(self.sessions):
                 if not self._start_conn():
                     break
         t_measure = t0
+        next_check = t0 + 0.25
+        last_progress, t_progress = -1, t0
         sel = self.sel
         EV_R, EV_W = selectors.EVENT_READ, selectors.EVENT_WRITE
         while self.open > 0 or self.pending > 0:
             if self.hold:
-                self._fill_connecting()
-                if not self.released and self.pending == 0 and self.connecting == 0:
-                    self.res.held = len(self.held)
+                self._fill_setup()
+                if not self.released and self.pending == 0 and not self.setting_up:
                     self.res.hold_info["connect_s"] = time.perf_counter() - t0
                     if self.on_held is not None:
                         self.on_held(len(self.held))
@@ -975,44 +1011,112 @@ class PyLoadGen:
                     continue
             now = time.perf_counter()
             if now >= deadline:
+                self.res.add_error("run timed out after %.0f s" % self.timeout)
                 break
-            for key, mask in sel.select(min(1.0, deadline - now)):
+            if now >= next_check:
+                next_check = now + 0.25
+                if self.progress != last_progress:
+                    last_progress, t_progress = self.progress, now
+                elif now - t_progress > self.stall_timeout:
+                    self.res.add_error("stalled: no progress for %.0f s" % self.stall_timeout)
+                    break
+                if self.setting_up:
+                    self._check_setup_timeouts(now)
+                    continue
+            for key, mask in sel.select(min(0.25, deadline - now)):
                 conn = key.data
                 if mask & EV_W:
                     self._on_writable(conn)
                 if mask & EV_R and conn.sock is not None:
                     self._on_readable(conn)
         if self.open > 0 or self.pending > 0:
-            self.res.add_error("run timed out after %.0f s" % self.timeout)
             for key in list(sel.get_map().values()):
                 self._fail(key.data, "timeout")
+            self.res.failed += self.unclaimed
         self.res.elapsed = time.perf_counter() - t_measure
         sel.close()
         return self.res
 
 
-def run_smtp_source(exe: str, port: int, load: Load, timeout: float) -> GenResult:
-    argv = [exe, "-s", str(load.sessions), "-m", str(load.messages), "-l", str(load.size)]
+def run_smtp_source(exe: str, port: int, load: Load, timeout: float, stall_timeout: float) -> GenResult:
+    """Run Postfix smtp-source; -c makes it print a running count of messages.
+
+    The count lets a run that stalls (no message for ``stall_timeout`` s) be
+    cut short and still report how many messages got through.
+    """
+    argv = [exe, "-c", "-s", str(load.sessions), "-m", str(load.messages), "-l", str(load.size)]
     if load.persistent:
         argv.append("-d")
     argv += ["-f", MAIL_FROM, "-t", RCPT_TO, "-M", HELO_NAME, "%s:%d" % (HOST, port)]
     vlog("loadgen: " + " ".join(argv))
     res = GenResult(expected=load.messages)
+    count = [0]
+    err_chunks: List[bytes] = []
+
+    def read_counter(stream) -> None:
+        tail = b""
+        while True:
+            chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+            if not chunk:
+                break
+            tail += chunk
+            parts = re.split(rb"[\r\n]", tail)
+            tail = parts.pop()  # possibly incomplete
+            for part in reversed(parts):
+                if part.strip().isdigit():
+                    count[0] = int(part)
+                    break
+        if tail.strip().isdigit():
+            count[0] = int(tail)
+
+    def read_err(stream) -> None:
+        for chunk in iter(lambda: stream.read(4096), b""):
+            err_chunks.append(chunk)
+
     t0 = time.perf_counter()
     try:
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        res.elapsed = time.perf_counter() - t0
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
         res.failed = load.messages
-        res.add_error("smtp-source timed out after %.0f s" % timeout)
+        res.add_error("cannot run smtp-source: %s" % e)
         return res
+    readers = [threading.Thread(target=read_counter, args=(proc.stdout,), daemon=True),
+               threading.Thread(target=read_err, args=(proc.stderr,), daemon=True)]
+    for t in readers:
+        t.start()
+    deadline = t0 + timeout
+    last_count, last_progress = 0, t0
+    why = None
+    while True:
+        try:
+            proc.wait(0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.perf_counter()
+        if count[0] != last_count:
+            last_count, last_progress = count[0], now
+        if now >= deadline:
+            why = "timed out after %.0f s" % timeout
+        elif now - last_progress > stall_timeout:
+            why = "stalled: no message for %.0f s" % stall_timeout
+        if why:
+            proc.kill()
+            proc.wait()
+            break
     res.elapsed = time.perf_counter() - t0
-    if out.returncode == 0:
+    for t in readers:
+        t.join(2)
+    if why is None and proc.returncode == 0:
         res.delivered = load.messages
+        return res
+    res.delivered = min(count[0], load.messages)
+    res.failed = load.messages - res.delivered
+    if why:
+        res.add_error("smtp-source %s" % why)
     else:
-        res.failed = load.messages
-        msg = (out.stderr or out.stdout).strip().splitlines()
-        res.add_error("smtp-source exit %d: %s" % (out.returncode, msg[-1] if msg else ""))
+        msg = b"".join(err_chunks).decode("utf-8", "replace").strip().splitlines()
+        res.add_error("smtp-source exit %d: %s" % (proc.returncode, msg[-1] if msg else ""))
     return res
 
 
@@ -1040,9 +1144,13 @@ def _finish_run(rs: RunningServer, gen: GenResult, cpu0: Optional[float], ovf0: 
     cpu1 = proc_cpu_seconds(rs.pid)
     if cpu0 is not None and cpu1 is not None:
         r.metrics["server_cpu_s"] = round(cpu1 - cpu0, 3)
+        if gen.delivered and cpu1 - cpu0 >= 0.2:  # /proc counts in 10 ms ticks
+            r.metrics["cpu_us_per_msg"] = round((cpu1 - cpu0) * 1e6 / gen.delivered, 1)
     hwm = proc_status_kb(rs.pid, "VmHWM")
     if hwm is not None:
         r.metrics["server_hwm_kb"] = hwm
+    if gen.retries:
+        r.metrics["greeting_retries"] = gen.retries
     if gen.elapsed > 0 and gen.delivered:
         r.msgs_per_s = gen.delivered / gen.elapsed
     if gen.delivered == gen.expected and not gen.errors:
@@ -1057,9 +1165,10 @@ def _finish_run(rs: RunningServer, gen: GenResult, cpu0: Optional[float], ovf0: 
 def run_throughput(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
     cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
     if ctx.loadgen == "smtp-source":
-        gen = run_smtp_source(ctx.smtp_source, rs.port, load, ctx.run_timeout)
+        gen = run_smtp_source(ctx.smtp_source, rs.port, load, ctx.run_timeout, ctx.args.stall_timeout)
     else:
-        gen = PyLoadGen(rs.port, load.sessions, load.messages, load.size, load.persistent, ctx.run_timeout).run()
+        gen = PyLoadGen(rs.port, load.sessions, load.messages, load.size, load.persistent, ctx.run_timeout,
+                        greeting_timeout=ctx.args.greeting_timeout, stall_timeout=ctx.args.stall_timeout).run()
     return _finish_run(rs, gen, cpu0, ovf0)
 
 
@@ -1074,11 +1183,13 @@ def run_mem(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
         sampler = RssSampler(rs.pid)
         sampler.start()
     cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
-    gen = PyLoadGen(rs.port, 1, 1, load.size, True, ctx.run_timeout).run()
+    gen = PyLoadGen(rs.port, 1, 1, load.size, True, ctx.run_timeout,
+                    greeting_timeout=ctx.args.greeting_timeout, stall_timeout=ctx.args.stall_timeout).run()
     if exact:
         peak = proc_status_kb(rs.pid, "VmHWM") or 0
     else:
         peak = sampler.stop()  # type: ignore[union-attr]
+    time.sleep(0.3)  # the client has quit; give the server time to drop the session
     after = proc_status_kb(rs.pid, "VmRSS") or 0
     r = _finish_run(rs, gen, cpu0, ovf0)
     delta = max(0, peak - idle) * KIB
@@ -1105,7 +1216,8 @@ def run_hold(rs: RunningServer, load: Load, ctx: "Context") -> RunResult:
 
     cpu0, ovf0 = proc_cpu_seconds(rs.pid), listen_overflows()
     gen = PyLoadGen(rs.port, load.sessions, load.messages, load.size, False, ctx.run_timeout,
-                    hold=True, on_held=on_held, max_connecting=ctx.args.hold_connect_parallel).run()
+                    hold=True, on_held=on_held, max_connecting=ctx.args.hold_connect_parallel,
+                    greeting_timeout=ctx.args.greeting_timeout, stall_timeout=ctx.args.stall_timeout).run()
     r = _finish_run(rs, gen, cpu0, ovf0)
     r.metrics["held"] = gen.held
     r.metrics["connect_s"] = round(gen.hold_info.get("connect_s", 0.0), 3)
@@ -1216,6 +1328,9 @@ def render(results: Dict[str, Dict[str, Cell]], servers: List[Server], skipped: 
             return "n/a"
         v = cell.median(key)
         if not cell.ok_runs:
+            partial = [r.msgs_per_s for r in cell.runs if r.msgs_per_s]
+            if key == "msgs_per_s" and partial:
+                return "FAIL (%s partial)" % fmt_num(statistics.median(partial))
             return "FAIL"
         txt = fmt_num(v * scale if v is not None else None, digits)
         if not cell.ok:
@@ -1231,6 +1346,17 @@ def render(results: Dict[str, Dict[str, Cell]], servers: List[Server], skipped: 
         for ld in tp_loads:
             row = [cell_text(results.get(ld.name, {}).get(s.key), "msgs_per_s") for s in cols]
             w("| %s (%s) | %s |" % (ld.name, ld.describe(), " | ".join(row)))
+        w("")
+
+    cpu_rows = [(ld.name, [cell_text(results.get(ld.name, {}).get(s.key), "cpu_us_per_msg") for s in cols])
+                for ld in tp_loads]
+    if cols and any(t[0].isdigit() for _, row in cpu_rows for t in row):
+        w("## Server CPU time per message (µs, lower is better)")
+        w("")
+        w("| load | " + " | ".join(s.column for s in cols) + " |")
+        w("|---|" + "---:|" * len(cols))
+        for name, row in cpu_rows:
+            w("| %s | %s |" % (name, " | ".join(row)))
         w("")
 
     mem_loads = [ld for ld in loads if ld.kind in ("mem", "hold")]
@@ -1352,7 +1478,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--hold-conns", type=int, default=None, help="connections for the hold load (10000; quick: 200)")
     p.add_argument("--hold-connect-parallel", type=int, default=4, metavar="N",
                    help="hold: connections being set up at once (default 4; kept below small listen backlogs)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per run (default 300; quick: 20)")
+    p.add_argument("--greeting-timeout", type=float, default=3.0, metavar="SEC",
+                   help="built-in generator: reconnect when no greeting within SEC (default 3)")
+    p.add_argument("--stall-timeout", type=float, default=None, metavar="SEC",
+                   help="abort a run when nothing progresses for SEC (default 30; quick: 8)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run (default 120; quick: 15)")
     p.add_argument("--no-install", action="store_true", help="do not create the aiosmtpd virtualenv")
     p.add_argument("--install-timeout", type=float, default=300.0, help="seconds for 'pip install aiosmtpd'")
     p.add_argument("--aiosmtpd-venv", help="virtualenv for aiosmtpd (default benchmarks/.venv-aiosmtpd)")
@@ -1406,7 +1536,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         log("--loadgen smtp-source: smtp-source is not installed")
         return 2
     loadgen = "smtp-source" if (args.loadgen != "python" and smtp_source) else "python"
-    run_timeout = args.timeout or (20.0 if args.quick else 300.0)
+    run_timeout = args.timeout or (15.0 if args.quick else 120.0)
+    if args.stall_timeout is None:
+        args.stall_timeout = 8.0 if args.quick else 30.0
 
     workdir = tempfile.mkdtemp(prefix="smtpbench-")
     ctx = Context(args=args, workdir=workdir, loadgen=loadgen, smtp_source=smtp_source,
@@ -1448,9 +1580,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     log("[%s] %s run %d: FAILED: %s" % (ld.name, s.column, rep + 1, r.error))
 
+    stalls = False
+    for ld in loads:
+        for s in active:
+            runs = results[ld.name][s.key].runs
+            ovf = sum(int(r.metrics.get("listen_overflows", 0)) for r in runs)
+            retries = sum(int(r.metrics.get("greeting_retries", 0)) for r in runs)
+            if ovf or retries:
+                stalls = True
+                notes.append("%s / %s: %d listen-queue overflow(s)%s" % (
+                    ld.name, s.column, ovf, (", %d connection(s) retried for want of a greeting" % retries)
+                    if retries else ""))
+    if stalls:
+        notes.append("listen-queue overflows: the server's accept queue (listen backlog) was full, so the "
+                     "kernel dropped handshakes; clients then stall on SYN/SYN-ACK retransmits (1 s, 3 s, 7 s...) "
+                     "or, when SYN cookies were used, wait for a greeting that never comes (the built-in "
+                     "generator reconnects after --greeting-timeout). Counted from /proc/net/netstat.")
     if loadgen == "python" and any(ld.kind == "throughput" for ld in loads):
         notes.append("throughput measured with the built-in Python load generator, which may itself be "
                      "the bottleneck for the fastest servers")
+    if args.quick:
+        notes.append("--quick: runs last milliseconds, so these figures are a smoke test, not a measurement")
     notes.append("total benchmark time %.1f s" % (time.monotonic() - t_start))
 
     report = render(results, servers, skipped, loads, ctx, notes)
