@@ -82,15 +82,19 @@ def sessions(server: Any) -> Set[Any]:
 
 def refuse_connection(server: Any, conn: Any, reply: str) -> bool:
     """If *server* already has ``max_connections`` sessions, send *reply*
-    (a ``421`` line) on the just-accepted *conn*, close it and return True."""
+    (a ``421`` line; not on an SMTPS port) on the just-accepted *conn*,
+    close it and return True."""
     limit = _option(server, "max_connections")
     if limit is None or len(sessions(server)) < limit:
         return False
     log.warning("refusing a connection: %d sessions open (max_connections)", limit)
     try:
-        conn.setblocking(False)
-        # A fresh socket has an empty send buffer: one short line fits.
-        conn.send((reply + "\r\n").encode("ascii", "backslashreplace"))
+        # On an implicit-TLS (SMTPS) port the client starts with a TLS
+        # handshake, to which a plain-text line is garbage: just close.
+        if getattr(server, "implicit_tls_context", None) is None:
+            conn.setblocking(False)
+            # A fresh socket has an empty send buffer: one short line fits.
+            conn.send((reply + "\r\n").encode("ascii", "backslashreplace"))
     except OSError:
         pass
     finally:

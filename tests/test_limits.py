@@ -16,6 +16,7 @@ from typing import Any, List, Tuple
 import pytest
 
 from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, running_server
+from tls_helpers import client_context, server_context, tls_files  # noqa: F401  (fixtures)
 from smtpd_compat import _limits, _reactor, smtpd
 from smtpd_compat import _replies as R
 
@@ -331,3 +332,15 @@ def test_output_bound_can_be_disabled():
 def test_unknown_keyword_is_still_a_type_error(name):
     with pytest.raises(TypeError):
         smtpd.SMTPServer(("127.0.0.1", 0), None, map={}, **{name + "_typo": 1})
+
+
+def test_max_connections_on_an_smtps_port_closes_without_plain_text(server_context, client_context):
+    with running_server(max_connections=1, implicit_tls_context=server_context) as st:
+        with socket.create_connection(st.address, timeout=TIMEOUT) as raw:
+            first = client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+            assert first.recv(1024) == GREETING
+            # The second client gets no plain-text 421 in place of a
+            # handshake: the connection is just closed.
+            with socket.create_connection(st.address, timeout=TIMEOUT) as second:
+                second.settimeout(TIMEOUT)
+                assert second.recv(1024) == b""
