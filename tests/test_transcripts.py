@@ -33,6 +33,8 @@ import warnings
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread, has_ipv6
 
@@ -696,3 +698,47 @@ def test_large_message(smtp_server: ServerThread) -> None:
         client.sendmail("a@b", ["c@d"], body)
     (msg,) = smtp_server.server.wait_for(1)
     assert msg.data == body[:-2].replace(b"\r\n", b"\n")
+
+
+# -- differential: random sessions, byte for byte against CPython's smtpd --------------------------
+# Commands CPython 3.11's smtpd handles without crashing and where no
+# deliberate difference applies (so: valid UTF-8, parsable addresses, no
+# empty message, no over-limit DATA, no control characters echoed back).
+_CPYTHON_SAFE = [
+    b"HELO client.example", b"EHLO client.example", b"HELO", b"EHLO", b"helo x", b"NOOP", b"NOOP x", b"noop ",
+    b"RSET", b"RSET x", b"HELP", b"HELP MAIL", b"HELP rcpt", b"HELP data", b"HELP bogus", b"VRFY", b"VRFY <a@b>",
+    b"VRFY user", b"EXPN", b"EXPN list", b"FOO", b"foo bar", b"", b"MAIL", b"MAIL FROM:", b"MAIL FROM:<a@b>",
+    b"mail from: <a@b>", b"MAIL FROM:<>", b"MAIL FROM:a@b", b"MAIL TO:<a@b>", b"MAIL FROM:<a@b> SIZE=100",
+    b"MAIL FROM:<a@b> SIZE=99999999", b"MAIL FROM:<a@b> SIZE=x", b"MAIL FROM:<a@b> SIZE=",
+    b"MAIL FROM:<a@b> BODY=8BITMIME", b"MAIL FROM:<a@b> BODY=7BIT", b"MAIL FROM:<a@b> BODY=BAD",
+    b"MAIL FROM:<a@b> SMTPUTF8", b"MAIL FROM:<a@b> X=1", b"MAIL FROM:<\"q b\"@c>", b"RCPT", b"RCPT TO:",
+    b"RCPT TO:<c@d>", b"rcpt to: <e@f>", b"RCPT TO:<c@d> X=1", b"RCPT TO:<c@d> =", b"RCPT FROM:<c@d>",
+    b"DATA x", b"DATA\r\nSubject: s\r\n\r\nbody\r\n..dot\r\n.", b"DATA\r\nline one\r\nline two\r\n.",
+    b"NOOP " + b"x" * 600, b"MAIL FROM:<" + b"a" * 505 + b"@b>",
+]
+
+
+@pytest.fixture(scope="module")
+def unlimited_servers() -> Iterator[Dict[str, ServerThread]]:
+    """Servers without the error budget (max_errors=None restores smtpd's
+    behaviour: any number of erroneous commands; see docs/differences.md)."""
+    started = {name: ServerThread(RecordingSMTPServer, max_errors=None, **CONFIGS[name]) for name in ("default", "smtputf8")}
+    yield started
+    for st_ in started.values():
+        st_.stop()
+
+
+@pytest.mark.skipif(_stdlib_modules() is None, reason="this interpreter does not ship CPython's smtpd (3.12+)")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(commands=st.lists(st.sampled_from(_CPYTHON_SAFE), max_size=30), config=st.sampled_from(["default", "smtputf8"]))
+def test_random_sessions_equal_cpython_smtpd(
+    unlimited_servers: Dict[str, ServerThread], cpython_servers: Dict[str, "CPythonServer"], commands: List[bytes],
+    config: str,
+) -> None:
+    data = b"".join(c + b"\r\n" for c in commands) + b"QUIT\r\n"
+    outputs = []
+    for address in (unlimited_servers[config].address, cpython_servers[config].address):
+        with RawClient(address) as client:
+            client.send(data)
+            outputs.append(client.read_until_closed())
+    assert outputs[0] == outputs[1]
