@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

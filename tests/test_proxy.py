@@ -50,6 +50,7 @@ class FakeUpstream:
         self.stall: set = set()
         self.release = threading.Event()
         self.stalled = threading.Event()
+        self.stall_expired = False  # a stall ended by timeout, not by release
         self.drop_after_data = False
         self.transactions: List[Dict[str, Any]] = []
         self.connections = 0
@@ -137,7 +138,8 @@ class FakeUpstream:
                         self.cond.notify_all()
                     if any(r in cmd for cmd in current["rcpts"] for r in (b"<%s>" % s.encode() for s in self.stall)):
                         self.stalled.set()
-                        self.release.wait(TIMEOUT)
+                        if not self.release.wait(TIMEOUT):
+                            self.stall_expired = True
                     if self.drop_after_data:
                         return
                     conn.sendall(self.final_reply + b"\r\n")
@@ -361,6 +363,8 @@ def test_slow_upstream_does_not_block_other_sessions(upstream):
             # The upstream server sits on the first message; another client
             # is served completely meanwhile, its message relayed too.
             assert send_message(px.address, b"Subject: fast\r\n\r\nbody\r\n") == b"250 OK\r\n"
+            # ... while the first one was still held upstream.
+            assert not upstream.stall_expired
             upstream.release.set()
             assert slow.read_reply() == b"250 OK\r\n"
             assert slow.read_reply() == b"250 OK\r\n"
