@@ -47,16 +47,17 @@ def strip_keyword(keyword: str, arg: str) -> str:
     return ""
 
 
-# Control characters (TAB aside) in client text echoed into a reply: a CR or
-# LF there would split the reply into lines of the client's choosing.
-_UNSAFE_IN_REPLY = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters in client text echoed into a reply: a CR or LF there
+# would split the reply into lines of the client's choosing, and reply text
+# is printable by design.
+_UNSAFE_IN_REPLY = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def reply_safe(text: str) -> str:
     """*text* from the client, made safe to echo inside one reply line.
 
-    CR, LF and the other control characters except TAB become ``\\xNN``
-    escapes; everything else is kept as smtpd echoed it.
+    CR, LF and the other control characters (TAB included) and DEL become
+    ``\\xNN`` escapes; everything else is kept as smtpd echoed it.
     """
     return _UNSAFE_IN_REPLY.sub(lambda m: "\\x%02x" % ord(m.group()), text)
 

@@ -62,7 +62,7 @@ def test_strip_keyword(keyword: str, arg: str, expected: str) -> None:
         ("FOO", "FOO"),
         ("FOO\nBAR", "FOO\\x0aBAR"),
         ("a\r\nb", "a\\x0d\\x0ab"),
-        ("tab\tkept", "tab\tkept"),
+        ("tab\there", "tab\\x09here"),
         ("nul\x00del\x7f", "nul\\x00del\\x7f"),
         ("NÖÖP ☃", "NÖÖP ☃"),  # non-ASCII is left to the reply's encoding
         ("", ""),

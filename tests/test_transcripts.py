@@ -371,7 +371,7 @@ TRANSCRIPTS = [
         [step(b"FOO\nBAR", '500 Error: command "FOO\\x0aBAR" not recognized'),
          step(b"X\r250 OK", '500 Error: command "X\\x0d250" not recognized'),
          step(b"VRFY <a\rb>", "502 Could not VRFY <a\\x0db>"),
-         step(b"FOO\tBAR", '500 Error: command "FOO\tBAR" not recognized'),
+         step(b"FOO\tBAR", '500 Error: command "FOO\\x09BAR" not recognized'),
          step("NOOP", OK)],
         cpython=False,
     ),
