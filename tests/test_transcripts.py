@@ -742,3 +742,34 @@ def test_random_sessions_equal_cpython_smtpd(
             client.send(data)
             outputs.append(client.read_until_closed())
     assert outputs[0] == outputs[1]
+
+
+def test_classic_usage_on_the_global_socket_map() -> None:
+    """The pattern of most scripts being migrated: a server on the default
+    map, served by a bare ``asyncore.loop()``, ended by ``close_all()``."""
+    from smtpd_compat import _reactor, asyncore as compat_asyncore
+
+    assert compat_asyncore.socket_map == {}, "another test left dispatchers on the global map"
+    server = RecordingSMTPServer(("127.0.0.1", 0), None)
+    assert compat_asyncore.socket_map[server._fileno] is server
+    errors: List[BaseException] = []
+
+    def serve() -> None:
+        try:
+            compat_asyncore.loop(timeout=1)  # returns once the map is empty
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with smtplib.SMTP(*server.address, timeout=TIMEOUT) as client:
+            client.sendmail("a@b", ["c@d"], b"classic")
+        (msg,) = server.wait_for(1)
+        assert msg.data == b"classic"
+    finally:
+        _reactor.reactor_for(compat_asyncore.socket_map).call_soon_threadsafe(compat_asyncore.close_all)
+        thread.join(TIMEOUT)
+    assert not thread.is_alive() and not errors
+    assert compat_asyncore.socket_map == {}
+    assert _reactor.reactor_for(compat_asyncore.socket_map, create=False) is None
