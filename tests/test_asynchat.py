@@ -439,3 +439,37 @@ def test_get_and_set_terminator() -> None:
     finally:
         b.close()
         asyncore.close_all(map=map)
+
+
+def test_push_before_connected_is_sent_once_connected() -> None:
+    """A client chat channel may push before its connect() completed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    map: Dict[int, Any] = {}
+    try:
+        chat = make_chat_class(asynchat)(None, map, b"\n")
+        chat.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+        chat.connect(listener.getsockname())
+        chat.push(b"early\n")
+        chat.push_with_producer(asynchat.simple_producer(b"producer\n", buffer_size=3))
+        listener.settimeout(TIMEOUT)
+        peer, _ = listener.accept()
+        with peer:
+            got = b""
+            peer.setblocking(False)
+            deadline = time.monotonic() + TIMEOUT
+            while got != b"early\nproducer\n":
+                assert time.monotonic() < deadline, got
+                asyncore.loop(timeout=0.05, map=map, count=1)
+                try:
+                    got += peer.recv(100)
+                except BlockingIOError:
+                    pass
+            assert chat.connected
+            peer.sendall(b"reply\n")
+            pump(asyncore, map, lambda: bool(chat.frames))
+            assert chat.frames == [(b"reply", b"\n")]
+    finally:
+        listener.close()
+        asyncore.close_all(map=map)

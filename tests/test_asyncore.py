@@ -642,3 +642,22 @@ def test_reactor_is_forgotten_when_the_loop_empties_the_map(map: dict) -> None:
     Closer(a, map=map)
     asyncore.loop(timeout=TIMEOUT, map=map)
     assert _reactor.reactor_for(map, create=False) is None
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_unix_socket_connect_completes_at_once(map: dict, tmp_path: Any) -> None:
+    """A Unix-socket connect() succeeds immediately: handle_connect() runs
+    from connect() itself, as in asyncore."""
+    path = str(tmp_path / "sock")
+    server = asyncore.dispatcher(map=map)
+    server.create_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(5)
+    accepted: List[Any] = []
+    server.handle_accepted = lambda sock, addr: accepted.append(sock)  # type: ignore[assignment]
+    client = Client(map, path, b"over unix", family=socket.AF_UNIX)  # type: ignore[arg-type]
+    assert client.connected and client.events == ["connect"]
+    run_until(map, lambda: bool(accepted) and not client.to_send)
+    accepted[0].settimeout(TIMEOUT)
+    assert accepted[0].recv(100) == b"over unix"
+    accepted[0].close()
