@@ -71,7 +71,15 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # Drop the callback at once: a cancelled timer stays in the heap
+        # until its time comes, and its callback (a bound method) would keep
+        # a closed session, and the last message it received, alive.
         self.cancelled = True
+        self.callback = _cancelled_callback
+
+
+def _cancelled_callback() -> None:
+    pass
 
 
 # Event bits as the pollers below report them (epoll's values; the generic
@@ -185,6 +193,7 @@ class Reactor:
         self.polled: Set[int] = set()
         self.suspended: Dict[int, float] = {}
         self.timers: List[Tuple[float, int, TimerHandle]] = []
+        self._compact_at = 256
         self._seq = itertools.count()
         self.calls: Deque[Callable[[], Any]] = deque()
         # fds owed a read event although the selector may not report one:
@@ -248,7 +257,15 @@ class Reactor:
     # -- timers and cross-thread calls -------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> TimerHandle:
         handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
-        heapq.heappush(self.timers, (handle.when, next(self._seq), handle))
+        timers = self.timers
+        if len(timers) >= self._compact_at:
+            # Idle timeouts are mostly cancelled and re-armed: drop the
+            # cancelled entries whenever the heap has doubled since the last
+            # clean-up (amortised O(1) per timer).
+            timers[:] = [entry for entry in timers if not entry[2].cancelled]
+            heapq.heapify(timers)
+            self._compact_at = max(256, 2 * len(timers))
+        heapq.heappush(timers, (handle.when, next(self._seq), handle))
         if self.thread_id is not None and self.thread_id != threading.get_ident():
             self.wakeup()
         return handle
