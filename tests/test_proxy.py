@@ -509,3 +509,38 @@ def test_reply_for_cases():
     ]
     mixed = _relay.reply_for({"a": (-1, "boom"), "b": (450, b"Later")}, ["a", "b"])
     assert mixed.split("\r\n")[0] == "450-<a>: upstream replied: " + R.RELAY_UNREACHABLE_DETAIL
+
+
+# -- real clients ---------------------------------------------------------------------------
+def test_swaks_through_the_proxy(upstream):
+    import shutil
+    import subprocess
+
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        pytest.skip("swaks is not installed")
+    with running_server(proxy_factory(upstream.address)) as px:
+        proc = subprocess.run(
+            [swaks, "--server", "127.0.0.1", "--port", str(px.port), "--from", "a@example.com",
+             "--to", "b@example.org", "--header", "Subject: via swaks", "--body", "hello from swaks"],
+            capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+        assert b"<-  250 OK" in proc.stdout
+    [t] = upstream.wait_for_data(1)
+    assert b"Subject: via swaks\r\n" in t["data"]
+    assert b"X-Peer: 127.0.0.1\r\n" in t["data"]
+    assert b"hello from swaks" in t["data"]
+
+
+def test_smtplib_sees_the_upstream_refusal(upstream):
+    import smtplib
+
+    upstream.rcpt_replies = {"gone@example.org": b"550 5.1.1 User unknown"}
+    with running_server(proxy_factory(upstream.address)) as px:
+        with smtplib.SMTP(px.host, px.port, timeout=TIMEOUT) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.com", ["ok@example.org", "gone@example.org"], b"Subject: s\r\n\r\nbody\r\n")
+    assert refused.value.smtp_code == 550
+    assert b"<gone@example.org>: upstream replied: 550 5.1.1 User unknown" in refused.value.smtp_error
+    assert upstream.transactions[0]["data"] is None
