@@ -27,6 +27,9 @@ from typing import Any, Deque, List, Optional, Set, Union
 from . import asyncore
 
 __all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
+# CPython's asynchat had no __all__: "from asynchat import *" also gave
+# the asyncore module and deque, which code written against it may use.
+__all__ += ["asyncore", "deque"]
 
 Terminator = Union[bytes, int, None]
 

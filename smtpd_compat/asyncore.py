@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import sys
+import time
 import warnings
 from errno import (
     EAGAIN,
@@ -60,6 +62,14 @@ __all__ = [
     "readwrite",
     "socket_map",
     "write",
+]
+# CPython's asyncore had no __all__, so "from asyncore import *" also gave
+# the modules and errno names it imported; code written against that keeps
+# them (select and time are imported above for this alone).
+__all__ += [
+    "EAGAIN", "EALREADY", "EBADF", "ECONNABORTED", "ECONNRESET", "EINPROGRESS", "EINVAL", "EISCONN",
+    "ENOTCONN", "EPIPE", "ESHUTDOWN", "EWOULDBLOCK", "errorcode",
+    "os", "poll3", "select", "socket", "sys", "time", "warnings",
 ]
 
 log = logging.getLogger("smtpd_compat")

@@ -192,7 +192,6 @@ def _stdlib(name: str) -> Optional[Any]:
 # Names CPython's modules had only because they imported them, and
 # MailmanProxy, removed in 3.11 (the contract is 3.11's namespace).
 STDLIB_ONLY = {
-    "asyncore": {"select", "time"},
     "asynchat": {"warn"},
     "smtpd": {"getopt", "os", "get_addr_spec", "get_angle_addr", "MailmanProxy"},
 }
@@ -211,6 +210,34 @@ def test_every_public_name_of_cpythons_module_exists(name: str) -> None:
         their_cls, our_cls = getattr(theirs, cls_name), getattr(ours, cls_name)
         missing = sorted(n for n in dir(their_cls) if not n.startswith("__") and not hasattr(our_cls, n))
         assert missing == [], cls_name
+
+
+def star_import(module_name: str) -> set:
+    namespace: dict = {}
+    exec("from %s import *" % module_name, namespace)
+    return set(namespace) - {"__builtins__", "__warningregistry__"}
+
+
+@pytest.mark.parametrize("name", ["smtpd", "asyncore", "asynchat"])
+def test_star_import_gives_what_cpythons_gave(name: str) -> None:
+    """``from asynchat import *`` then ``asyncore.loop()``: old code relies on
+    what a star import of the original modules (asyncore and asynchat had
+    no __all__) put in its namespace."""
+    if _stdlib(name) is None:
+        pytest.skip("CPython's %s is not available on this interpreter" % name)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        theirs = star_import(name)
+    ours = star_import("smtpd_compat." + name)
+    assert sorted(theirs - ours - STDLIB_ONLY.get(name, set())) == []
+
+
+def test_star_import_names_pinned() -> None:
+    assert {"asyncore", "deque", "async_chat", "simple_producer", "find_prefix_at_end"} <= star_import("smtpd_compat.asynchat")
+    assert {"dispatcher", "loop", "socket", "select", "errorcode", "EWOULDBLOCK", "poll3"} <= star_import("smtpd_compat.asyncore")
+    assert star_import("smtpd_compat.smtpd") == {"SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"}
 
 
 # -- the package ---------------------------------------------------------------------------------
