@@ -473,3 +473,39 @@ def test_push_before_connected_is_sent_once_connected() -> None:
     finally:
         listener.close()
         asyncore.close_all(map=map)
+
+
+# -- differential: random input, random read boundaries, against CPython's asynchat -------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TERMINATORS = [b"\n", b"\r\n", b"\r\n.\r\n", b"<END>"]
+
+
+def switching(first: Any) -> Any:
+    """A callback that changes the terminator the way protocols do: an
+    empty frame switches to a 3-byte count, the count back to *first*."""
+
+    def on_frame(chat: Any, frame: bytes) -> None:
+        if isinstance(chat.get_terminator(), int):
+            chat.set_terminator(first)
+        elif frame == b"":
+            chat.set_terminator(3)
+
+    return on_frame
+
+
+@pytest.mark.skipif(STDLIB is None, reason="CPython's asynchat is not available (3.12+)")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(st.sampled_from([b"a", b"\r", b"\n", b".", b"<", b"END", b">", b"\r\n", b"\r\n.\r\n"]), max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=6),
+    term=st.sampled_from(TERMINATORS),
+)
+def test_random_framing_equals_cpython_asynchat(data: bytes, cuts: List[int], term: bytes) -> None:
+    points = sorted({c for c in cuts if c < len(data)})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = [c for c in chunks if c]
+    if not chunks:
+        return
+    both(term, chunks, switching(term))  # asserts that they agree
