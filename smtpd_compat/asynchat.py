@@ -256,6 +256,11 @@ class async_chat(asyncore.dispatcher):
                 self._ac_resume_input()
 
     def _ac_resume_input(self) -> None:
+        if self._ac_batching:
+            # Resumed from a callback of the framing pass under way (no loop
+            # to defer to): that pass goes on by itself; framing again here
+            # would re-read the line being handled.
+            return
         if not self._ac_paused and self._fileno is not None and self._ac_buf:
             self._ac_feed(b"")
 

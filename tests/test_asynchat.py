@@ -509,3 +509,49 @@ def test_random_framing_equals_cpython_asynchat(data: bytes, cuts: List[int], te
     if not chunks:
         return
     both(term, chunks, switching(term))  # asserts that they agree
+
+
+def test_pause_and_resume_inside_found_terminator_without_a_loop() -> None:
+    """resume_reading() from a callback when no loop has run yet (input fed
+    by calling handle_read() directly): framing goes on once, in order; it
+    recursed on the line being handled."""
+    a, b = socket.socketpair()
+    map: Dict[int, Any] = {}
+
+    def pause_resume(chat: Any, frame: bytes) -> None:
+        if frame == b"a":
+            chat.pause_reading("test")
+            chat.resume_reading("test")
+
+    try:
+        chat = make_chat_class(asynchat)(a, map, b"\n", pause_resume)
+        b.sendall(b"a\nb\nc\n")
+        chat.handle_read()
+        assert [f for f, _ in chat.frames] == [b"a", b"b", b"c"]
+    finally:
+        b.close()
+        asyncore.close_all(map=map)
+
+
+def test_pause_inside_found_terminator_then_resume_later() -> None:
+    """Paused by a callback: the rest of the read waits, in the buffer, until
+    resume_reading(); then it is framed in order."""
+    a, b = socket.socketpair()
+    map: Dict[int, Any] = {}
+
+    def pause(chat: Any, frame: bytes) -> None:
+        if frame == b"a":
+            chat.pause_reading("test")
+
+    try:
+        chat = make_chat_class(asynchat)(a, map, b"\n", pause)
+        b.sendall(b"a\nb\nc\n")
+        chat.handle_read()
+        assert [f for f, _ in chat.frames] == [b"a"]
+        assert not chat.readable()
+        chat.resume_reading("test")
+        pump(asyncore, map, lambda: len(chat.frames) == 3)
+        assert [f for f, _ in chat.frames] == [b"a", b"b", b"c"]
+    finally:
+        b.close()
+        asyncore.close_all(map=map)
