@@ -749,3 +749,6 @@ asyncore._TRACKED_READABLE.add(SecureChannelMixin.readable)
 asyncore._TRACKED_WRITABLE.add(SecureChannelMixin.writable)
 # On a plain socket its send() is dispatcher.send: keep sendmsg() batching.
 asynchat._PLAIN_SENDS.add(SecureChannelMixin.send)
+# Likewise its recv() is dispatcher.recv on a plain socket: handle_read() may
+# read the socket directly (asynchat._PLAIN_RECVS).
+asynchat._PLAIN_RECVS.add(SecureChannelMixin.recv)

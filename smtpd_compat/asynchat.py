@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket as _real_socket
 from collections import deque
-from typing import Any, Deque, List, Optional, Set, Union
+from typing import Any, Deque, List, Optional, Set, Tuple, Union
 
 from . import asyncore
 
@@ -40,6 +40,9 @@ _RealSocket = _real_socket.socket
 # channel's send only differs once its socket is an SSLSocket): a class using
 # one of these may have its chunks gathered into one sendmsg().
 _PLAIN_SENDS = {asyncore.dispatcher.send}
+# The same for recv(): a class using one of these on a plain socket may have
+# handle_read() call the socket directly, with dispatcher.recv's handling.
+_PLAIN_RECVS = {asyncore.dispatcher.recv}
 
 
 class async_chat(asyncore.dispatcher):
@@ -118,6 +121,24 @@ class async_chat(asyncore.dispatcher):
 
     # -- input --------------------------------------------------------------------
     def handle_read(self) -> None:
+        sock = self.socket
+        if type(sock) is _RealSocket and type(self).recv in _PLAIN_RECVS:
+            # dispatcher.recv inlined: this runs once per command.
+            try:
+                data = sock.recv(self.ac_in_buffer_size)
+            except BlockingIOError:
+                return
+            except OSError as why:
+                if why.errno in asyncore._DISCONNECTED:
+                    self.handle_close()
+                else:
+                    self.handle_error()
+                return
+            if data:
+                self._ac_feed(data)
+            else:
+                self.handle_close()  # end of stream
+            return
         try:
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
@@ -156,6 +177,9 @@ class async_chat(asyncore.dispatcher):
         buf += data
         pos = 0
         max_output = self.ac_max_output
+        # Looked up once per read, not once per line.
+        collect = self.collect_incoming_data
+        found = self.found_terminator
         try:
             while True:
                 if buf is not self._ac_buf:
@@ -173,6 +197,17 @@ class async_chat(asyncore.dispatcher):
                 if max_output is not None and self._ac_out_queued > max_output:
                     return True
                 term = self.terminator
+                if term.__class__ is bytes and not self._ac_prefix_seen:
+                    # The usual case, a line terminator: the general code
+                    # below does the same with more tests per line.
+                    index = buf.find(term, pos)
+                    if index >= 0:
+                        if index != pos:
+                            collect(bytes(buf[pos:index]))
+                        pos = index + len(term)
+                        self._ac_pos = pos
+                        found()
+                        continue
                 remaining = len(buf) - pos
                 if not term:
                     # No terminator: everything is data.
@@ -267,7 +302,7 @@ class async_chat(asyncore.dispatcher):
     # -- output -------------------------------------------------------------------
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue *data* for sending and start sending it."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if data.__class__ is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data argument must be byte-ish (%r)" % type(data))
         self.producer_fifo.append(data)
         self._ac_out_queued += len(data)
@@ -304,8 +339,9 @@ class async_chat(asyncore.dispatcher):
             self._ac_want_write = want
             self._interest_changed()
 
-    def _ac_gather(self) -> List[Any]:
-        """Take the bytes at the head of the queue, running producers."""
+    def _ac_gather(self) -> Tuple[List[Any], int]:
+        """Take the bytes at the head of the queue, running producers;
+        return them and their total size."""
         fifo = self.producer_fifo
         chunks: List[Any] = []
         size = 0
@@ -314,11 +350,12 @@ class async_chat(asyncore.dispatcher):
             first = fifo[0]
             if first is None:
                 break
-            if isinstance(first, (bytes, bytearray, memoryview)):
-                if len(first):
+            if first.__class__ is bytes or isinstance(first, (bytearray, memoryview)):
+                n = len(first)
+                if n:
                     chunks.append(first)
-                    size += len(first)
-                    self._ac_out_queued -= len(first)
+                    size += n
+                    self._ac_out_queued -= n
                 fifo.popleft()
                 continue
             if chunks:
@@ -331,14 +368,16 @@ class async_chat(asyncore.dispatcher):
                 size += len(data)
                 break
             fifo.popleft()
-        return chunks
+        return chunks, size
 
     def _ac_send(self, chunks: List[Any]) -> int:
-        if len(chunks) == 1:
-            return self.send(chunks[0])
         sock = self.socket
         if type(sock) is _RealSocket and type(self).send in _PLAIN_SENDS:
+            # dispatcher.send inlined for one chunk (one reply: the usual
+            # case), sendmsg() for several.
             try:
+                if len(chunks) == 1:
+                    return sock.send(chunks[0])
                 return sock.sendmsg(chunks)
             except OSError as why:
                 if why.errno == asyncore.EWOULDBLOCK:
@@ -347,6 +386,8 @@ class async_chat(asyncore.dispatcher):
                     self.handle_close()
                     return 0
                 raise
+        if len(chunks) == 1:
+            return self.send(chunks[0])
         if hasattr(sock, "do_handshake"):
             return self.send(b"".join(chunks))  # TLS: one record, not many
         # Socket-like objects (test doubles) get one send() per chunk, as
@@ -366,7 +407,7 @@ class async_chat(asyncore.dispatcher):
                 fifo.popleft()
                 self.handle_close()
                 return
-            chunks = self._ac_gather()
+            chunks, size = self._ac_gather()
             if not chunks:
                 continue  # a producer ran dry; look at what follows it
             try:
@@ -374,7 +415,7 @@ class async_chat(asyncore.dispatcher):
             except OSError:
                 self.handle_error()
                 return
-            if sent >= sum(len(chunk) for chunk in chunks):
+            if sent >= size:
                 continue
             # The socket took less than offered: the first `sent` bytes
             # left, from the front.  Put the rest back, in order, and wait
