@@ -258,6 +258,45 @@ def unstuff(buffer: bytearray) -> bytes:
         view.release()
 
 
+def unstuff_chunks(chunks: List[bytes]) -> bytes:
+    """:func:`unstuff` for a message kept as the pieces it arrived in.
+
+    *chunks* hold the raw message text (without ``DATA_START``) up to, not
+    including, the final ``<CRLF>.<CRLF>``; the list is emptied.  Pieces
+    are joined once, so at most two copies of the message exist at a time
+    (the pieces and the joined text, then the joined and the converted
+    text), and the result needs no final copy to drop a sentinel.
+    """
+    text = b"".join(chunks)
+    chunks.clear()
+    if text[:1] == b".":
+        text = text[1:]  # the first line has no CRLF before its dot
+    if _has_stuffed_line(text):
+        text = text.replace(b"\r\n.", b"\r\n")
+    return text.replace(b"\r\n", b"\n")
+
+
+def _has_stuffed_line(text: bytes) -> bool:
+    """Whether a line of *text* after the first starts with a dot.
+
+    Searching for CRLF-dot costs a pass over the whole message; looking at
+    each dot first costs a memchr() pass plus one test per dot, far less in
+    mail with few dots (attachments in base64 have none).  After a number
+    of dots proportional to the size, the plain search takes over, so text
+    full of dots costs little more than it did.
+    """
+    budget = len(text) >> 12
+    i = text.find(b".", 2)
+    while budget > 0:
+        if i < 0:
+            return False
+        if text.startswith(b"\r\n", i - 2):
+            return True
+        budget -= 1
+        i = text.find(b".", i + 1)
+    return text.find(b"\r\n.", max(0, i - 2)) >= 0 if i >= 0 else False
+
+
 def add_peer_header(data: AnyStr, peer_host: str) -> AnyStr:
     """Insert ``X-Peer: <host>`` before the first empty line (the end of the
     headers), or after the last line when there is none, as PureProxy did."""

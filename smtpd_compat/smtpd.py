@@ -213,7 +213,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._newline = b"\n"
         limit = self.command_size_limit
         self.command_size_limits = collections.defaultdict(lambda: limit)
-        self._message: Optional[bytearray] = None
+        self._message: Optional[List[bytes]] = None
         self.mail_options: List[str] = []
         self.rcpt_options: List[str] = []
         self._set_rset_state()
@@ -292,7 +292,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         elif limit:
             self.num_bytes += len(data)
         if self._message is not None:
-            self._message += data
+            self._message.append(data)
         else:
             self.received_lines.append(data)
 
@@ -364,7 +364,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._set_post_data_state()
             self.push(R.TOO_MUCH_DATA)
             return
-        data: Union[bytes, str] = _protocol.unstuff(message if message is not None else bytearray())
+        data: Union[bytes, str] = _protocol.unstuff_chunks(message if message is not None else [])
         if _debugging():
             _debug("Data:", repr(data))
         if self._decode_data:
@@ -648,7 +648,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         # The CRLF that ended this command line counts towards the end of
         # data, so a message may be empty ("DATA", then "." at once).
         self._ac_prefix_seen = _protocol.DATA_START
-        self._message = bytearray(_protocol.DATA_START)
+        # The pieces as they arrive; joined once at the end (unstuff_chunks).
+        self._message = []
         self.push(R.START_DATA)
 
     def smtp_EXPN(self, arg: Optional[str]) -> None:

@@ -8,7 +8,10 @@ speed is measured by benchmarks/bench.py, not by tests.
 
 from __future__ import annotations
 
-from smtpd_compat import _protocol
+import random
+from typing import List
+
+from smtpd_compat import _protocol, asynchat
 
 
 def _slow_run(text: str, i: int) -> int:
@@ -34,3 +37,112 @@ def test_address_run_stops_at_every_delimiter() -> None:
         assert _protocol._run("abc" + delim + "def", 0) == 3
     assert _protocol._run("", 0) == 0
     assert _protocol._run("abc", 3) == 3
+
+
+# -- message text: unstuff_chunks --------------------------------------------------
+def _smtpd_unstuff(raw: bytes) -> bytes:
+    # What CPython's smtpd did with the text between DATA and <CRLF>.<CRLF>.
+    return b"\n".join(line[1:] if line[:1] == b"." else line for line in raw.split(b"\r\n"))
+
+
+def _is_message_text(raw: bytes) -> bool:
+    framed = _protocol.DATA_START + raw + _protocol.END_OF_DATA
+    return framed.find(_protocol.END_OF_DATA) == len(_protocol.DATA_START + raw)
+
+
+def _cuts(raw: bytes, rnd: random.Random) -> List[bytes]:
+    points = sorted(rnd.sample(range(len(raw) + 1), min(len(raw) + 1, rnd.randint(0, 3))))
+    return [raw[a:b] for a, b in zip([0] + points, points + [len(raw)])]
+
+
+def test_unstuff_chunks_matches_smtpd_on_small_texts() -> None:
+    rnd = random.Random(4)
+    pieces = [b"\r", b"\n", b".", b"x", b"\r\n", b"\r\n.", b".."]
+    checked = 0
+    for _ in range(20000):
+        raw = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 10)))
+        if not _is_message_text(raw):
+            continue
+        result = _protocol.unstuff_chunks(_cuts(raw, rnd))
+        assert result == _smtpd_unstuff(raw), raw
+        assert type(result) is bytes
+        checked += 1
+    assert checked > 5000
+
+
+def test_unstuff_chunks_matches_smtpd_on_large_texts() -> None:
+    # Large enough for the per-dot look-ahead of _has_stuffed_line to run
+    # out of budget, with dots before and after the first stuffed line.
+    rnd = random.Random(5)
+    for _ in range(60):
+        parts = [rnd.choice([b"X" * rnd.randint(0, 90), b".", b"a.b", b"..", b"\r\n", b"\r", b"\n"]) for _ in range(rnd.randint(0, 4000))]
+        raw = b"".join(parts)
+        if not _is_message_text(raw):
+            continue
+        assert _protocol._has_stuffed_line(raw) == (b"\r\n." in raw)
+        assert _protocol.unstuff_chunks(_cuts(raw, rnd)) == _smtpd_unstuff(raw)
+
+
+def test_stuffed_line_found_after_many_dots() -> None:
+    body = b"a.b.c.d\r\n" * 5000  # 20000 dots, none at a line start
+    assert not _protocol._has_stuffed_line(body)
+    assert _protocol._has_stuffed_line(body + b"\r\n..x")
+    assert _protocol.unstuff_chunks([body, b"\r\n..x"]) == _smtpd_unstuff(body + b"\r\n..x")
+    assert _protocol.unstuff_chunks([]) == b""
+    assert _protocol.unstuff_chunks([b".x"]) == b"x"
+
+
+def test_unstuff_chunks_empties_the_list() -> None:
+    chunks = [b"a\r\n", b"b"]
+    assert _protocol.unstuff_chunks(chunks) == b"a\nb"
+    assert chunks == []
+
+
+# -- asynchat helpers for large input ------------------------------------------------
+def test_find_large_equals_find() -> None:
+    rnd = random.Random(6)
+    terms = [b"\r\n.\r\n", b"\r\n", b"\n", b"END", b"\r\n\r\n"]
+    for _ in range(3000):
+        buf = bytearray(b"".join(rnd.choice([b"\r", b"\n", b".", b"x", b"E", b"END", b"\r\n.\r\n"]) for _ in range(rnd.randint(0, 40))))
+        term = rnd.choice(terms)
+        pos = rnd.randint(0, len(buf))
+        assert asynchat._find_large(buf, term, pos) == buf.find(term, pos), (buf, term, pos)
+
+
+def test_bytes_of_copies_a_slice() -> None:
+    buf = bytearray(range(256)) * 100
+    part = asynchat._bytes_of(buf, 10, 20000)
+    assert part == bytes(buf[10:20000]) and type(part) is bytes
+    buf += b"more"  # no export left behind: the buffer can still grow
+    del buf[:5]
+
+
+class _Collector(asynchat.async_chat):
+    def __init__(self, terminator: bytes) -> None:
+        super().__init__()
+        self.set_terminator(terminator)
+        self.pieces: List[bytes] = []
+        self.frames: List[bytes] = []
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        assert type(data) is bytes
+        self.pieces.append(data)
+
+    def found_terminator(self) -> None:
+        self.frames.append(b"".join(self.pieces))
+        self.pieces = []
+
+
+def test_large_input_framed_like_small_input() -> None:
+    # Message-sized input (past asynchat._LARGE) goes through the memchr
+    # search and the single-copy slices; the frames are the same whatever
+    # the read sizes.
+    body = (b"X" * 78 + b"\r\n") * 2000 + b"a.b\r\n..c\r\n"
+    stream = body + b"\r\n.\r\n" + b"tail" + b"\r\n.\r\n"
+    expected = [body, b"tail"]
+    for size in (1, 7, 4096, 5000, 65536, len(stream)):
+        chat = _Collector(b"\r\n.\r\n")
+        chat._fileno = -1  # framing stops for closed channels; fake an open one
+        for i in range(0, len(stream), size):
+            chat._ac_frame(stream[i : i + size])
+        assert chat.frames == expected, size
