@@ -177,6 +177,10 @@ class async_chat(asyncore.dispatcher):
     def _ac_frame(self, data: bytes) -> bool:
         """Frame the buffer; True if it stopped because output is over the bound."""
         buf = self._ac_buf
+        # While the buffer holds exactly this read, slices of *data* are the
+        # pieces: one copy instead of bytes(buf[a:b])'s two, none for all
+        # of it.
+        src = data if not buf and data.__class__ is bytes else None
         buf += data
         pos = 0
         max_output = self.ac_max_output
@@ -189,7 +193,7 @@ class async_chat(asyncore.dispatcher):
                     # A callback replaced the input (discard_buffers(), or
                     # an assignment to ac_in_buffer): go on with the new
                     # input, as asynchat did.
-                    buf, pos = self._ac_buf, 0
+                    buf, pos, src = self._ac_buf, 0, None
                 if pos >= len(buf):
                     break
                 if self._ac_input_closed or self._fileno is None:
@@ -208,7 +212,10 @@ class async_chat(asyncore.dispatcher):
                     else:
                         index = _find_large(buf, term, pos)
                     if index >= 0:
-                        if index - pos > _LARGE:
+                        if src is not None:
+                            if index != pos:
+                                collect(src[pos:index])
+                        elif index - pos > _LARGE:
                             collect(_bytes_of(buf, pos, index))
                         elif index != pos:
                             collect(bytes(buf[pos:index]))
@@ -259,7 +266,10 @@ class async_chat(asyncore.dispatcher):
                         # Keep a possible start of the terminator for later.
                         keep = _partial_at_end(buf, pos, term)
                         end = len(buf) - keep
-                        if end - pos > _LARGE:
+                        if src is not None and end > pos:
+                            self.collect_incoming_data(src[pos:end])
+                            pos = end
+                        elif end - pos > _LARGE:
                             self.collect_incoming_data(_bytes_of(buf, pos, end))
                             pos = end
                         elif end > pos:

@@ -152,6 +152,43 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
+class _CommandSizeLimits(collections.defaultdict):
+    """A channel's ``command_size_limits``: a defaultdict that remembers its
+    largest value, which ``max_command_size_limit`` is asked for on every
+    command line.  Every method that changes the dict forgets it."""
+
+    largest: Optional[int] = None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.largest = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.largest = None
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Any:
+        self.largest = None
+        return super().__ior__(other)
+
+    def _forgetting(name: str) -> Any:  # noqa: N805  (builds methods below)
+        method = getattr(collections.defaultdict, name)
+
+        def forget(self: "_CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
+            self.largest = None
+            return method(self, *args, **kwargs)
+
+        forget.__name__ = name
+        return forget
+
+    clear = _forgetting("clear")
+    pop = _forgetting("pop")
+    popitem = _forgetting("popitem")
+    setdefault = _forgetting("setdefault")
+    update = _forgetting("update")
+    del _forgetting
+
+
 class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     """One SMTP session with a client.
 
@@ -177,10 +214,19 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
 
     @property
     def max_command_size_limit(self) -> int:
+        limits = self.command_size_limits
+        cached = limits.__class__ is _CommandSizeLimits
+        if cached:
+            largest = limits.largest
+            if largest is not None:
+                return largest
         try:
-            return max(self.command_size_limits.values())
+            largest = max(limits.values())
         except ValueError:
             return self.command_size_limit
+        if cached:
+            limits.largest = largest
+        return largest
 
     def __init__(
         self,
@@ -212,7 +258,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._dotsep = ord(b".")
             self._newline = b"\n"
         limit = self.command_size_limit
-        self.command_size_limits = collections.defaultdict(lambda: limit)
+        self.command_size_limits = _CommandSizeLimits(lambda: limit)
         self._message: Optional[List[bytes]] = None
         self.mail_options: List[str] = []
         self.rcpt_options: List[str] = []

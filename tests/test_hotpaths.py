@@ -146,3 +146,43 @@ def test_large_input_framed_like_small_input() -> None:
         for i in range(0, len(stream), size):
             chat._ac_frame(stream[i : i + size])
         assert chat.frames == expected, size
+
+
+# -- max_command_size_limit is cached in the channel's command_size_limits -----------
+def test_command_size_limits_forget_their_largest_value_on_every_change() -> None:
+    from smtpd_compat.smtpd import _CommandSizeLimits
+
+    limits = _CommandSizeLimits(lambda: 512)
+    changes = [
+        lambda: limits.__setitem__("MAIL", 538),
+        lambda: limits.update(RCPT=600),
+        lambda: limits.setdefault("AUTH", 12288),
+        lambda: limits.pop("AUTH"),
+        lambda: limits.__delitem__("RCPT"),
+        lambda: limits.__ior__({"X": 1}),
+        lambda: limits["NEW"],  # a missing key is inserted by the factory
+        lambda: limits.popitem(),
+        lambda: limits.clear(),
+    ]
+    for change in changes:
+        limits.largest = -1
+        change()
+        assert limits.largest is None
+
+
+def test_max_command_size_limit_follows_the_limits() -> None:
+    from smtpd_compat import smtpd
+
+    channel = smtpd.SMTPChannel.__new__(smtpd.SMTPChannel)
+    channel.command_size_limits = smtpd._CommandSizeLimits(lambda: 512)
+    assert channel.max_command_size_limit == 512  # empty: command_size_limit
+    channel.command_size_limits["MAIL"] += 26
+    assert channel.max_command_size_limit == 538
+    assert channel.command_size_limits.largest == 538
+    channel.command_size_limits["AUTH"] = 12288
+    assert channel.max_command_size_limit == 12288
+    del channel.command_size_limits["AUTH"]
+    assert channel.max_command_size_limit == 538
+    # Any mapping still works, uncached, as in smtpd.
+    channel.command_size_limits = {"MAIL": 700}
+    assert channel.max_command_size_limit == 700
