@@ -253,7 +253,10 @@ class async_chat(asyncore.dispatcher):
                         if rest.startswith(head):
                             break  # could still complete; wait for more input
                         self._ac_prefix_seen = b""
-                    index = _find_large(buf, term, pos)
+                    if len(buf) - pos <= _LARGE:
+                        index = buf.find(term, pos)
+                    else:
+                        index = _find_large(buf, term, pos)
                     if index != -1:
                         if index - pos > _LARGE:
                             self.collect_incoming_data(_bytes_of(buf, pos, index))
@@ -426,10 +429,33 @@ class async_chat(asyncore.dispatcher):
     def initiate_send(self) -> None:
         fifo = self.producer_fifo
         while fifo and self.connected:
-            if fifo[0] is None:
+            first = fifo[0]
+            if first is None:
                 fifo.popleft()
                 self.handle_close()
                 return
+            if len(fifo) == 1 and first.__class__ is bytes and type(self.socket) is _RealSocket and type(self).send in _PLAIN_SENDS:
+                # One reply queued, the usual case: what _ac_gather() and
+                # _ac_send() would do for it, without their loop and calls.
+                fifo.popleft()
+                size = len(first)
+                self._ac_out_queued -= size
+                try:
+                    sent = self.socket.send(first)
+                except OSError as why:
+                    if why.errno == asyncore.EWOULDBLOCK:
+                        sent = 0
+                    elif why.errno in asyncore._DISCONNECTED:
+                        self.handle_close()
+                        sent = 0
+                    else:
+                        self.handle_error()
+                        return
+                if sent < size:
+                    fifo.appendleft(memoryview(first)[sent:] if sent else first)
+                    self._ac_out_queued += size - sent
+                    break
+                continue
             chunks, size = self._ac_gather()
             if not chunks:
                 continue  # a producer ran dry; look at what follows it

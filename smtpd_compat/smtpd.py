@@ -328,17 +328,20 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
-        limit = None
-        if self.smtp_state == self.COMMAND:
+        state = self.smtp_state
+        if state == self.COMMAND:
             limit = self.max_command_size_limit
-        elif self.smtp_state == self.DATA:
+        elif state == self.DATA:
             limit = self.data_size_limit
-        if limit and self.num_bytes > limit:
-            return  # over the limit: keep counting nothing, store nothing
-        elif limit:
+        else:
+            limit = None
+        if limit:
+            if self.num_bytes > limit:
+                return  # over the limit: keep counting nothing, store nothing
             self.num_bytes += len(data)
-        if self._message is not None:
-            self._message.append(data)
+        message = self._message
+        if message is not None:
+            message.append(data)
         else:
             self.received_lines.append(data)
 
@@ -351,7 +354,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 size, self.num_bytes = self.num_bytes, 0
                 self._auth_response(line, size)
                 return
-            if _debugging():
+            if not isinstance(DEBUGSTREAM, Devnull):  # _debugging(), inlined
                 _debug("Data:", repr(_auth.redact_command(line)))
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
