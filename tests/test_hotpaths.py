@@ -9,9 +9,11 @@ speed is measured by benchmarks/bench.py, not by tests.
 from __future__ import annotations
 
 import random
-from typing import List
+import socket
+import time
+from typing import Any, Dict, List
 
-from smtpd_compat import _protocol, asynchat
+from smtpd_compat import _protocol, _reactor, asynchat, asyncore
 
 
 def _slow_run(text: str, i: int) -> int:
@@ -186,3 +188,88 @@ def test_max_command_size_limit_follows_the_limits() -> None:
     # Any mapping still works, uncached, as in smtpd.
     channel.command_size_limits = {"MAIL": 700}
     assert channel.max_command_size_limit == 700
+
+
+# -- the reactor's busy-poll ----------------------------------------------------------
+class _Reader(asyncore.dispatcher):
+    def handle_read(self) -> None:
+        self.recv(4096)
+
+    def writable(self) -> bool:
+        return False
+
+
+class _CountingSelects:
+    """Wraps a reactor's selector.select to record each call's timeout."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.timeouts: List[Any] = []
+        self._select = reactor.selector.select
+        reactor.selector.select = self
+
+    def __call__(self, timeout: Any) -> Any:
+        self.timeouts.append(timeout)
+        return self._select(timeout)
+
+
+def _active_reactor(busy_poll: float) -> Any:
+    """A map with one reader, after an iteration that handled an event."""
+    map: Dict[int, Any] = {}
+    a, b = socket.socketpair()
+    _Reader(a, map=map)
+    b.send(b"x")
+    asyncore.poll(1.0, map)
+    reactor = _reactor.reactor_for(map)
+    reactor.busy_poll = busy_poll
+    return map, reactor, b
+
+
+def test_busy_poll_spins_after_activity_then_sleeps_then_stops() -> None:
+    map, reactor, peer = _active_reactor(0.005)
+    try:
+        assert reactor._active
+        calls = _CountingSelects(reactor)
+        asyncore.poll(0.01, map)  # nothing comes: spin, then block
+        assert calls.timeouts[0] == 0 and len(calls.timeouts) >= 2
+        assert calls.timeouts[-1] is not None and calls.timeouts[-1] <= 0.01
+        assert reactor._spin_missed and not reactor._active
+        del calls.timeouts[:]
+        asyncore.poll(0.01, map)  # idle: no spin at all
+        assert calls.timeouts == [0.01]
+        # Activity again, but the last spin missed: this time it sleeps.
+        peer.send(b"y")
+        asyncore.poll(1.0, map)
+        assert reactor._active
+        del calls.timeouts[:]
+        asyncore.poll(0.01, map)
+        assert calls.timeouts == [0.01] and not reactor._spin_missed
+    finally:
+        peer.close()
+        asyncore.close_all(map=map)
+
+
+def test_busy_poll_off() -> None:
+    map, reactor, peer = _active_reactor(0.0)
+    try:
+        calls = _CountingSelects(reactor)
+        asyncore.poll(0.01, map)
+        assert calls.timeouts == [0.01]
+    finally:
+        peer.close()
+        asyncore.close_all(map=map)
+
+
+def test_busy_poll_never_runs_past_a_due_timer() -> None:
+    # A spin far longer than the timer's delay stops at the timer, and the
+    # timer runs in the same iteration.
+    map, reactor, peer = _active_reactor(30.0)
+    try:
+        fired: List[float] = []
+        reactor.call_later(0.01, lambda: fired.append(time.monotonic()))
+        start = time.monotonic()
+        asyncore.poll(30.0, map)
+        assert fired, "the timer did not run in that iteration"
+        assert fired[0] - start < 10.0  # bounded by the timer, not the spin
+    finally:
+        peer.close()
+        asyncore.close_all(map=map)
