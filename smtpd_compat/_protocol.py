@@ -267,6 +267,17 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
     (the pieces and the joined text, then the joined and the converted
     text), and the result needs no final copy to drop a sentinel.
     """
+    if _plain_pieces(chunks):
+        # Then unstuffing is deleting every CR, which translate() does at a
+        # third of the cost of replace(CRLF, LF) (that one pays for each of
+        # the many matches).  Piece by piece, each result takes the place,
+        # and the memory, of the piece it replaces: the message exists
+        # twice only while the pieces are joined.
+        for i, piece in enumerate(chunks):
+            chunks[i] = piece.translate(None, b"\r")
+        text = b"".join(chunks)
+        chunks.clear()
+        return text
     text = b"".join(chunks)
     chunks.clear()
     if text[:1] == b".":
@@ -274,6 +285,31 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
     if _has_stuffed_line(text):
         text = text.replace(b"\r\n.", b"\r\n")
     return text.replace(b"\r\n", b"\n")
+
+
+# A CR that does not end a line (RFC 5322 forbids it; it must then be kept),
+# or that ends a piece.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _plain_pieces(chunks: List[bytes]) -> bool:
+    """Whether the message in *chunks* has no line starting with a dot and
+    no CR other than in CRLF, judged piece by piece without joining them.
+
+    A CR at the end of a piece counts as bare (the answer may be a false
+    "no", never a false "yes"), so CRLF-dot can only span two pieces as
+    CRLF | dot, which is checked at each junction.
+    """
+    line_start = True  # the message starts a line
+    for piece in chunks:
+        if not piece:
+            continue
+        if line_start and piece[:1] == b".":
+            return False
+        if _BARE_CR.search(piece) is not None or _has_stuffed_line(piece):
+            return False
+        line_start = piece.endswith(b"\r\n")
+    return True
 
 
 def _has_stuffed_line(text: bytes) -> bool:

@@ -94,6 +94,27 @@ def test_stuffed_line_found_after_many_dots() -> None:
     assert _protocol.unstuff_chunks([b".x"]) == b"x"
 
 
+def test_unstuff_chunks_keeps_bare_carriage_returns() -> None:
+    # Without a bare CR every CR is deleted at once; with one, only CRLF
+    # becomes LF.
+    assert _protocol.unstuff_chunks([b"a\r\nb\r\n"]) == b"a\nb\n"
+    assert _protocol.unstuff_chunks([b"a\rb\r\nc"]) == b"a\rb\nc"
+    assert _protocol.unstuff_chunks([b"a\r\r\nb\r"]) == b"a\r\nb\r"
+    assert _protocol.unstuff_chunks([b"\r"]) == b"\r"
+
+
+def test_plain_pieces_judges_each_piece_and_each_junction() -> None:
+    plain = _protocol._plain_pieces
+    assert plain([b"a\r\n", b"b\r\n"]) and plain([]) and plain([b""])
+    assert not plain([b".a"])  # the first line starts with a dot
+    assert not plain([b"a\r\n", b".b"])  # CRLF | dot
+    assert plain([b"a", b".b"])  # the dot is not at a line start
+    assert not plain([b"a\r", b"\nb"])  # a CR ending a piece counts as bare
+    assert not plain([b"a\rb"]) and not plain([b"a\r\n.b"])
+    assert _protocol.unstuff_chunks([b"a\r\n", b".b"]) == b"a\nb"
+    assert _protocol.unstuff_chunks([b"a\r", b"\nb"]) == b"a\nb"
+
+
 def test_unstuff_chunks_empties_the_list() -> None:
     chunks = [b"a\r\n", b"b"]
     assert _protocol.unstuff_chunks(chunks) == b"a\nb"
