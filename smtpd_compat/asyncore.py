@@ -100,31 +100,25 @@ def _strerror(err: int) -> str:
 
 
 # -- one-event helpers (asyncore's module-level API) ---------------------------
-def read(obj: "dispatcher") -> None:
+def _handle(obj: "dispatcher", event: str) -> None:
     try:
-        obj.handle_read_event()
+        getattr(obj, event)()
     except _reraised_exceptions:
         raise
     except BaseException:
         obj.handle_error()
+
+
+def read(obj: "dispatcher") -> None:
+    _handle(obj, "handle_read_event")
 
 
 def write(obj: "dispatcher") -> None:
-    try:
-        obj.handle_write_event()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
-        obj.handle_error()
+    _handle(obj, "handle_write_event")
 
 
 def _exception(obj: "dispatcher") -> None:
-    try:
-        obj.handle_expt_event()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
-        obj.handle_error()
+    _handle(obj, "handle_expt_event")
 
 
 def readwrite(obj: "dispatcher", flags: int) -> None:

@@ -520,6 +520,18 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         passed only to overrides that accept it."""
         return self._security_message_options()
 
+    def _path_argument(self, keyword: str, arg: Optional[str], syntaxerr: str) -> Optional[Tuple[str, str]]:
+        """Parse ``FROM:<path> params`` / ``TO:<path> params`` as MAIL and RCPT
+        share it: ``(address, params)``, or None after replying *syntaxerr*."""
+        if arg is None:
+            self.push(syntaxerr)
+            return None
+        address, params = self._getaddr(self._strip_command_keyword(keyword, arg))
+        if not address or (params and not self.extended_smtp):
+            self.push(syntaxerr)
+            return None
+        return address, params
+
     def _syntax_error(self, reply: str) -> str:
         return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
 
@@ -603,17 +615,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         _debug("===> MAIL", arg)
         syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
-        if arg is None:
-            self.push(syntaxerr)
+        path = self._path_argument("FROM:", arg, syntaxerr)
+        if path is None:
             return
-        arg = self._strip_command_keyword("FROM:", arg)
-        address, params = self._getaddr(arg)
-        if not address:
-            self.push(syntaxerr)
-            return
-        if not self.extended_smtp and params:
-            self.push(syntaxerr)
-            return
+        address, params = path
         if self.mailfrom:
             self.push(R.NESTED_MAIL)
             return
@@ -651,17 +656,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.push(R.NEED_MAIL)
             return
         syntaxerr = self._syntax_error(R.SYNTAX_RCPT)
-        if arg is None:
-            self.push(syntaxerr)
+        path = self._path_argument("TO:", arg, syntaxerr)
+        if path is None:
             return
-        arg = self._strip_command_keyword("TO:", arg)
-        address, params = self._getaddr(arg)
-        if not address:
-            self.push(syntaxerr)
-            return
-        if not self.extended_smtp and params:
-            self.push(syntaxerr)
-            return
+        address, params = path
         self.rcpt_options = params.upper().split()
         parsed = self._getparams(self.rcpt_options)
         if parsed is None:
