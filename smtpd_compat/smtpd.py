@@ -317,6 +317,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     def close(self) -> None:
         if self._guard is not None:
             self._guard.close()
+            # The guard points back at the channel: break the cycle so that a
+            # closed session (and the last message it holds) is freed at once,
+            # not whenever the cyclic collector next runs.
+            self._guard = None
         if self._fileno is not None:
             _serving.log_closed(self)
         super().close()  # through _tls.SecureChannelMixin: TLS close_notify
