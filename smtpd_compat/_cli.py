@@ -213,7 +213,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         ns = parse_args(argv)
         if ns.help:
+            # smtpd's usage text, then every option this command takes
+            # (TLS, AUTH and mailbox options are not in smtpd's text).
             print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
+            print(build_parser().format_help())
             return 0
         if ns.version:
             print(smtpd.__version__)

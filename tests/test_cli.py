@@ -139,6 +139,13 @@ def test_help() -> None:
     assert run_cli("--help").returncode == 0
 
 
+def test_help_lists_the_options_beyond_smtpd() -> None:
+    text = run_cli("-h").stdout
+    for option in ("--maildir", "--mbox", "--tls-cert", "--tls-key", "--smtps", "--require-starttls",
+                   "--auth-file", "--auth-required", "--relay-tls", "--relay-cafile", "--relay-auth-file"):
+        assert option in text
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
