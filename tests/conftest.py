@@ -304,6 +304,22 @@ class RawClient:
         self.close()
 
 
+def send_while_reading(sock: socket.socket, data: bytes) -> bytes:
+    """Send *data* from a helper thread while reading everything until the
+    server closes; returns what was read.  For a client whose input the
+    server only takes as its replies are read (its output is bounded)."""
+    sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+    sender.start()
+    received = bytearray()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    sender.join(TIMEOUT)
+    return bytes(received)
+
+
 @pytest.fixture
 def raw_client() -> Iterator[Callable[..., RawClient]]:
     """``raw_client(address)`` opens a :class:`RawClient`; all are closed at

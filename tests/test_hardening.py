@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 
 import pytest
 
-from conftest import FQDN, GREETING, REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, running_server
+from conftest import FQDN, GREETING, REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
 from smtpd_compat import smtpd
 from smtpd_compat import _replies as R
 from test_limits import SmallBufferServer, channels, non_reading_client
@@ -442,17 +442,9 @@ def test_client_that_never_reads_gets_every_reply_in_order_and_others_are_served
             assert len(st.server.wait_for(1)) == 1
             # Finish the current line, then QUIT, while reading everything.
             end = stream.index(b"\r\n", sent - 1) + 2 if sent else 0
-            sender = threading.Thread(target=client.sendall, args=(stream[sent:end] + b"QUIT\r\n",), daemon=True)
-            sender.start()
-            received = bytearray()
-            while True:
-                chunk = client.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-            sender.join(TIMEOUT)
+            received = send_while_reading(client, stream[sent:end] + b"QUIT\r\n")
         finally:
             client.close()
     answered = stream[:end].count(b"\r\n")
     expected = b"".join(b'500 Error: command "%s" not recognized\r\n' % line for line in lines[:answered])
-    assert bytes(received) == GREETING + expected + b"221 Bye\r\n"
+    assert received == GREETING + expected + b"221 Bye\r\n"

@@ -15,7 +15,7 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, running_server
+from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
 from tls_helpers import client_context, server_context, tls_files  # noqa: F401  (fixtures)
 from smtpd_compat import _limits, _reactor, smtpd
 from smtpd_compat import _replies as R
@@ -301,16 +301,8 @@ def test_output_bound_pauses_a_client_that_does_not_read():
             # Once the client reads, every NOOP it sent is answered.  (The
             # rest of its input is sent while it reads: the server takes no
             # more input before its replies are read.)
-            sender = threading.Thread(target=client.sendall, args=(rest + b"QUIT\r\n",), daemon=True)
-            sender.start()
-            received = bytearray()
-            while True:
-                chunk = client.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-            sender.join(TIMEOUT)
-            assert bytes(received) == GREETING + b"250 OK\r\n" * noops + b"221 Bye\r\n"
+            received = send_while_reading(client, rest + b"QUIT\r\n")
+            assert received == GREETING + b"250 OK\r\n" * noops + b"221 Bye\r\n"
         finally:
             client.close()
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import TIMEOUT
 from smtpd_compat import Controller, MailboxServer, RecordingServer, _cli
-from test_serving import CliServer
+from test_serving import cli_server  # noqa: F401  (the fixture, shared)
 
 # Bodies chosen to catch every kind of mangling: dot-stuffing, blank lines,
 # trailing spaces, 8-bit text, long lines, a lone CR, a missing final EOL.
@@ -201,22 +201,6 @@ def test_mbox_delivery(tmp_path: Path) -> None:
 
 
 # -- from the command line ------------------------------------------------------------------------
-@pytest.fixture
-def cli_server() -> Any:
-    """``cli_server(*args)`` starts ``python -m smtpd_compat -n -d *args``;
-    every one started is killed (if still running) after the test."""
-    servers: List[CliServer] = []
-
-    def start(*args: str) -> CliServer:
-        server = CliServer(*args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def test_cli_mail_catcher_with_maildir(tmp_path: Path, cli_server: Any) -> None:
     maildir = tmp_path / "caught"
     server = cli_server("-c", "MailboxServer", "--maildir", str(maildir))

@@ -486,6 +486,8 @@ class CliServer:
 
 @pytest.fixture
 def cli_server() -> Any:
+    """``cli_server(*args)`` starts ``python -m smtpd_compat -n -d *args``;
+    every one started is killed (if still running) after the test."""
     servers: List[CliServer] = []
 
     def start(*args: str) -> CliServer:
