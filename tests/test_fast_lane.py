@@ -1,0 +1,197 @@
+"""SMTPChannel's fast lane against the general read path.
+
+``SMTPChannel.handle_read_event`` handles a read holding exactly one command
+line, or a whole small message, without the framing layers; anything else
+goes through ``async_chat``'s framing.  These tests play every transcript of
+``test_transcripts`` with each read holding a chosen piece of the input
+(the loop is pumped here, one ``poll()`` per piece, so the pieces the
+server reads are exactly the pieces sent) through a channel that uses the
+fast lane and one that cannot (it overrides ``handle_read``), and require
+the same bytes out and the same messages delivered, equal to the expected
+transcript.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from typing import Any, List, Tuple
+
+import pytest
+
+from conftest import GREETING, RecordingSMTPServer
+from smtpd_compat import asyncore
+from test_transcripts import CONFIGS, TRANSCRIPTS, Transcript, check_messages, full_steps
+
+
+class GeneralChannel(RecordingSMTPServer.channel_class):  # type: ignore[misc,valid-type]
+    """Overrides a method the fast lane stands in for: every read takes the
+    general path."""
+
+    def handle_read(self) -> None:
+        super().handle_read()
+
+
+class GeneralServer(RecordingSMTPServer):
+    channel_class = GeneralChannel
+
+
+class Session:
+    """A server and one client in this thread; ``feed()`` delivers one
+    piece and lets the server read it (and only it) in one poll."""
+
+    def __init__(self, server_class: Any, **options: Any) -> None:
+        self.map: dict = {}
+        self.server = server_class(("127.0.0.1", 0), None, map=self.map, **options)
+        self.client = socket.create_connection(self.server.address)
+        # Each piece leaves at once (no Nagle delay), so it is read alone.
+        self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.setblocking(False)
+        self.output = bytearray()
+        self.fallbacks = 0  # reads framed by async_chat (not the fast lane)
+        self.channel = None
+        deadline = time.monotonic() + 5
+        while len(self.output) < len(GREETING) and time.monotonic() < deadline:
+            self.pump()
+        assert bytes(self.output) == GREETING
+        self.channel = next(o for o in self.map.values() if isinstance(o, GeneralChannel.__mro__[1]))
+        general_feed = self.channel._ac_feed
+
+        def counting_feed(data: bytes) -> None:
+            # Called when a read did not qualify for the fast lane.
+            self.fallbacks += 1
+            general_feed(data)
+
+        self.channel._ac_feed = counting_feed
+
+    def pump(self, timeout: float = 0.05) -> bool:
+        """One loop iteration, then read what the client got; False once
+        the server has closed the connection."""
+        asyncore.poll(timeout, self.map)
+        try:
+            while True:
+                data = self.client.recv(65536)
+                if not data:
+                    return False
+                self.output += data
+        except BlockingIOError:
+            return True
+
+    def feed(self, piece: bytes) -> None:
+        self.client.sendall(piece)
+        self.pump()
+
+    def finish(self) -> bytes:
+        deadline = time.monotonic() + 5
+        while self.pump(0.001):
+            assert time.monotonic() < deadline, "the server did not close"
+        self.client.close()
+        self.server.close()
+        asyncore.close_all(self.map)
+        return bytes(self.output)
+
+
+def pieces(t: Transcript, how: str) -> List[bytes]:
+    data = [d for d, _ in full_steps(t)]
+    stream = b"".join(data)
+    if how == "steps":
+        return data  # what an interactive client sends: the fast lane's case
+    if how == "whole":
+        return [stream]
+    if how == "bytes":
+        return [stream[i : i + 1] for i in range(len(stream))]
+    rng = random.Random("%s/%s" % (t.name, how))
+    cuts = sorted(rng.sample(range(1, len(stream)), min(8, len(stream) - 1)))
+    return [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+
+
+def play(server_class: Any, t: Transcript, how: str) -> Tuple[bytes, Any, int]:
+    session = Session(server_class, **CONFIGS[t.config])
+    for piece in pieces(t, how):
+        session.feed(piece)
+    output = session.finish()
+    return output, session.server.messages, session.fallbacks
+
+
+def _names(t: Transcript) -> str:
+    return t.name
+
+
+@pytest.mark.parametrize("how", ["steps", "bytes", "whole", "cuts"])
+@pytest.mark.parametrize("t", TRANSCRIPTS, ids=_names)
+def test_fast_lane_and_general_path_agree(t: Transcript, how: str) -> None:
+    expected = GREETING + b"".join(reply for _, reply in full_steps(t))
+    fast, fast_messages, fast_framed = play(RecordingSMTPServer, t, how)
+    general, general_messages, general_framed = play(GeneralServer, t, how)
+    assert fast == expected
+    assert general == expected
+    check_messages(fast_messages, t)
+    check_messages(general_messages, t)
+    # Every read of GeneralChannel is framed; the fast lane takes some of
+    # them whenever a client sends one command per write.
+    assert fast_framed <= general_framed
+    if how == "steps":
+        assert fast_framed < general_framed
+
+
+def test_an_interactive_session_stays_in_the_fast_lane() -> None:
+    body = b"Subject: hi\r\n\r\n" + b"x" * 900 + b"\r\n..dot-stuffed\r\n.\r\n"
+    script = [b"EHLO client.example\r\n"]
+    for _ in range(3):
+        script += [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.org>\r\n", b"DATA\r\n", body]
+    script.append(b"QUIT\r\n")
+    session = Session(RecordingSMTPServer)
+    for piece in script:
+        session.feed(piece)
+    output = session.finish()
+    assert session.fallbacks == 0, "a read left the fast lane"
+    assert output.count(b"250 OK\r\n") == 9 and output.endswith(b"221 Bye\r\n")
+    assert [m.data for m in session.server.messages] == [b"Subject: hi\n\n" + b"x" * 900 + b"\n.dot-stuffed"] * 3
+
+
+def run_reads(server_class: Any, reads: List[bytes]) -> Tuple[bytes, List[Any], int]:
+    session = Session(server_class)
+    for piece in reads:
+        session.feed(piece)
+    session.feed(b"QUIT\r\n")
+    output = session.finish()
+    return output, [(m.mailfrom, m.rcpttos, m.data) for m in session.server.messages], session.fallbacks
+
+
+ENVELOPE = [b"HELO c\r\n", b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<c@d.example>\r\n", b"DATA\r\n"]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"\r", b"\n"],  # a one-byte read is not a line (find() == -1 == 1 - 2)
+        [b"NOOP\r", b"\n"],
+        [b"NO", b"OP\r\n"],
+        [b"NOOP\r\nNOOP\r\n"],
+        [b"\r\n"],
+        ENVELOPE + [b"part one\r\npart", b" two\r\n.\r\n"],
+        ENVELOPE + [b".\r\n"],  # the empty message: its end began with DATA's CRLF
+        ENVELOPE + [b".\r\nNOOP\r\n.\r\n"],  # empty message, then two commands
+        ENVELOPE + [b"\r\n.\r\n"],
+        ENVELOPE + [b"a\r\n.\r\nNOOP\r\n"],  # a message and a pipelined command
+        ENVELOPE + [b"..\r\n.\r\n"],
+        ENVELOPE + [b"x\r\n.\r", b"\n"],
+    ],
+)
+def test_reads_off_the_fast_lane_match_the_general_path(reads: List[bytes]) -> None:
+    fast = run_reads(RecordingSMTPServer, reads)
+    general = run_reads(GeneralServer, reads)
+    assert fast[:2] == general[:2]
+    assert fast[0].startswith(GREETING) and fast[0].endswith(b"221 Bye\r\n")
+
+
+def test_partial_reads_are_framed() -> None:
+    output, _, framed = run_reads(RecordingSMTPServer, [b"\r", b"\n", b"NO", b"OP\r\n"])
+    assert output == GREETING + b"500 Error: bad syntax\r\n250 OK\r\n221 Bye\r\n"
+    assert framed == 4
+
+
+def test_message_split_over_reads_and_empty_message() -> None:
+    output, messages, _ = run_reads(RecordingSMTPServer, ENVELOPE + [b"part one\r\npart", b" two\r\n.\r\n"] + ENVELOPE[1:] + [b".\r\n"])
+    assert [m[2] for m in messages] == [b"part one\npart two", b""]
