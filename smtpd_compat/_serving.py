@@ -428,12 +428,6 @@ def after_data(channel: Any) -> None:
         _watch_deferred(channel.smtp_server)
 
 
-def closing(server: Any) -> bool:
-    """True while *server* is shutting down gracefully."""
-    st = getattr(server, "_serving_state", None)
-    return st is not None and st.closing
-
-
 def refuse_command(channel: Any) -> bool:
     """Called by SMTPChannel before it executes a command: during a
     graceful shutdown the command is answered 421 instead (True)."""

@@ -302,7 +302,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if log.isEnabledFor(logging.DEBUG):
             _serving.log_reply(self, msg)
         guard = self._guard
-        over_budget = guard is not None and guard.over_budget(msg)
+        over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
         if over_budget:
             msg = R.TOO_MANY_ERRORS % self.fqdn
         line = msg + "\r\n"
@@ -311,7 +311,12 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         except UnicodeEncodeError:
             # An echoed argument may hold non-ASCII text; never fail a reply.
             data = line.encode("ascii", "backslashreplace")
-        asynchat.async_chat.push(self, data)
+        if self._ac_batching:
+            # What async_chat.push() does while input is being processed.
+            self.producer_fifo.append(data)
+            self._ac_out_queued += len(data)
+        else:
+            asynchat.async_chat.push(self, data)
         if over_budget:
             self.close_when_done()
 
@@ -361,7 +366,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             and self._sasl is None
             and DEBUGSTREAM.__class__ is Devnull
             and not log.isEnabledFor(logging.DEBUG)
-            and not _serving.closing(self.smtp_server)
+            and ((serving := getattr(self.smtp_server, "_serving_state", None)) is None or not serving.closing)
         ):
             super().handle_read_event()
             return
@@ -417,13 +422,29 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                     _serving.after_data(self)
             finally:
                 self._ac_batching = False
-            if self.producer_fifo:
-                if self._tls_phase is _tls._PLAIN:
-                    asynchat.async_chat.initiate_send(self)
+            fifo = self.producer_fifo
+            if len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _tls._PLAIN:
+                # The one reply to this command: send it here.  If the
+                # socket takes only part of it, or refuses (an error, a full
+                # buffer), initiate_send() deals with what is left.
+                reply = fifo[0]
+                try:
+                    sent = sock.send(reply)
+                except OSError:
+                    sent = 0
+                if sent == len(reply):
+                    fifo.popleft()
+                    self._ac_out_queued -= sent
                 else:
-                    self.initiate_send()  # STARTTLS was just answered
-        if self._guard is not None:
-            self._guard.touch()
+                    if sent:
+                        fifo[0] = memoryview(reply)[sent:]
+                        self._ac_out_queued -= sent
+                    self.initiate_send()
+            elif fifo:
+                self.initiate_send()  # several replies, a close, or STARTTLS
+        guard = self._guard
+        if guard is not None:
+            guard.touch()
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:

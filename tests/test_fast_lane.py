@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
 from typing import Any, List, Tuple
 
 import pytest
 
-from conftest import GREETING, RecordingSMTPServer
+from conftest import GREETING, RawClient, RecordingSMTPServer
 from smtpd_compat import asyncore
 from test_transcripts import CONFIGS, TRANSCRIPTS, Transcript, check_messages, full_steps
 
@@ -195,3 +196,28 @@ def test_partial_reads_are_framed() -> None:
 def test_message_split_over_reads_and_empty_message() -> None:
     output, messages, _ = run_reads(RecordingSMTPServer, ENVELOPE + [b"part one\r\npart", b" two\r\n.\r\n"] + ENVELOPE[1:] + [b".\r\n"])
     assert [m[2] for m in messages] == [b"part one\npart two", b""]
+
+
+def test_fast_lane_under_serve_forever() -> None:
+    server = RecordingSMTPServer(("127.0.0.1", 0), None, map={})
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        framed = []
+        with RawClient(server.address) as client:
+            assert client.read_reply() == GREETING
+            (channel,) = [o for o in server._map.values() if o is not server]
+            general_feed = channel._ac_feed
+            channel._ac_feed = lambda data: (framed.append(data), general_feed(data))
+            assert client.command(b"HELO c").startswith(b"250 ")
+            assert client.command(b"MAIL FROM:<a@b.example>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<c@d.example>") == b"250 OK\r\n"
+            assert client.command(b"DATA").startswith(b"354 ")
+            assert client.command(b"hello\r\n.") == b"250 OK\r\n"
+            assert client.command(b"QUIT") == b"221 Bye\r\n"
+        assert server.wait_for(1)[0].data == b"hello"
+        assert framed == []
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()

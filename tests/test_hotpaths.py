@@ -13,6 +13,10 @@ import socket
 import time
 from typing import Any, Dict, List
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from smtpd_compat import _protocol, _reactor, asynchat, asyncore
 
 
@@ -32,6 +36,37 @@ def test_address_run_regex_matches_character_rule() -> None:
         for text in (ch, "ab" + ch + "cd", ch * 3):
             for start in (0, 1):
                 assert _protocol._run(text, start) == _slow_run(text, start), (hex(cp), text, start)
+
+
+def _parse(parser: Any, text: str) -> Any:
+    try:
+        return parser(text)
+    except _protocol.AddressError:
+        return "AddressError"
+
+
+# Characters that decide how a path parses: every delimiter, dots, quotes,
+# source-route punctuation, a non-ASCII letter, spaces and control bytes.
+PATH_ALPHABET = 'ab.@<>"\\:,[] \t\r\x00\x7fé'
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=PATH_ALPHABET, max_size=14))
+def test_common_path_match_agrees_with_the_stepwise_parse(text: str) -> None:
+    assert _parse(_protocol.parse_path, text) == _parse(_protocol._parse_path_stepwise, text.lstrip())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<a@b>", "<a.b@c.d> SIZE=10", "<.a@b>", "<a.@b>", "<...@b>", "<a@.b>", "<a@b.>", "<a@b..c>", "<a@b>>", "<é@b>", "<a@b", "<a@b c>"],
+)
+def test_common_path_edge_cases(text: str) -> None:
+    assert _parse(_protocol.parse_path, text) == _parse(_protocol._parse_path_stepwise, text)
+
+
+def test_common_path_takes_the_usual_addresses() -> None:
+    assert _protocol._COMMON_PATH.match("<bench.user@mail.example.com>") is not None
+    assert _protocol.parse_path("<bench.user@mail.example.com> SIZE=1000") == ("bench.user@mail.example.com", " SIZE=1000")
 
 
 def test_address_run_stops_at_every_delimiter() -> None:
