@@ -57,7 +57,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _limits, _protocol, _relay, _serving, _tls, asynchat, asyncore
+from . import _auth, _limits, _protocol, _reactor, _relay, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -422,29 +422,42 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                     _serving.after_data(self)
             finally:
                 self._ac_batching = False
-            fifo = self.producer_fifo
-            if len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _tls._PLAIN:
-                # The one reply to this command: send it here.  If the
-                # socket takes only part of it, or refuses (an error, a full
-                # buffer), initiate_send() deals with what is left.
-                reply = fifo[0]
-                try:
-                    sent = sock.send(reply)
-                except OSError:
-                    sent = 0
-                if sent == len(reply):
-                    fifo.popleft()
-                    self._ac_out_queued -= sent
+            if self.producer_fifo:
+                reactor = _reactor.reactor_for(self._map, create=False)
+                if reactor is not None:
+                    reactor.after_events(self._flush_replies)
                 else:
-                    if sent:
-                        fifo[0] = memoryview(reply)[sent:]
-                        self._ac_out_queued -= sent
-                    self.initiate_send()
-            elif fifo:
-                self.initiate_send()  # several replies, a close, or STARTTLS
+                    self._flush_replies()  # no loop: a test driving the channel
         guard = self._guard
         if guard is not None:
             guard.touch()
+
+    def _flush_replies(self) -> None:
+        """Send what the fast lane queued: usually one reply, sent here;
+        anything else (a partial send, an error, a close, STARTTLS) goes
+        through initiate_send()."""
+        fifo = self.producer_fifo
+        if not fifo or self._fileno is None:
+            return
+        try:
+            reply = fifo[0]
+            if len(fifo) == 1 and reply.__class__ is bytes and self._tls_phase is _tls._PLAIN and self.socket.__class__ is asynchat._RealSocket:
+                try:
+                    sent = self.socket.send(reply)
+                except OSError:
+                    sent = 0  # initiate_send() will meet the error again
+                if sent == len(reply):
+                    fifo.popleft()
+                    self._ac_out_queued -= sent
+                    return
+                if sent:
+                    fifo[0] = memoryview(reply)[sent:]
+                    self._ac_out_queued -= sent
+            self.initiate_send()
+        except asyncore._reraised_exceptions:
+            raise
+        except Exception:
+            self.handle_error()
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
