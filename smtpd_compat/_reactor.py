@@ -455,7 +455,10 @@ class Reactor:
         if self._after_events:
             callbacks, self._after_events = self._after_events, []
             for callback in callbacks:
-                self._run(callback)
+                try:
+                    callback()
+                except Exception as exc:
+                    self._failed(callback, exc)
         if self.read_ready:
             self._dispatch_read_again(dispatch)
         if self.timers:
@@ -504,14 +507,20 @@ class Reactor:
 
     @staticmethod
     def _run(callback: Callable[[], Any]) -> None:
-        from .asyncore import _reraised_exceptions
-
         try:
             callback()
-        except _reraised_exceptions:
-            raise
-        except Exception:
-            log.exception("error in scheduled callback %r", callback)
+        except Exception as exc:
+            Reactor._failed(callback, exc)
+
+    @staticmethod
+    def _failed(callback: Callable[[], Any], exc: Exception) -> None:
+        # Imported here, on the rare error path: asyncore imports this
+        # module, and an import per call would cost more than the call.
+        from .asyncore import _reraised_exceptions
+
+        if isinstance(exc, _reraised_exceptions):
+            raise exc  # asyncore.ExitNow ends the loop
+        log.exception("error in scheduled callback %r", callback, exc_info=exc)
 
     def close(self) -> None:
         if self.closed:

@@ -152,6 +152,11 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
+# _CommandSizeLimits.largest of an empty dict (a HELO session): the channel's
+# command_size_limit applies.
+_NO_LIMITS: Any = object()
+
+
 class _CommandSizeLimits(collections.defaultdict):
     """A channel's ``command_size_limits``: a defaultdict that remembers its
     largest value, which ``max_command_size_limit`` is asked for on every
@@ -219,14 +224,11 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if cached:
             largest = limits.largest
             if largest is not None:
-                return largest
-        try:
-            largest = max(limits.values())
-        except ValueError:
-            return self.command_size_limit
+                return self.command_size_limit if largest is _NO_LIMITS else largest
+        largest = max(limits.values(), default=_NO_LIMITS)
         if cached:
             limits.largest = largest
-        return largest
+        return self.command_size_limit if largest is _NO_LIMITS else largest
 
     def __init__(
         self,
@@ -422,30 +424,30 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                     _serving.after_data(self)
             finally:
                 self._ac_batching = False
-            if self.producer_fifo:
+            fifo = self.producer_fifo
+            if fifo:
                 reactor = _reactor.reactor_for(self._map, create=False)
-                if reactor is not None:
-                    reactor.after_events(self._flush_replies)
+                if reactor is not None and len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _tls._PLAIN:
+                    reactor.after_events(self._flush_reply)
                 else:
-                    self._flush_replies()  # no loop: a test driving the channel
+                    # Several replies, a close, STARTTLS, or no loop at all
+                    # (a test driving the channel by hand).
+                    self.initiate_send()
         guard = self._guard
         if guard is not None:
             guard.touch()
 
-    def _flush_replies(self) -> None:
-        """Send what the fast lane queued: usually one reply, sent here;
-        anything else (a partial send, an error, a close, STARTTLS) goes
-        through initiate_send()."""
+    def _flush_reply(self) -> None:
+        """Send the one reply the fast lane queued; a partial send, an
+        error, or anything queued meanwhile goes through initiate_send()."""
         fifo = self.producer_fifo
-        if not fifo or self._fileno is None:
-            return
-        try:
+        if len(fifo) == 1 and self._fileno is not None:
             reply = fifo[0]
-            if len(fifo) == 1 and reply.__class__ is bytes and self._tls_phase is _tls._PLAIN and self.socket.__class__ is asynchat._RealSocket:
+            if reply.__class__ is bytes:
                 try:
                     sent = self.socket.send(reply)
                 except OSError:
-                    sent = 0  # initiate_send() will meet the error again
+                    sent = 0  # initiate_send() meets the error again and handles it
                 if sent == len(reply):
                     fifo.popleft()
                     self._ac_out_queued -= sent
@@ -453,11 +455,13 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 if sent:
                     fifo[0] = memoryview(reply)[sent:]
                     self._ac_out_queued -= sent
-            self.initiate_send()
-        except asyncore._reraised_exceptions:
-            raise
-        except Exception:
-            self.handle_error()
+        if fifo and self._fileno is not None:
+            try:
+                self.initiate_send()
+            except asyncore._reraised_exceptions:
+                raise
+            except Exception:
+                self.handle_error()
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:

@@ -244,6 +244,16 @@ def test_max_command_size_limit_follows_the_limits() -> None:
     # Any mapping still works, uncached, as in smtpd.
     channel.command_size_limits = {"MAIL": 700}
     assert channel.max_command_size_limit == 700
+    # An empty dict (a HELO session) is remembered as such: the channel's
+    # command_size_limit is read each time.
+    channel.command_size_limits = smtpd._CommandSizeLimits(lambda: 512)
+    channel.command_size_limit = 512
+    assert channel.max_command_size_limit == 512
+    assert channel.command_size_limits.largest is smtpd._NO_LIMITS
+    channel.command_size_limit = 100
+    assert channel.max_command_size_limit == 100
+    channel.command_size_limits["MAIL"] = 300
+    assert channel.max_command_size_limit == 300
 
 
 # -- the reactor's busy-poll ----------------------------------------------------------
