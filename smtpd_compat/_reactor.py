@@ -53,6 +53,12 @@ def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
     return reactor
 
 
+# reactor_of(id(map)): the reactor serving *map*, or None; reactor_for()
+# without creating one, and without a Python call (the fast lane asks once
+# per command).
+reactor_of = _reactors.get
+
+
 def forget(map: dict) -> None:
     """Close and drop the reactor of *map*, if there is one."""
     with _reactors_lock:
@@ -216,9 +222,14 @@ class Reactor:
         self._compact_at = 256
         self._seq = itertools.count()
         self.calls: Deque[Callable[[], Any]] = deque()
-        # Called once all the socket events of this iteration are handled
-        # (see after_events()).
-        self._after_events: List[Callable[[], Any]] = []
+        # Callbacks run in this iteration once every socket event it reported
+        # has been handled (from the loop's thread only; append to it).
+        # Channels send their replies from here: the replies of one
+        # iteration then reach the clients together, and a client process
+        # that serves many sessions is woken once for them, not once per
+        # reply, which on a small machine costs the server more than the
+        # sends themselves.
+        self.after_events: List[Callable[[], Any]] = []
         # fds owed a read event although the selector may not report one:
         # their dispatcher holds input above the socket (TLS, see read_again).
         self.read_ready: Set[int] = set()
@@ -235,18 +246,6 @@ class Reactor:
         self._spin_missed = False
 
     # -- bookkeeping called by dispatchers ---------------------------------
-    def after_events(self, callback: Callable[[], Any]) -> None:
-        """Call *callback* in this iteration, once every socket event it
-        reported has been handled (from the loop's thread only).
-
-        Channels send their replies from here: the replies of one
-        iteration then reach the clients together, and a client process
-        that serves many sessions is woken once for them, not once per
-        reply, which on a small machine costs the server more than the
-        sends themselves.
-        """
-        self._after_events.append(callback)
-
     def mark(self, fd: Optional[int]) -> None:
         """The dispatcher on *fd* changed what it wants; recompute it."""
         if fd is not None:
@@ -452,8 +451,8 @@ class Reactor:
                 mask = selector.mask_of(fd, bits)
                 if mask:
                     dispatch(obj, mask)
-        if self._after_events:
-            callbacks, self._after_events = self._after_events, []
+        if self.after_events:
+            callbacks, self.after_events = self.after_events, []
             for callback in callbacks:
                 try:
                     callback()

@@ -152,6 +152,11 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
+# SMTPChannel._ac_batching while the fast lane runs a command (truthy, so
+# replies are collected as usual): push() knows that debug logging was found
+# off for this read and does not ask again.
+_QUIET_BATCH: Any = 2
+
 # _CommandSizeLimits.largest of an empty dict (a HELO session): the channel's
 # command_size_limit applies.
 _NO_LIMITS: Any = object()
@@ -301,7 +306,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
-        if log.isEnabledFor(logging.DEBUG):
+        if self._ac_batching is not _QUIET_BATCH and log.isEnabledFor(logging.DEBUG):
             _serving.log_reply(self, msg)
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
@@ -409,7 +414,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if not simple:
             self._ac_feed(data)
         else:
-            self._ac_batching = True
+            self._ac_batching = _QUIET_BATCH
             try:
                 if self.smtp_state == self.COMMAND:
                     self._command_line(data[:-2], size - 2)
@@ -426,9 +431,9 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 self._ac_batching = False
             fifo = self.producer_fifo
             if fifo:
-                reactor = _reactor.reactor_for(self._map, create=False)
+                reactor = _reactor.reactor_of(id(self._map))
                 if reactor is not None and len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _tls._PLAIN:
-                    reactor.after_events(self._flush_reply)
+                    reactor.after_events.append(self._flush_reply)
                 else:
                     # Several replies, a close, STARTTLS, or no loop at all
                     # (a test driving the channel by hand).
