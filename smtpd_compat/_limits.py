@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional, Set
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
+_monotonic = time.monotonic  # touch() runs once per read
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults.
 # SMTPServer stores each as an attribute of the same name.
@@ -162,7 +163,7 @@ class SessionGuard:
 
     def touch(self) -> None:
         """The client was heard from (or a reply it waited for was sent)."""
-        self.last = time.monotonic()
+        self.last = _monotonic()
         if self.timer is None or self.channel.smtp_state == self.channel.DATA:
             # No timer yet (a channel first run by a loop), or the deadline
             # may have moved earlier (a shorter data timeout).

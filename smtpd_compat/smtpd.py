@@ -152,6 +152,10 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
+# Read by the fast lane on every read: module globals, not module attributes.
+_RealSocket = asynchat._RealSocket
+_PLAIN_TRANSPORT = _tls._PLAIN
+
 # SMTPChannel._ac_batching while the fast lane runs a command (truthy, so
 # replies are collected as usual): push() knows that debug logging was found
 # off for this read and does not ask again.
@@ -363,8 +367,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         sock = self.socket
         if not (
             self._fast_lane
-            and sock.__class__ is asynchat._RealSocket
-            and self._tls_phase is _tls._PLAIN
+            and sock.__class__ is _RealSocket
+            and self._tls_phase is _PLAIN_TRANSPORT
             and self.connected
             and not self._ac_buf
             and not self.producer_fifo
@@ -432,7 +436,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             fifo = self.producer_fifo
             if fifo:
                 reactor = _reactor.reactor_of(id(self._map))
-                if reactor is not None and len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _tls._PLAIN:
+                if reactor is not None and len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _PLAIN_TRANSPORT:
                     reactor.after_events.append(self._flush_reply)
                 else:
                     # Several replies, a close, STARTTLS, or no loop at all
