@@ -112,10 +112,11 @@ class async_chat(asyncore.dispatcher):
 
     def set_terminator(self, term: Terminator) -> None:
         """Set the input delimiter: bytes, a byte count (int), or None."""
-        if isinstance(term, str) and self.use_encoding:
-            term = bytes(term, self.encoding)
-        elif isinstance(term, int) and term < 0:
-            raise ValueError("the number of received bytes must be positive")
+        if term.__class__ is not bytes:  # bytes: SMTPChannel's, twice a message
+            if isinstance(term, str) and self.use_encoding:
+                term = bytes(term, self.encoding)
+            elif isinstance(term, int) and term < 0:
+                raise ValueError("the number of received bytes must be positive")
         self.terminator = term
         self._ac_prefix_seen = b""
 
