@@ -350,11 +350,12 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # -- the fast lane -------------------------------------------------------------
     # Most reads hold exactly one command line, or a whole small message,
     # and arrive while nothing else is going on.  For those the fast lane
-    # does in one method what the read event otherwise does through nine
-    # layers (dispatcher, TLS mixin, async_chat framing, collect_incoming_data,
-    # found_terminator): same calls into _command_line()/_end_of_data(), same
-    # state afterwards, same bytes out.  Any other read takes the general
-    # path, which stays the reference.
+    # does in one method what the read event otherwise does through eight
+    # calls (TLS mixin, dispatcher, handle_read twice, async_chat framing,
+    # collect_incoming_data, found_terminator): same calls into
+    # _command_line()/_end_of_data(), same state afterwards, same bytes
+    # out.  Any other read takes the general path, which stays the
+    # reference (tests/test_fast_lane.py plays both).
     _fast_lane = False  # set per channel by _fast_lane_allowed()
 
     def _fast_lane_allowed(self) -> bool:
@@ -520,7 +521,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if not line:
             self.push(R.BAD_SYNTAX)
             return
-        if size > self.max_command_size_limit:
+        largest = self.max_command_size_limit
+        if not largest:
+            size = 0  # no limit: collect_incoming_data() counts nothing
+        elif size > largest:
             # Too long for any command, and cut short while it was read:
             # where the cut fell (perhaps inside a UTF-8 character) must not
             # change the reply.

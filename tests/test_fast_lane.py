@@ -221,3 +221,28 @@ def test_fast_lane_under_serve_forever() -> None:
         server.shutdown()
         thread.join(5)
         server.server_close()
+
+
+class UnlimitedChannel(RecordingSMTPServer.channel_class):  # type: ignore[misc,valid-type]
+    command_size_limit = 0  # no limit on command lines: sizes are not counted
+
+
+class UnlimitedServer(RecordingSMTPServer):
+    channel_class = UnlimitedChannel
+
+
+class UnlimitedGeneralChannel(UnlimitedChannel):
+    def handle_read(self) -> None:
+        super().handle_read()
+
+
+class UnlimitedGeneralServer(RecordingSMTPServer):
+    channel_class = UnlimitedGeneralChannel
+
+
+def test_command_size_limit_zero_counts_nothing_on_both_paths() -> None:
+    reads = [b"HELO " + b"h" * 600 + b"\r\n", b"NOOP\r\n"]
+    fast = run_reads(UnlimitedServer, reads)
+    general = run_reads(UnlimitedGeneralServer, reads)
+    assert fast[0] == general[0]
+    assert fast[0].startswith(GREETING + b"250 ") and fast[0].endswith(b"250 OK\r\n221 Bye\r\n")
