@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import sys
-from typing import Any, List, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 PROG = "smtpd_compat"
 
@@ -29,6 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; later features add their options here."""
+    from ._limits import DEFAULTS
+
     p = _Parser(prog="python -m smtpd_compat", add_help=False)
     p.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
                    help="do not switch to the user 'nobody' (needed unless run as root)")
@@ -57,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PureProxy: CA certificates to verify the remote server (default: the system's)")
     p.add_argument("--relay-auth-file", metavar="FILE",
                    help="PureProxy: one user:password line (mode 600) to authenticate upstream")
+    # Session limits (docs/hardening.md).  Left out of the namespace unless
+    # given (SUPPRESS), so that only the flags given reach the server class.
+    p.add_argument("--command-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="close a session idle this long while a command is awaited, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["command_timeout"]))
+    p.add_argument("--data-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="the same while a message is received, or 'none' (default %s)"
+                        % _show(DEFAULTS["data_timeout"]))
+    p.add_argument("--max-connections", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="sessions at once; a connection beyond them is answered 421, "
+                        "or 'none' (default %s)"
+                        % _show(DEFAULTS["max_connections"]))
+    p.add_argument("--max-errors", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="erroneous commands a session may send; the next is answered 421 "
+                        "and the session closed, or 'none' (default %s)"
+                        % _show(DEFAULTS["max_errors"]))
+    p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
+                   help="stop reading a client with more than BYTES of unread replies, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
@@ -71,6 +93,50 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("invalid size: %r" % text)
     return value
+
+
+def _is_none(text: str) -> bool:
+    # As the Python options take None: the word, in any case.
+    return text.strip().lower() == "none"
+
+
+def _seconds(text: str) -> Optional[float]:
+    """A timeout: a positive number of seconds, or ``none``."""
+    if _is_none(text):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text)
+    return value
+
+
+def _count(text: str) -> Optional[int]:
+    """A limit: a non-negative integer, or ``none``."""
+    if _is_none(text):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text)
+    return value
+
+
+def _show(default: Any) -> str:
+    return "none" if default is None else str(default)
+
+
+LIMIT_OPTIONS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_output")
+
+
+def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The session-limit options given on the command line (only those, so
+    a class without ``**options`` is built as before when none is given)."""
+    return {name: getattr(ns, name) for name in LIMIT_OPTIONS if hasattr(ns, name)}
 
 
 def split_hostport(spec: str, what: str) -> Tuple[str, int]:
@@ -167,8 +233,8 @@ def make_server(ns: argparse.Namespace) -> Any:
 
     cls = resolve_class(ns.classname)
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
-    # Mailbox options only reach the class when given, so that other
-    # classes are constructed exactly as before.
+    # Mailbox, security and limit options only reach the class when given,
+    # so that other classes are constructed exactly as before.
     mailbox_options = {name: getattr(ns, name) for name in ("maildir", "mbox")
                        if getattr(ns, name, None) is not None}
     try:
@@ -177,7 +243,8 @@ def make_server(ns: argparse.Namespace) -> Any:
         raise UsageError(str(err)) from None
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
-                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options)
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options,
+                   **limit_options(ns))
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
@@ -214,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ns = parse_args(argv)
         if ns.help:
             # smtpd's usage text, then every option this command takes
-            # (TLS, AUTH and mailbox options are not in smtpd's text).
+            # (TLS, AUTH, mailbox and limit options are not in smtpd's text).
             print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
             print(build_parser().format_help())
             return 0
