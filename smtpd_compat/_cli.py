@@ -3,7 +3,8 @@
 The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
 address ``localhost:8025``, remote address ``localhost:25``).  Errors are
 reported as one line on stderr with a non-zero exit status, never a
-traceback; Ctrl-C and SIGTERM end the server with status 0.
+traceback; Ctrl-C and SIGTERM end the server with status 0, also while it is
+still being built.
 """
 
 from __future__ import annotations
@@ -219,12 +220,25 @@ def _become_nobody() -> None:
         raise UsageError('Cannot setuid "nobody"; try running with -n option.') from None
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler to leave a loop that cannot shut down gracefully."""
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler to leave a loop that cannot shut down
+    gracefully, or the building of the server.  Not an Exception, like
+    KeyboardInterrupt: a server class's ``except Exception`` must not
+    swallow it."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Stop()
+class _StopOnce:
+    """A SIGTERM handler that raises _Stop the first time only: a second
+    SIGTERM, arriving while the first one is being handled (closing the
+    server), must not raise again from inside that clean-up."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.raised:
+            self.raised = True
+            raise _Stop()
 
 
 def make_server(ns: argparse.Namespace) -> Any:
@@ -259,7 +273,7 @@ def run(server: Any) -> None:
 
     graceful = callable(getattr(server, "serve_forever", None))
 
-    handler = _serving.sigterm_handler(server) if graceful else _on_sigterm
+    handler = _serving.sigterm_handler(server) if graceful else _StopOnce()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         if graceful:
@@ -279,28 +293,41 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         ns = parse_args(argv)
-        if ns.help:
-            # smtpd's usage text, then every option this command takes
-            # (TLS, AUTH, mailbox and limit options are not in smtpd's text).
-            print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
-            print(build_parser().format_help())
-            return 0
-        if ns.version:
-            print(smtpd.__version__)
-            return 0
-        if ns.debug:
-            smtpd.DEBUGSTREAM = sys.stderr
-        server = make_server(ns)
-        if ns.setuid:
-            try:
-                _become_nobody()
-            except UsageError:
-                server.close()
-                raise
     except UsageError as err:
         print("%s: error: %s" % (PROG, err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
-    run(server)
+    if ns.help:
+        # smtpd's usage text, then every option this command takes
+        # (TLS, AUTH, mailbox and limit options are not in smtpd's text).
+        print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
+        print(build_parser().format_help())
+        return 0
+    if ns.version:
+        print(smtpd.__version__)
+        return 0
+    if ns.debug:
+        smtpd.DEBUGSTREAM = sys.stderr
+    # SIGTERM ends the program cleanly from here on: while the server is
+    # built (a class may take its time: load data, connect somewhere) this
+    # handler interrupts it; run() then installs the graceful one.
+    previous = signal.signal(signal.SIGTERM, _StopOnce())
+    server = None
+    try:
+        try:
+            server = make_server(ns)
+            if ns.setuid:
+                _become_nobody()
+        except UsageError as err:
+            if server is not None:
+                server.close()
+            print("%s: error: %s" % (PROG, err), file=sys.stderr)
+            return 2
+        run(server)
+    except (KeyboardInterrupt, _Stop):
+        if server is not None:
+            server.close()  # stopped before run() (which closes all it served)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -1,5 +1,6 @@
 """The session-limit flags of ``python -m smtpd_compat`` (``--command-timeout``,
-``--data-timeout``, ``--max-connections``, ``--max-errors``, ``--max-output``).
+``--data-timeout``, ``--max-connections``, ``--max-errors``, ``--max-output``)
+and SIGTERM while the server is still being built.
 
 The servers run as real subprocesses on 127.0.0.1 (``cli_server``: the
 class announces its port on stderr, so no probe connection is made); every
@@ -8,13 +9,20 @@ wait is bounded by ``TIMEOUT``.
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 import pytest
-from conftest import FQDN, RawClient
-from test_cli import one_error_line, run_cli
+from conftest import FQDN, REPO_ROOT, TIMEOUT, RawClient
+from test_cli import env, one_error_line, run_cli
 from tls_helpers import cli_server  # noqa: F401  (fixture)
 
 from smtpd_compat import _cli, _limits, _replies
@@ -192,3 +200,77 @@ def test_max_errors_none_never_closes(cli_server: Any) -> None:
         for _ in range(count):
             assert client.read_reply() == UNKNOWN
         assert client.command(b"NOOP") == b"250 OK\r\n"
+
+
+# -- SIGTERM while the server is being built ------------------------------------------------
+SLOW_SERVER = '''
+import sys, time
+from smtpd_compat import smtpd
+
+class SlowStart(smtpd.SMTPServer):
+    """Takes its time to start: %(where)s binding its port."""
+
+    def __init__(self, *args, **kwargs):
+        if %(after)r:
+            smtpd.SMTPServer.__init__(self, *args, **kwargs)
+        print("BUILDING", file=sys.stderr, flush=True)
+        try:
+            time.sleep(%(sleep)r)
+        except Exception:  # as a class might guard a slow step
+            print("SWALLOWED", file=sys.stderr, flush=True)
+        if not %(after)r:
+            smtpd.SMTPServer.__init__(self, *args, **kwargs)
+        print("BUILT", file=sys.stderr, flush=True)
+'''
+
+
+def read_lines(proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]") -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.put(line)
+    lines.put(None)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-bind", "after-bind"])
+def test_sigterm_while_the_server_is_built_exits_cleanly(tmp_path: Path, after: bool) -> None:
+    module = tmp_path / "slow_server_mod.py"
+    module.write_text(textwrap.dedent(SLOW_SERVER % {
+        "where": "after" if after else "before", "after": after, "sleep": 3 * TIMEOUT}), encoding="utf-8")
+    environ = env()
+    environ["PYTHONPATH"] = str(tmp_path) + os.pathsep + environ["PYTHONPATH"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpd_compat", "-n", "-c", "slow_server_mod.SlowStart", "127.0.0.1:0"],
+        cwd=str(REPO_ROOT), env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, universal_newlines=True,
+    )
+    lines: "queue.Queue[Optional[str]]" = queue.Queue()
+    reader = threading.Thread(target=read_lines, args=(proc, lines), daemon=True)
+    reader.start()
+    seen: List[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=TIMEOUT)  # queue.Empty fails the test
+            assert line is not None, "the server exited early: %s" % "".join(seen)
+            seen.append(line)
+            if line == "BUILDING\n":
+                break
+        # The class is now inside its __init__, sleeping.
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+    while True:
+        line = lines.get(timeout=TIMEOUT)
+        if line is None:
+            break
+        seen.append(line)
+    err = "".join(seen)
+    assert status == 0, err
+    assert err == "BUILDING\n"  # no traceback; the class's "except Exception" did not catch the stop
+    assert out == ""
