@@ -3,17 +3,19 @@
 The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
 address ``localhost:8025``, remote address ``localhost:25``).  Errors are
 reported as one line on stderr with a non-zero exit status, never a
-traceback; Ctrl-C and SIGTERM end the server with status 0.
+traceback; Ctrl-C and SIGTERM end the server with status 0, also while it is
+still being built.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import sys
-from typing import Any, List, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 PROG = "smtpd_compat"
 
@@ -29,6 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; later features add their options here."""
+    from ._limits import DEFAULTS
+
     p = _Parser(prog="python -m smtpd_compat", add_help=False)
     p.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
                    help="do not switch to the user 'nobody' (needed unless run as root)")
@@ -57,6 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PureProxy: CA certificates to verify the remote server (default: the system's)")
     p.add_argument("--relay-auth-file", metavar="FILE",
                    help="PureProxy: one user:password line (mode 600) to authenticate upstream")
+    # Session limits (docs/hardening.md).  Left out of the namespace unless
+    # given (SUPPRESS), so that only the flags given reach the server class.
+    p.add_argument("--command-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="close a session idle this long while a command is awaited, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["command_timeout"]))
+    p.add_argument("--data-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="the same while a message is received, or 'none' (default %s)"
+                        % _show(DEFAULTS["data_timeout"]))
+    p.add_argument("--max-connections", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="sessions at once; a connection beyond them is answered 421, "
+                        "or 'none' (default %s)"
+                        % _show(DEFAULTS["max_connections"]))
+    p.add_argument("--max-errors", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="erroneous commands a session may send; the next is answered 421 "
+                        "and the session closed, or 'none' (default %s)"
+                        % _show(DEFAULTS["max_errors"]))
+    p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
+                   help="stop reading a client with more than BYTES of unread replies, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
@@ -71,6 +94,50 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("invalid size: %r" % text)
     return value
+
+
+def _is_none(text: str) -> bool:
+    # As the Python options take None: the word, in any case.
+    return text.strip().lower() == "none"
+
+
+def _seconds(text: str) -> Optional[float]:
+    """A timeout: a positive number of seconds, or ``none``."""
+    if _is_none(text):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text)
+    return value
+
+
+def _count(text: str) -> Optional[int]:
+    """A limit: a non-negative integer, or ``none``."""
+    if _is_none(text):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text)
+    return value
+
+
+def _show(default: Any) -> str:
+    return "none" if default is None else str(default)
+
+
+LIMIT_OPTIONS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_output")
+
+
+def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The session-limit options given on the command line (only those, so
+    a class without ``**options`` is built as before when none is given)."""
+    return {name: getattr(ns, name) for name in LIMIT_OPTIONS if hasattr(ns, name)}
 
 
 def split_hostport(spec: str, what: str) -> Tuple[str, int]:
@@ -153,12 +220,25 @@ def _become_nobody() -> None:
         raise UsageError('Cannot setuid "nobody"; try running with -n option.') from None
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler to leave a loop that cannot shut down gracefully."""
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler to leave a loop that cannot shut down
+    gracefully, or the building of the server.  Not an Exception, like
+    KeyboardInterrupt: a server class's ``except Exception`` must not
+    swallow it."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Stop()
+class _StopOnce:
+    """A SIGTERM handler that raises _Stop the first time only: a second
+    SIGTERM, arriving while the first one is being handled (closing the
+    server), must not raise again from inside that clean-up."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.raised:
+            self.raised = True
+            raise _Stop()
 
 
 def make_server(ns: argparse.Namespace) -> Any:
@@ -167,8 +247,8 @@ def make_server(ns: argparse.Namespace) -> Any:
 
     cls = resolve_class(ns.classname)
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
-    # Mailbox options only reach the class when given, so that other
-    # classes are constructed exactly as before.
+    # Mailbox, security and limit options only reach the class when given,
+    # so that other classes are constructed exactly as before.
     mailbox_options = {name: getattr(ns, name) for name in ("maildir", "mbox")
                        if getattr(ns, name, None) is not None}
     try:
@@ -177,7 +257,8 @@ def make_server(ns: argparse.Namespace) -> Any:
         raise UsageError(str(err)) from None
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
-                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options)
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options,
+                   **limit_options(ns))
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
@@ -192,7 +273,7 @@ def run(server: Any) -> None:
 
     graceful = callable(getattr(server, "serve_forever", None))
 
-    handler = _serving.sigterm_handler(server) if graceful else _on_sigterm
+    handler = _serving.sigterm_handler(server) if graceful else _StopOnce()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         if graceful:
@@ -212,28 +293,41 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         ns = parse_args(argv)
-        if ns.help:
-            # smtpd's usage text, then every option this command takes
-            # (TLS, AUTH and mailbox options are not in smtpd's text).
-            print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
-            print(build_parser().format_help())
-            return 0
-        if ns.version:
-            print(smtpd.__version__)
-            return 0
-        if ns.debug:
-            smtpd.DEBUGSTREAM = sys.stderr
-        server = make_server(ns)
-        if ns.setuid:
-            try:
-                _become_nobody()
-            except UsageError:
-                server.close()
-                raise
     except UsageError as err:
         print("%s: error: %s" % (PROG, err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
-    run(server)
+    if ns.help:
+        # smtpd's usage text, then every option this command takes
+        # (TLS, AUTH, mailbox and limit options are not in smtpd's text).
+        print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
+        print(build_parser().format_help())
+        return 0
+    if ns.version:
+        print(smtpd.__version__)
+        return 0
+    if ns.debug:
+        smtpd.DEBUGSTREAM = sys.stderr
+    # SIGTERM ends the program cleanly from here on: while the server is
+    # built (a class may take its time: load data, connect somewhere) this
+    # handler interrupts it; run() then installs the graceful one.
+    previous = signal.signal(signal.SIGTERM, _StopOnce())
+    server = None
+    try:
+        try:
+            server = make_server(ns)
+            if ns.setuid:
+                _become_nobody()
+        except UsageError as err:
+            if server is not None:
+                server.close()
+            print("%s: error: %s" % (PROG, err), file=sys.stderr)
+            return 2
+        run(server)
+    except (KeyboardInterrupt, _Stop):
+        if server is not None:
+            server.close()  # stopped before run() (which closes all it served)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
