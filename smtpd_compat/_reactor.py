@@ -53,6 +53,12 @@ def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
     return reactor
 
 
+# Longest single wait, in seconds: epoll takes at most INT_MAX milliseconds
+# (about 24.8 days) and raises OverflowError beyond, which a long timer (a
+# command_timeout of a month) or loop(timeout=1e7) would reach.  Waking
+# once an hour to wait again costs nothing.
+MAX_WAIT = 3600.0
+
 # reactor_of(id(map)): the reactor serving *map*, or None; reactor_for()
 # without creating one, and without a Python call (the fast lane asks once
 # per command).
@@ -404,8 +410,11 @@ class Reactor:
         elif self.timers:
             delay = max(0.0, self.timers[0][0] - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
-        if timeout is not None and timeout < 0:
-            timeout = 0.0
+        if timeout is not None:
+            if timeout < 0:
+                timeout = 0.0
+            elif timeout > MAX_WAIT:
+                timeout = MAX_WAIT  # epoll refuses waits past ~24 days
         selector = self.selector
         try:
             events = None

@@ -1,6 +1,8 @@
 """Reactor timers: cancelled timers release their callbacks and do not pile up."""
 
 import gc
+import threading
+import time
 import weakref
 
 from smtpd_compat import _reactor
@@ -50,5 +52,25 @@ def test_due_timers_run_in_order_and_cancelled_ones_do_not():
         reactor.call_later(0.0, lambda: ran.append("second"))
         reactor.poll(0.0, lambda obj, mask: None)
         assert ran == ["first", "second"]
+    finally:
+        reactor.close()
+
+
+def test_a_timer_months_away_does_not_overflow_the_wait():
+    # epoll.poll() raises OverflowError for waits past INT_MAX milliseconds.
+    reactor = make_reactor()
+    try:
+        reactor.call_later(1e8, lambda: None)  # about three years
+        waker = threading.Timer(0.1, lambda: reactor.call_soon_threadsafe(lambda: None))
+        waker.start()
+        started = time.monotonic()
+        reactor.poll(None, lambda obj, mask: None)
+        assert time.monotonic() - started < 5
+        waker.join()
+        # A huge timeout from the caller is bounded the same way.
+        waker = threading.Timer(0.1, lambda: reactor.call_soon_threadsafe(lambda: None))
+        waker.start()
+        reactor.poll(1e9, lambda obj, mask: None)
+        waker.join()
     finally:
         reactor.close()
