@@ -408,13 +408,16 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         else:
             # A whole message and its end, nothing after it; not the empty
             # message (a "." line at once), whose end began with DATA's CRLF.
+            # Cheap tests first: the reads of a large message are neither
+            # whole nor the end, and must not be searched twice.
             simple = (
-                size > 5
-                and data.find(_protocol.END_OF_DATA) == size - 5
+                self._message == []
+                and data.endswith(_protocol.END_OF_DATA)
+                and size > 5
+                and not self.num_bytes
                 and self.terminator == _protocol.END_OF_DATA
                 and data[:3] != b".\r\n"
-                and self._message == []
-                and not self.num_bytes
+                and data.find(_protocol.END_OF_DATA) == size - 5
             )
         if not simple:
             self._ac_feed(data)
