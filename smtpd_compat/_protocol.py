@@ -282,7 +282,7 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
     (the pieces and the joined text, then the joined and the converted
     text), and the result needs no final copy to drop a sentinel.
     """
-    if (len(chunks) > 1 or chunks and len(chunks[0]) > _SMALL_MESSAGE) and _plain_pieces(chunks):
+    if _plain_pieces(chunks):
         # Then unstuffing is deleting every CR, which translate() does at a
         # third of the cost of replace(CRLF, LF) (that one pays for each of
         # the many matches).  Piece by piece, each result takes the place,
@@ -301,10 +301,6 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
         text = text.replace(b"\r\n.", b"\r\n")
     return text.replace(b"\r\n", b"\n")
 
-
-# A message that arrived in one piece this small is converted by the two
-# replace() calls below at once: judging its pieces first would cost more.
-_SMALL_MESSAGE = 16384
 
 # A CR that does not end a line (RFC 5322 forbids it; it must then be kept),
 # or that ends a piece.
