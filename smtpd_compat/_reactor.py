@@ -397,9 +397,19 @@ class Reactor:
             mask = 0
         self._set(fd, obj, mask)
 
-    def poll(self, timeout: Optional[float], dispatch: Callable[[Any, int], None]) -> None:
+    def poll(
+        self,
+        timeout: Optional[float],
+        dispatch: Callable[[Any, int], None],
+        failed: Optional[Callable[[Any, BaseException], None]] = None,
+    ) -> None:
         """Run one iteration: wait up to *timeout* seconds, dispatch events,
-        run due timers and posted calls."""
+        run due timers and posted calls.
+
+        With *failed*, a read event (the most common) calls the object's
+        ``handle_read_event()`` here, and ``failed(obj, exc)`` if it raises:
+        what *dispatch* would do, without a call in between.
+        """
         self.thread_id = threading.get_ident()
         # Most iterations change no interest: skip _sync() (a call and a
         # list) unless something is dirty, polled or added behind our back.
@@ -453,7 +463,13 @@ class Reactor:
             if obj is None:
                 continue
             if bits == _IN:
-                dispatch(obj, EVENT_READ)
+                if failed is None:
+                    dispatch(obj, EVENT_READ)
+                else:
+                    try:
+                        obj.handle_read_event()
+                    except BaseException as exc:
+                        failed(obj, exc)
             elif bits == _OUT:
                 dispatch(obj, EVENT_WRITE)
             else:

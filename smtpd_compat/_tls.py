@@ -359,9 +359,11 @@ class SecureChannelMixin(asynchat.async_chat):
         return keywords
 
     def _security_refuse_mail(self) -> Optional[str]:
-        if self._security_option("require_starttls") and not self.tls_active:
+        # _security_option() inlined: this runs for every MAIL.
+        server = getattr(self, "smtp_server", None)
+        if getattr(server, "require_starttls", DEFAULTS["require_starttls"]) and not self.tls_active:
             return R.STARTTLS_REQUIRED
-        if self._security_option("auth_required") and self.auth_login is None:
+        if getattr(server, "auth_required", DEFAULTS["auth_required"]) and self.auth_login is None:
             return R.AUTH_REQUIRED
         return None
 

@@ -151,14 +151,20 @@ def _dispatch(obj: "dispatcher", mask: int) -> None:
             obj.handle_read_event()
         if mask & _reactor.EVENT_WRITE and obj._fileno is not None:
             obj.handle_write_event()
-    except OSError as e:
-        if e.errno not in _DISCONNECTED:
-            obj.handle_error()
-        else:
-            obj.handle_close()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
+    except BaseException as exc:
+        _event_failed(obj, exc)
+
+
+def _event_failed(obj: "dispatcher", exc: BaseException) -> None:
+    """What an exception out of an event handler does (called inside the
+    ``except`` block, so handle_error() sees it): a lost connection closes
+    the dispatcher, asyncore.ExitNow and interrupts stop the loop, anything
+    else goes to handle_error()."""
+    if isinstance(exc, OSError) and exc.errno in _DISCONNECTED:
+        obj.handle_close()
+    elif isinstance(exc, _reraised_exceptions):
+        raise exc
+    else:
         obj.handle_error()
 
 
@@ -169,7 +175,7 @@ def poll(timeout: Optional[float] = 0.0, map: Optional[dict] = None) -> None:
         map = socket_map
     if not map:
         return
-    _reactor.reactor_for(map).poll(timeout, _dispatch)
+    _reactor.reactor_for(map).poll(timeout, _dispatch, _event_failed)
 
 
 # poll2 and poll3 chose between select() and poll() in asyncore; both are one

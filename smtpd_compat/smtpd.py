@@ -766,7 +766,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if refusal:
             self.push(refusal)
             return
-        _debug("===> MAIL", arg)
+        if not isinstance(DEBUGSTREAM, Devnull):  # _debugging(), inlined (per MAIL)
+            _debug("===> MAIL", arg)
         syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
         path = self._path_argument("FROM:", arg, syntaxerr)
         if path is None:
@@ -797,14 +798,16 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.push(R.MAIL_PARAMS_UNKNOWN)
             return
         self.mailfrom = address
-        _debug("sender:", self.mailfrom)
+        if not isinstance(DEBUGSTREAM, Devnull):
+            _debug("sender:", self.mailfrom)
         self.push(R.OK)
 
     def smtp_RCPT(self, arg: Optional[str]) -> None:
         if not self.seen_greeting:
             self.push(R.NEED_HELO)
             return
-        _debug("===> RCPT", arg)
+        if not isinstance(DEBUGSTREAM, Devnull):
+            _debug("===> RCPT", arg)
         if not self.mailfrom:
             self.push(R.NEED_MAIL)
             return
@@ -823,7 +826,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.push(R.RCPT_PARAMS_UNKNOWN)
             return
         self.rcpttos.append(address)
-        _debug("recips:", self.rcpttos)
+        if not isinstance(DEBUGSTREAM, Devnull):
+            _debug("recips:", self.rcpttos)
         self.push(R.OK)
 
     def smtp_RSET(self, arg: Optional[str]) -> None:
