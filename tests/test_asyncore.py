@@ -365,6 +365,36 @@ def test_exitnow_leaves_the_loop(map: dict) -> None:
         b.close()
 
 
+@pytest.mark.parametrize("error, closed_by", [(ConnectionResetError(errno.ECONNRESET, "reset"), "handle_close"), (OSError(errno.EIO, "io"), "handle_error")])
+def test_os_errors_from_a_read_handler(map: dict, caplog: Any, error: OSError, closed_by: str) -> None:
+    # A lost connection closes quietly; any other OSError is an error.
+    a, b = socket.socketpair()
+    calls: List[str] = []
+    try:
+
+        class Failing(asyncore.dispatcher):
+            def writable(self) -> bool:
+                return False
+
+            def handle_read(self) -> None:
+                raise error
+
+            def handle_close(self) -> None:
+                calls.append("handle_close")
+                self.close()
+
+            def handle_error(self) -> None:
+                calls.append("handle_error")
+                self.close()
+
+        Failing(a, map=map)
+        b.send(b"x")
+        run_until(map, lambda: a.fileno() == -1)
+        assert calls == [closed_by]
+    finally:
+        b.close()
+
+
 def test_handle_error_logs_and_closes_and_others_go_on(map: dict, caplog: Any) -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
