@@ -130,13 +130,8 @@ class async_chat(asyncore.dispatcher):
             # dispatcher.recv inlined: this runs once per command.
             try:
                 data = sock.recv(self.ac_in_buffer_size)
-            except BlockingIOError:
-                return
             except OSError as why:
-                if why.errno in asyncore._DISCONNECTED:
-                    self.handle_close()
-                else:
-                    self.handle_error()
+                self._ac_recv_failed(why)
                 return
             if data:
                 self._ac_feed(data)
@@ -154,6 +149,15 @@ class async_chat(asyncore.dispatcher):
             data = bytes(data, self.encoding)
         if data:
             self._ac_feed(data)
+
+    def _ac_recv_failed(self, why: OSError) -> None:
+        """A plain socket's recv() raised *why* (dispatcher.recv's handling)."""
+        if isinstance(why, BlockingIOError):
+            return  # a spurious wake-up: nothing to read after all
+        if why.errno in asyncore._DISCONNECTED:
+            self.handle_close()
+        else:
+            self.handle_error()
 
     def _ac_feed(self, data: bytes) -> None:
         """Frame *data* (plus what is buffered) and flush the replies once."""

@@ -384,13 +384,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         try:
             data = sock.recv(self.ac_in_buffer_size)
-        except BlockingIOError:
-            return
         except OSError as why:
-            if why.errno in asyncore._DISCONNECTED:
-                self.handle_close()
-            else:
-                self.handle_error()
+            self._ac_recv_failed(why)
             return
         if not data:
             self.handle_close()  # end of stream
