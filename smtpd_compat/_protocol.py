@@ -63,14 +63,8 @@ def reply_safe(text: str) -> str:
 
 
 # -- addresses -----------------------------------------------------------------
-# Characters that end an unquoted local part or a domain.
-_STOP = frozenset(' \t\r\n<>()[],;:@"\\')
 # A local part holding any of these must be written as a quoted string.
 _NEEDS_QUOTES = frozenset(' \t()<>@,:;\\"[]')
-
-
-def _bad(ch: str) -> bool:
-    return ch in _STOP or ch < " " or ch == "\x7f"
 
 
 def _quoted_string(text: str, i: int) -> Tuple[str, int]:
@@ -95,7 +89,8 @@ def _quoted_string(text: str, i: int) -> Tuple[str, int]:
     raise AddressError("unterminated quoted string")
 
 
-# The characters _bad() refuses, as a regular expression class: a run of
+# Characters that end an unquoted local part or a domain (controls, space,
+# DEL and RFC 5322 specials), as a regular expression class: a run of
 # address characters is then found in C, not one Python call per character.
 _STOP_CLASS = r'\x00-\x20<>()\[\],;:@"\\\x7f'
 _RUN = re.compile("[^%s]*" % _STOP_CLASS)
@@ -243,41 +238,20 @@ def check_mail_params(
 
 
 # -- message data ----------------------------------------------------------------
-# A DATA buffer starts with this sentinel: the CRLF that ended the DATA
-# command line.  With it, "a line starting with a dot" is always "CRLF dot",
-# and an empty message is the sentinel alone.
+# The CRLF that ended the DATA command line: it is also the start of the end
+# of data, so a message may be empty ("DATA", then "." at once).
 DATA_START = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
 
 
-def unstuff(buffer: bytearray) -> bytes:
-    """Undo dot-stuffing (RFC 5321 4.5.2) and turn CRLF into LF.
-
-    *buffer* holds ``DATA_START`` followed by the raw message text up to,
-    not including, the final ``<CRLF>.<CRLF>``.  The buffer is emptied as
-    it is consumed, so that at most two copies of a message exist at once.
-    Result: what smtpd passed to ``process_message`` when ``decode_data`` is
-    false: lines joined by ``b"\\n"``, one leading dot removed from each line.
-    """
-    if b"\r\n." in buffer:
-        text = buffer.replace(b"\r\n.", b"\r\n")
-        buffer.clear()
-        text = text.replace(b"\r\n", b"\n")
-    else:
-        text = buffer.replace(b"\r\n", b"\n")
-        buffer.clear()
-    view = memoryview(text)
-    try:
-        return bytes(view[1:])  # drop the LF left by DATA_START
-    finally:
-        view.release()
-
-
 def unstuff_chunks(chunks: List[bytes]) -> bytes:
-    """:func:`unstuff` for a message kept as the pieces it arrived in.
+    """Undo dot-stuffing (RFC 5321 4.5.2) and turn CRLF into LF, for a
+    message kept as the pieces it arrived in.
 
     *chunks* hold the raw message text (without ``DATA_START``) up to, not
-    including, the final ``<CRLF>.<CRLF>``; the list is emptied.  Pieces
+    including, the final ``<CRLF>.<CRLF>``; the list is emptied.  Result:
+    what smtpd passed to ``process_message`` when ``decode_data`` is false:
+    lines joined by ``b"\n"``, one leading dot removed from each line.  Pieces
     are joined once, so at most two copies of the message exist at a time
     (the pieces and the joined text, then the joined and the converted
     text), and the result needs no final copy to drop a sentinel.

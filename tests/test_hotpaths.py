@@ -18,11 +18,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpd_compat import _protocol, _reactor, asynchat, asyncore
+from test_protocol import smtpd_unstuff
+
+
+_STOP = frozenset(' \t\r\n<>()[],;:@"\\')
+
+
+def _bad(ch: str) -> bool:
+    # The character rule _protocol._run applied before it became a regex.
+    return ch in _STOP or ch < " " or ch == "\x7f"
 
 
 def _slow_run(text: str, i: int) -> int:
     # The character loop _protocol._run used before it became a regex.
-    while i < len(text) and not _protocol._bad(text[i]):
+    while i < len(text) and not _bad(text[i]):
         i += 1
     return i
 
@@ -77,11 +86,6 @@ def test_address_run_stops_at_every_delimiter() -> None:
 
 
 # -- message text: unstuff_chunks --------------------------------------------------
-def _smtpd_unstuff(raw: bytes) -> bytes:
-    # What CPython's smtpd did with the text between DATA and <CRLF>.<CRLF>.
-    return b"\n".join(line[1:] if line[:1] == b"." else line for line in raw.split(b"\r\n"))
-
-
 def _is_message_text(raw: bytes) -> bool:
     framed = _protocol.DATA_START + raw + _protocol.END_OF_DATA
     return framed.find(_protocol.END_OF_DATA) == len(_protocol.DATA_START + raw)
@@ -101,7 +105,7 @@ def test_unstuff_chunks_matches_smtpd_on_small_texts() -> None:
         if not _is_message_text(raw):
             continue
         result = _protocol.unstuff_chunks(_cuts(raw, rnd))
-        assert result == _smtpd_unstuff(raw), raw
+        assert result == smtpd_unstuff(raw), raw
         assert type(result) is bytes
         checked += 1
     assert checked > 5000
@@ -117,14 +121,14 @@ def test_unstuff_chunks_matches_smtpd_on_large_texts() -> None:
         if not _is_message_text(raw):
             continue
         assert _protocol._has_stuffed_line(raw) == (b"\r\n." in raw)
-        assert _protocol.unstuff_chunks(_cuts(raw, rnd)) == _smtpd_unstuff(raw)
+        assert _protocol.unstuff_chunks(_cuts(raw, rnd)) == smtpd_unstuff(raw)
 
 
 def test_stuffed_line_found_after_many_dots() -> None:
     body = b"a.b.c.d\r\n" * 5000  # 20000 dots, none at a line start
     assert not _protocol._has_stuffed_line(body)
     assert _protocol._has_stuffed_line(body + b"\r\n..x")
-    assert _protocol.unstuff_chunks([body, b"\r\n..x"]) == _smtpd_unstuff(body + b"\r\n..x")
+    assert _protocol.unstuff_chunks([body, b"\r\n..x"]) == smtpd_unstuff(body + b"\r\n..x")
     assert _protocol.unstuff_chunks([]) == b""
     assert _protocol.unstuff_chunks([b".x"]) == b"x"
 

@@ -355,9 +355,9 @@ UNSTUFF_CASES = [
 
 @pytest.mark.parametrize("raw, expected", UNSTUFF_CASES)
 def test_unstuff(raw: bytes, expected: bytes) -> None:
-    buffer = bytearray(P.DATA_START + raw)
-    assert P.unstuff(buffer) == expected
-    assert buffer == b""  # consumed
+    chunks = [raw]
+    assert P.unstuff_chunks(chunks) == expected
+    assert chunks == []  # consumed
 
 
 def smtpd_unstuff(raw: bytes) -> bytes:
@@ -374,11 +374,11 @@ def test_unstuff_matches_smtpd(raw: bytes) -> None:
     framed = P.DATA_START + raw + P.END_OF_DATA
     if framed.find(P.END_OF_DATA) != len(P.DATA_START + raw):
         return  # cannot occur: the framing would have ended the message earlier
-    assert P.unstuff(bytearray(P.DATA_START + raw)) == smtpd_unstuff(raw)
+    assert P.unstuff_chunks([raw]) == smtpd_unstuff(raw)
 
 
 def test_unstuff_returns_bytes() -> None:
-    assert type(P.unstuff(bytearray(P.DATA_START + b"x"))) is bytes
+    assert type(P.unstuff_chunks([b"x"])) is bytes
 
 
 # -- add_peer_header ------------------------------------------------------------------
