@@ -19,10 +19,12 @@ Fixtures and helpers for other test modules:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -338,3 +340,19 @@ def raw_client() -> Iterator[Callable[..., RawClient]]:
 
 FQDN = socket.getfqdn()
 GREETING = ("220 %s %s\r\n" % (FQDN, smtpd.__version__)).encode("ascii")
+
+
+def stdlib_modules(*names: str) -> Optional[Tuple[Any, ...]]:
+    """CPython's own modules *names* (``"smtpd"``, ``"asyncore"``...) to
+    compare with, or None where the interpreter no longer ships them (3.12+)
+    or they are aliases to this package (``install_aliases()``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            modules = tuple(importlib.import_module(name) for name in names)
+        except ImportError:
+            return None
+    for name, module in zip(names, modules):
+        if module.__name__ != name or "smtpd_compat" in getattr(module, "__file__", ""):
+            return None
+    return modules

@@ -9,34 +9,18 @@ the same events.
 
 from __future__ import annotations
 
-import importlib
 import socket
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, stdlib_modules
 from smtpd_compat import asynchat, asyncore
 
 
-def stdlib_modules() -> Optional[Tuple[Any, Any]]:
-    """CPython's own (asynchat, asyncore), or None on 3.12+."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            chat = importlib.import_module("asynchat")
-            core = importlib.import_module("asyncore")
-        except ImportError:
-            return None
-    if "smtpd_compat" in getattr(chat, "__file__", "") or chat.__name__ != "asynchat":
-        return None
-    return chat, core
-
-
 OURS = (asynchat, asyncore)
-STDLIB = stdlib_modules()
+STDLIB = stdlib_modules("asynchat", "asyncore")
 
 
 def pump(core: Any, map: dict, done: Callable[[], bool], timeout: float = TIMEOUT) -> None:

@@ -24,19 +24,17 @@ The second half runs ``smtplib`` end to end against the server.
 
 from __future__ import annotations
 
-import importlib
 import smtplib
 import socket
 import sys
 import threading
-import warnings
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread, has_ipv6
+from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread, has_ipv6, stdlib_modules
 
 F = FQDN.encode("ascii")
 
@@ -481,19 +479,6 @@ def test_transcript(servers: Dict[str, ServerThread], t: Transcript, mode: str) 
 
 
 # -- the same table against CPython's own smtpd --------------------------------------------
-def _stdlib_modules() -> Optional[Tuple[Any, Any]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            stdlib_smtpd = importlib.import_module("smtpd")
-            stdlib_asyncore = importlib.import_module("asyncore")
-        except ImportError:
-            return None
-    if stdlib_smtpd.__name__ != "smtpd" or "smtpd_compat" in getattr(stdlib_smtpd, "__file__", ""):
-        return None  # an alias to this package, not the original
-    return stdlib_smtpd, stdlib_asyncore
-
-
 class CPythonServer:
     """CPython's smtpd.SMTPServer recording messages, on CPython's asyncore
     in a thread (stopped by a flag checked between bounded iterations)."""
@@ -527,7 +512,7 @@ class CPythonServer:
 
 @pytest.fixture(scope="module")
 def cpython_servers() -> Iterator[Dict[str, CPythonServer]]:
-    modules = _stdlib_modules()
+    modules = stdlib_modules("smtpd", "asyncore")
     if modules is None:
         pytest.skip("this interpreter does not ship CPython's smtpd (3.12+)")
     started = {name: CPythonServer(modules, **kwargs) for name, kwargs in CONFIGS.items()}
@@ -728,7 +713,7 @@ def unlimited_servers() -> Iterator[Dict[str, ServerThread]]:
         st_.stop()
 
 
-@pytest.mark.skipif(_stdlib_modules() is None, reason="this interpreter does not ship CPython's smtpd (3.12+)")
+@pytest.mark.skipif(stdlib_modules("smtpd", "asyncore") is None, reason="this interpreter does not ship CPython's smtpd (3.12+)")
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(st.sampled_from(_CPYTHON_SAFE), max_size=30), config=st.sampled_from(["default", "smtputf8"]))
 def test_random_sessions_equal_cpython_smtpd(
