@@ -134,15 +134,8 @@ def readwrite(obj: "dispatcher", flags: int) -> None:
             obj.handle_expt_event()
         if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
             obj.handle_close()
-    except OSError as e:
-        if e.errno not in _DISCONNECTED:
-            obj.handle_error()
-        else:
-            obj.handle_close()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
-        obj.handle_error()
+    except BaseException as exc:
+        _event_failed(obj, exc)
 
 
 def _dispatch(obj: "dispatcher", mask: int) -> None:

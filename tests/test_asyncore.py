@@ -691,3 +691,29 @@ def test_unix_socket_connect_completes_at_once(map: dict, tmp_path: Any) -> None
     accepted[0].settimeout(TIMEOUT)
     assert accepted[0].recv(100) == b"over unix"
     accepted[0].close()
+
+
+@pytest.mark.parametrize(
+    "error, outcome",
+    [(ConnectionResetError(errno.ECONNRESET, "reset"), "handle_close"), (ValueError("boom"), "handle_error"), (asyncore.ExitNow("bye"), "raised")],
+)
+def test_readwrite_applies_the_event_error_policy(error: BaseException, outcome: str) -> None:
+    import select
+
+    calls: List[str] = []
+
+    class Target:
+        def handle_read_event(self) -> None:
+            raise error
+
+        def handle_close(self) -> None:
+            calls.append("handle_close")
+
+        def handle_error(self) -> None:
+            calls.append("handle_error")
+
+    try:
+        asyncore.readwrite(Target(), select.POLLIN)
+    except asyncore.ExitNow:
+        calls.append("raised")
+    assert calls == [outcome]
