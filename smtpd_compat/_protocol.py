@@ -33,10 +33,10 @@ def split_command(line: str) -> Tuple[str, Optional[str]]:
     The verb is upper-cased; the argument is stripped, or None when the line
     has no space at all (smtpd's rule: ``"NOOP "`` has an empty argument).
     """
-    i = line.find(" ")
-    if i < 0:
-        return line.upper(), None
-    return line[:i].upper(), line[i + 1 :].strip()
+    verb, space, arg = line.partition(" ")
+    if not space:
+        return verb.upper(), None
+    return verb.upper(), arg.strip()
 
 
 def strip_keyword(keyword: str, arg: str) -> str:

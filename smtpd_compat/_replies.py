@@ -109,3 +109,13 @@ RELAY_UNAVAILABLE = "451 Requested action aborted: upstream server unavailable"
 RELAY_REFUSED_RCPT = "%d-<%s>: upstream replied: %s"
 RELAY_UNREACHABLE_DETAIL = "no usable reply"
 RELAY_NOT_RELAYED = "%d Message not relayed: upstream refused %d of %d recipients, relayed to none"
+
+
+# The fixed replies (no %-placeholder) as sent on the wire: push() looks a
+# reply up here before encoding it.  They are ASCII, so the bytes are the
+# same whether the session uses SMTPUTF8 or not.
+WIRE = {
+    text: (text + "\r\n").encode("ascii")
+    for text in list(globals().values())
+    if isinstance(text, str) and text[:3].isdigit() and "%" not in text
+}

@@ -368,7 +368,8 @@ class SecureChannelMixin(asynchat.async_chat):
         return None
 
     def _security_message_options(self) -> Dict[str, Any]:
-        if self._auth_enabled():
+        server = getattr(self, "smtp_server", None)  # _auth_enabled(), inlined (per message)
+        if server is not None and auth_enabled(server):
             return {"auth_login": self.auth_login}
         return {}
 

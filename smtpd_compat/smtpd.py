@@ -100,10 +100,6 @@ def _debug(*args: Any) -> None:
         print(*args, file=stream)
 
 
-def _debugging() -> bool:
-    return not isinstance(DEBUGSTREAM, Devnull)
-
-
 # socket.getfqdn() may do a DNS round trip; smtpd called it for every
 # connection.  It is asked once per socket module (tests swap the module).
 _fqdn_memo: Tuple[Any, str] = (None, "")
@@ -152,6 +148,14 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
+# Logger.isEnabledFor() is a Python call, asked on every read.  Its answers
+# are kept in the logger's _cache dict, which logging empties whenever a
+# level changes; a False found there is the same answer without the call.
+_LOG_CACHE_GET = getattr(log, "_cache", {}).get
+
+
+_Future = concurrent.futures.Future
+
 # Read by the fast lane on every read: module globals, not module attributes.
 _RealSocket = asynchat._RealSocket
 _PLAIN_TRANSPORT = _tls._PLAIN
@@ -160,6 +164,9 @@ _PLAIN_TRANSPORT = _tls._PLAIN
 # replies are collected as usual): push() knows that debug logging was found
 # off for this read and does not ask again.
 _QUIET_BATCH: Any = 2
+
+# The fixed replies that SessionGuard.over_budget() does not count, as bytes.
+_QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startswith(_limits.ERROR_CODES)}
 
 # _CommandSizeLimits.largest of an empty dict (a HELO session): the channel's
 # command_size_limit applies.
@@ -310,18 +317,28 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
-        if self._ac_batching is not _QUIET_BATCH and log.isEnabledFor(logging.DEBUG):
+        if self._ac_batching is _QUIET_BATCH:
+            # In the fast lane, where debug logging is off, a fixed reply
+            # that the error budget does not count just joins the queue.
+            data = _QUEUED_AS_IS.get(msg)
+            if data is not None:
+                self.producer_fifo.append(data)
+                self._ac_out_queued += len(data)
+                return
+        elif log.isEnabledFor(logging.DEBUG):
             _serving.log_reply(self, msg)
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
         if over_budget:
             msg = R.TOO_MANY_ERRORS % self.fqdn
-        line = msg + "\r\n"
-        try:
-            data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
-        except UnicodeEncodeError:
-            # An echoed argument may hold non-ASCII text; never fail a reply.
-            data = line.encode("ascii", "backslashreplace")
+        data = R.WIRE.get(msg)
+        if data is None:
+            line = msg + "\r\n"
+            try:
+                data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
+            except UnicodeEncodeError:
+                # An echoed argument may hold non-ASCII text; never fail a reply.
+                data = line.encode("ascii", "backslashreplace")
         if self._ac_batching:
             # What async_chat.push() does while input is being processed.
             self.producer_fifo.append(data)
@@ -377,7 +394,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             and not self._ac_input_closed
             and self._sasl is None
             and DEBUGSTREAM.__class__ is Devnull
-            and not log.isEnabledFor(logging.DEBUG)
+            and (_LOG_CACHE_GET(logging.DEBUG) is False or not log.isEnabledFor(logging.DEBUG))
             and ((serving := getattr(self.smtp_server, "_serving_state", None)) is None or not serving.closing)
         ):
             super().handle_read_event()
@@ -432,24 +449,22 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                     _serving.after_data(self)
             finally:
                 self._ac_batching = False
-            fifo = self.producer_fifo
-            if fifo:
+            if self.producer_fifo:
                 reactor = _reactor.reactor_of(id(self._map))
-                if reactor is not None and len(fifo) == 1 and fifo[0].__class__ is bytes and self._tls_phase is _PLAIN_TRANSPORT:
+                if reactor is not None:
                     reactor.after_events.append(self._flush_reply)
                 else:
-                    # Several replies, a close, STARTTLS, or no loop at all
-                    # (a test driving the channel by hand).
-                    self.initiate_send()
+                    self.initiate_send()  # no loop: a test driving the channel by hand
         guard = self._guard
         if guard is not None:
             guard.touch()
 
     def _flush_reply(self) -> None:
-        """Send the one reply the fast lane queued; a partial send, an
-        error, or anything queued meanwhile goes through initiate_send()."""
+        """Send what the fast lane queued.  One plain reply is sent here;
+        several, a close, STARTTLS, a partial send or an error go through
+        initiate_send()."""
         fifo = self.producer_fifo
-        if len(fifo) == 1 and self._fileno is not None:
+        if len(fifo) == 1 and self._fileno is not None and self._tls_phase is _PLAIN_TRANSPORT:
             reply = fifo[0]
             if reply.__class__ is bytes:
                 try:
@@ -499,7 +514,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 size, self.num_bytes = self.num_bytes, 0
                 self._auth_response(line, size)
                 return
-            if not isinstance(DEBUGSTREAM, Devnull):  # _debugging(), inlined
+            if not isinstance(DEBUGSTREAM, Devnull):  # debug output on
                 _debug("Data:", repr(_auth.redact_command(line)))
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
@@ -562,7 +577,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.push(R.TOO_MUCH_DATA)
             return
         data: Union[bytes, str] = _protocol.unstuff_chunks(message if message is not None else [])
-        if _debugging():
+        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per message)
             _debug("Data:", repr(data))
         if self._decode_data:
             try:
@@ -590,7 +605,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             log.exception("process_message() failed for a message from %r", self.peer)
             status = R.PROCESSING_FAILED
         self._set_post_data_state()
-        if isinstance(status, concurrent.futures.Future):
+        if isinstance(status, _Future):
             self._await_reply(status)
         else:
             self._push_status(status)
@@ -761,7 +776,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if refusal:
             self.push(refusal)
             return
-        if not isinstance(DEBUGSTREAM, Devnull):  # _debugging(), inlined (per MAIL)
+        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per MAIL)
             _debug("===> MAIL", arg)
         syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
         path = self._path_argument("FROM:", arg, syntaxerr)
