@@ -107,10 +107,10 @@ class SessionGuard:
     """The limits of one session: idle timer, error budget, session count.
 
     One timer per session, re-armed lazily: reading input only records the
-    time (``touch()``); when the timer fires early it is armed again for
-    the real deadline.  A new timer is made ahead of time only when the
-    deadline moves earlier, which happens once per message (the data
-    timeout is shorter than the command timeout).
+    time (``touch()``).  The timer is set for the shorter of the two
+    timeouts after the last input, so it never fires late whatever the
+    state becomes meanwhile; when it fires early it is armed again for the
+    real deadline.  Entering DATA (once per message) then needs no new timer.
     """
 
     __slots__ = (
@@ -120,6 +120,7 @@ class SessionGuard:
         "data_timeout",
         "max_errors",
         "errors",
+        "soonest",
         "last",
         "timer",
         "closed",
@@ -132,6 +133,8 @@ class SessionGuard:
         self.data_timeout: Optional[float] = _option(server, "data_timeout")
         self.max_errors: Optional[int] = _option(server, "max_errors")
         channel.ac_max_output = _option(server, "max_output")
+        timeouts = [t for t in (self.command_timeout, self.data_timeout) if t is not None]
+        self.soonest: Optional[float] = min(timeouts) if timeouts else None
         self.errors = 0
         self.last = time.monotonic()
         self.timer: Any = None
@@ -146,28 +149,23 @@ class SessionGuard:
             return self.data_timeout
         return self.command_timeout
 
-    def _arm(self) -> None:
-        timeout = self._timeout()
-        if timeout is None or self.closed:
+    def _arm(self, deadline: Optional[float] = None) -> None:
+        """Start the timer for *deadline*, by default the shorter timeout
+        after the last input."""
+        if self.soonest is None or self.closed:
             return
         reactor = self.channel._reactor()
         if reactor is None:
             return  # no loop runs this channel (yet): see touch()
-        deadline = self.last + timeout
-        timer = self.timer
-        if timer is not None:
-            if timer.when <= deadline:
-                return  # it fires in time and re-arms itself if early
-            timer.cancel()
+        if deadline is None:
+            deadline = self.last + self.soonest
         self.timer = reactor.call_later(deadline - time.monotonic(), self._fire)
 
     def touch(self) -> None:
         """The client was heard from (or a reply it waited for was sent)."""
         self.last = _monotonic()
-        if self.timer is None or self.channel.smtp_state == self.channel.DATA:
-            # No timer yet (a channel first run by a loop), or the deadline
-            # may have moved earlier (a shorter data timeout).
-            self._arm()
+        if self.timer is None:
+            self._arm()  # a channel first run by a loop, or after a pause
 
     def _fire(self) -> None:
         self.timer = None
@@ -181,9 +179,13 @@ class SessionGuard:
         timeout = self._timeout()
         if timeout is None:
             return
-        remaining = self.last + timeout - time.monotonic()
-        if remaining > 0:
-            self._arm()
+        now = time.monotonic()
+        if self.last + timeout > now:
+            # Early: there was input since, or this state has the longer
+            # timeout.  Input arriving later may enter a state with the
+            # shorter one, and touch() will not move the timer: so look
+            # again after at most the shorter timeout.
+            self._arm(min(self.last + timeout, now + self.soonest))
             return
         log.info("session from %r idle for %.0fs, closing", getattr(channel, "peer", None), timeout)
         try:

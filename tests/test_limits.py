@@ -72,6 +72,39 @@ def test_data_timeout_is_shorter_than_command_timeout():
         assert st.server.messages == []
 
 
+def test_data_timeout_after_the_timer_fired_early():
+    # Idle for longer than the data timeout before DATA: the timer fires
+    # early (the command timeout applies) and must still be armed so that
+    # the data deadline, counted from DATA, is kept, not the old one.
+    with running_server(command_timeout=3.0, data_timeout=0.3) as st:
+        with RawClient(st.address) as client:
+            assert client.read_reply() == GREETING
+            assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
+            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            threading.Event().wait(0.6)  # the idle time under test
+            assert client.command(b"DATA").startswith(b"354 ")
+            entered = time.monotonic()
+            assert client.read_until_closed() == IDLE
+            assert 0.3 <= time.monotonic() - entered < 2.0  # 2.4 s if the old deadline held
+
+
+def test_data_timeout_longer_than_command_timeout():
+    with running_server(command_timeout=0.3, data_timeout=3.0) as st:
+        with RawClient(st.address) as client:
+            assert client.read_reply() == GREETING
+            assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
+            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            assert client.command(b"DATA").startswith(b"354 ")
+            threading.Event().wait(0.8)  # idle in DATA: longer than the command timeout
+            assert client.command(b"Subject: late\r\n\r\nbody\r\n.") == b"250 OK\r\n"
+            done = time.monotonic()
+            assert client.read_until_closed() == IDLE
+            assert 0.3 <= time.monotonic() - done < 2.0
+        assert len(st.server.messages) == 1
+
+
 def test_activity_keeps_the_session_alive():
     # 5 commands 0.3 s apart span 1.5 s, more than the 1 s timeout: each
     # one resets the idle time.  (The gaps are the behaviour under test,
