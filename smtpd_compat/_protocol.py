@@ -256,7 +256,12 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
     (the pieces and the joined text, then the joined and the converted
     text), and the result needs no final copy to drop a sentinel.
     """
-    if _plain_pieces(chunks):
+    if len(chunks) == 1:
+        # A message read at once (most small ones): no junctions to check.
+        text = chunks.pop()
+        if text[:1] != b"." and _BARE_CR.search(text) is None and not _has_stuffed_line(text):
+            return text.translate(None, b"\r")  # see below
+    elif _plain_pieces(chunks):
         # Then unstuffing is deleting every CR, which translate() does at a
         # third of the cost of replace(CRLF, LF) (that one pays for each of
         # the many matches).  Piece by piece, each result takes the place,
@@ -267,8 +272,9 @@ def unstuff_chunks(chunks: List[bytes]) -> bytes:
         text = b"".join(chunks)
         chunks.clear()
         return text
-    text = b"".join(chunks)
-    chunks.clear()
+    else:
+        text = b"".join(chunks)
+        chunks.clear()
     if text[:1] == b".":
         text = text[1:]  # the first line has no CRLF before its dot
     if _has_stuffed_line(text):

@@ -408,7 +408,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.handle_close()  # end of stream
             return
         size = len(data)
-        if self.smtp_state == self.COMMAND:
+        command = self.smtp_state == self.COMMAND
+        if command:
             # One whole command line, nothing after it.
             simple = (
                 data.find(b"\r\n") == size - 2 >= 0
@@ -436,7 +437,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         else:
             self._ac_batching = _QUIET_BATCH
             try:
-                if self.smtp_state == self.COMMAND:
+                if command:
                     self._command_line(data[:-2], size - 2)
                 else:
                     self._ac_prefix_seen = b""
@@ -791,22 +792,23 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if parsed is None:
             self.push(syntaxerr)
             return
-        try:
-            require_smtputf8 = _protocol.check_mail_params(
-                parsed,
-                syntaxerr,
-                decode_data=self._decode_data,
-                enable_smtputf8=self.enable_SMTPUTF8,
-                data_size_limit=self.data_size_limit,
-            )
-        except _protocol.ReplyError as err:
-            self.push(err.reply)
-            return
-        if require_smtputf8:
-            self.require_SMTPUTF8 = True
-        if parsed:
-            self.push(R.MAIL_PARAMS_UNKNOWN)
-            return
+        if parsed:  # most MAIL commands have no parameters: nothing to check
+            try:
+                require_smtputf8 = _protocol.check_mail_params(
+                    parsed,
+                    syntaxerr,
+                    decode_data=self._decode_data,
+                    enable_smtputf8=self.enable_SMTPUTF8,
+                    data_size_limit=self.data_size_limit,
+                )
+            except _protocol.ReplyError as err:
+                self.push(err.reply)
+                return
+            if require_smtputf8:
+                self.require_SMTPUTF8 = True
+            if parsed:
+                self.push(R.MAIL_PARAMS_UNKNOWN)
+                return
         self.mailfrom = address
         if not isinstance(DEBUGSTREAM, Devnull):
             _debug("sender:", self.mailfrom)
