@@ -256,6 +256,11 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
+        # The mixin's class defaults, made instance attributes before the
+        # socket is set (SMTPS changes them there): they are read on every
+        # read and reply, and Python 3.11 specialises only instance loads.
+        self._tls_phase = _PLAIN_TRANSPORT
+        self._sasl = None
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
