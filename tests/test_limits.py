@@ -57,15 +57,20 @@ def test_silent_client_is_answered_421_and_closed():
         assert st.call(lambda: channels(st)) == []
 
 
+def open_transaction(client: RawClient) -> None:
+    """Greeting, HELO, MAIL and RCPT: the session is ready for DATA."""
+    assert client.read_reply() == GREETING
+    assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
+    assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+    assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+
+
 def test_data_timeout_is_shorter_than_command_timeout():
     # The timer armed for the 60 s command deadline must be brought forward
     # when the session enters DATA with a 0.3 s data deadline.
     with running_server(command_timeout=60.0, data_timeout=0.3) as st:
         with RawClient(st.address) as client:
-            assert client.read_reply() == GREETING
-            assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
-            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
-            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            open_transaction(client)
             assert client.command(b"DATA").startswith(b"354 ")
             client.send(b"Subject: half a message\r\n")
             assert client.read_until_closed() == IDLE
@@ -78,10 +83,7 @@ def test_data_timeout_after_the_timer_fired_early():
     # the data deadline, counted from DATA, is kept, not the old one.
     with running_server(command_timeout=3.0, data_timeout=0.3) as st:
         with RawClient(st.address) as client:
-            assert client.read_reply() == GREETING
-            assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
-            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
-            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            open_transaction(client)
             threading.Event().wait(0.6)  # the idle time under test
             assert client.command(b"DATA").startswith(b"354 ")
             entered = time.monotonic()
@@ -92,10 +94,7 @@ def test_data_timeout_after_the_timer_fired_early():
 def test_data_timeout_longer_than_command_timeout():
     with running_server(command_timeout=0.3, data_timeout=3.0) as st:
         with RawClient(st.address) as client:
-            assert client.read_reply() == GREETING
-            assert client.command(b"HELO me") == ("250 %s\r\n" % FQDN).encode()
-            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
-            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            open_transaction(client)
             assert client.command(b"DATA").startswith(b"354 ")
             threading.Event().wait(0.8)  # idle in DATA: longer than the command timeout
             assert client.command(b"Subject: late\r\n\r\nbody\r\n.") == b"250 OK\r\n"
