@@ -32,6 +32,8 @@ their behaviour stays smtpd's.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import time
 from typing import Any, Dict, Optional, Set
 
@@ -60,6 +62,27 @@ DEFAULTS: Dict[str, Any] = {
 # Reply codes that count against max_errors: the command was not
 # understood or not acceptable in this state (RFC 5321 4.2.4, 4.3.2).
 ERROR_CODES = ("500", "501", "502", "503", "504", "555")
+
+
+def check_options(server: Any) -> None:
+    """Reject option values that would only misbehave later, in the loop (a
+    string, a negative count, a timeout that is not a positive number)."""
+    for name in ("command_timeout", "data_timeout"):
+        value = getattr(server, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError("%s must be a number of seconds or None, not %s" % (name, type(value).__name__))
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("%s must be a positive number of seconds or None, not %r" % (name, value))
+    for name in ("max_connections", "max_errors", "max_output"):
+        value = getattr(server, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError("%s must be an integer or None, not %s" % (name, type(value).__name__))
+        if value < 0:
+            raise ValueError("%s must not be negative, not %r" % (name, value))
 
 
 def _option(server: Any, name: str) -> Any:

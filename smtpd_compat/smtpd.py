@@ -988,6 +988,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
                 "%s() got unexpected keyword argument(s): %s"
                 % (type(self).__name__, ", ".join(sorted(options)))
             )
+        _limits.check_options(self)
         _tls.check_options(self)
 
     @property

@@ -46,6 +46,43 @@ def test_defaults_are_declared():
         server.close()
 
 
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"command_timeout": 0}, ValueError),
+        ({"command_timeout": -1.0}, ValueError),
+        ({"data_timeout": float("inf")}, ValueError),
+        ({"data_timeout": float("nan")}, ValueError),
+        ({"command_timeout": "300"}, TypeError),
+        ({"data_timeout": True}, TypeError),
+        ({"max_connections": -1}, ValueError),
+        ({"max_errors": 2.5}, TypeError),
+        ({"max_output": "128k"}, TypeError),
+        ({"max_errors": False}, TypeError),
+    ],
+)
+def test_bad_option_values_are_refused_at_creation(options: dict, error: type) -> None:
+    # Before, a string timeout failed inside a timer callback on the first
+    # session, and a negative one closed every session at once.
+    name, value = next(iter(options.items()))
+    with pytest.raises(error, match=name):
+        smtpd.SMTPServer(("127.0.0.1", 0), None, map={}, **options)
+
+
+def test_edge_option_values_are_accepted() -> None:
+    server = smtpd.SMTPServer(
+        ("127.0.0.1", 0), None, map={},
+        command_timeout=0.5, data_timeout=1, max_connections=0, max_errors=0, max_output=0,
+    )
+    server.close()
+
+
+def test_max_connections_zero_refuses_every_connection():
+    with running_server(max_connections=0) as st:
+        with RawClient(st.address) as client:
+            assert client.read_until_closed() == TOO_MANY_CONNECTIONS
+
+
 # -- idle timeouts ------------------------------------------------------------------
 def test_silent_client_is_answered_421_and_closed():
     with running_server(command_timeout=0.3) as st:
