@@ -104,14 +104,14 @@ def sessions(server: Any) -> Set[Any]:
         return set()
 
 
-def refuse_connection(server: Any, conn: Any, reply: str) -> bool:
+def refuse_connection(server: Any, conn: Any, reply: str, addr: Any = None) -> bool:
     """If *server* already has ``max_connections`` sessions, send *reply*
-    (a ``421`` line; not on an SMTPS port) on the just-accepted *conn*,
-    close it and return True."""
+    (a ``421`` line; not on an SMTPS port) on the just-accepted *conn*
+    (from *addr*), close it and return True."""
     limit = _option(server, "max_connections")
     if limit is None or len(sessions(server)) < limit:
         return False
-    log.warning("refusing a connection: %d sessions open (max_connections)", limit)
+    log.warning("refusing a connection from %r: %d sessions open (max_connections)", addr, limit)
     try:
         # On an implicit-TLS (SMTPS) port the client starts with a TLS
         # handshake, to which a plain-text line is garbage: just close.

@@ -1040,15 +1040,17 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             pair = self.accept()
             if pair is None:
                 return
-            self.handle_accepted(*pair)
+            # max_connections is applied here rather than in handle_accepted(),
+            # so that subclasses overriding that one (often without calling
+            # it: it only builds the channel) stay bounded too.
+            if not _limits.refuse_connection(self, pair[0], R.TOO_MANY_CONNECTIONS % _getfqdn(), pair[1]):
+                self.handle_accepted(*pair)
             if not self.accepting:
                 return
 
     def handle_accepted(self, conn: Any, addr: Any) -> None:
         _debug("Incoming connection from %s" % repr(addr))
         _serving.log_connection(self, addr)
-        if _limits.refuse_connection(self, conn, R.TOO_MANY_CONNECTIONS % _getfqdn()):
-            return
         conn = _tls.wrap_accepted(self, conn)  # SMTPS: TLS before the greeting
         if conn is None:
             return

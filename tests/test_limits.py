@@ -211,6 +211,23 @@ def test_max_connections():
             second.close()
 
 
+class OwnChannelServer(RecordingSMTPServer):
+    """Old-style code: handle_accepted() builds the channel itself and never
+    calls the base method."""
+
+    def handle_accepted(self, conn: Any, addr: Any) -> None:
+        self.channel_class(self, conn, addr, map=self._map)
+
+
+def test_max_connections_holds_when_handle_accepted_is_overridden():
+    with running_server(OwnChannelServer, max_connections=1) as st:
+        with RawClient(st.address) as first:
+            assert first.read_reply() == GREETING
+            with RawClient(st.address) as second:
+                assert second.read_until_closed() == TOO_MANY_CONNECTIONS
+            assert first.command(b"NOOP") == b"250 OK\r\n"
+
+
 def test_sessions_are_counted_per_server():
     with running_server(max_connections=1) as st1, running_server(max_connections=1) as st2:
         with RawClient(st1.address) as a, RawClient(st2.address) as b:
