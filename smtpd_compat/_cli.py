@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
                    help="stop reading a client with more than BYTES of unread replies, "
                         "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
+    p.add_argument("--reply-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="answer 451 if process_message's deferred reply takes longer, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["reply_timeout"]))
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
     p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
@@ -131,7 +134,7 @@ def _show(default: Any) -> str:
     return "none" if default is None else str(default)
 
 
-LIMIT_OPTIONS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_output")
+LIMIT_OPTIONS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_output", "reply_timeout")
 
 
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:

@@ -57,6 +57,11 @@ DEFAULTS: Dict[str, Any] = {
     # Replies are tens of bytes: 128 KiB is thousands of pipelined replies
     # that the client has not read, on top of the kernel's socket buffers.
     "max_output": 131072,
+    # RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end
+    # of its message; a process_message() Future still pending then is
+    # answered 451, so that one that never completes does not hold the
+    # session (and a max_connections slot) for ever.
+    "reply_timeout": 600.0,
 }
 
 # Reply codes that count against max_errors: the command was not
@@ -67,7 +72,7 @@ ERROR_CODES = ("500", "501", "502", "503", "504", "555")
 def check_options(server: Any) -> None:
     """Reject option values that would only misbehave later, in the loop (a
     string, a negative count, a timeout that is not a positive number)."""
-    for name in ("command_timeout", "data_timeout"):
+    for name in ("command_timeout", "data_timeout", "reply_timeout"):
         value = getattr(server, name)
         if value is None:
             continue
@@ -143,6 +148,7 @@ class SessionGuard:
         "data_timeout",
         "max_errors",
         "errors",
+        "reply_timeout",
         "soonest",
         "last",
         "timer",
@@ -154,6 +160,7 @@ class SessionGuard:
         self.server = server
         self.command_timeout: Optional[float] = _option(server, "command_timeout")
         self.data_timeout: Optional[float] = _option(server, "data_timeout")
+        self.reply_timeout: Optional[float] = _option(server, "reply_timeout")
         self.max_errors: Optional[int] = _option(server, "max_errors")
         channel.ac_max_output = _option(server, "max_output")
         timeouts = [t for t in (self.command_timeout, self.data_timeout) if t is not None]

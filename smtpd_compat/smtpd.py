@@ -379,6 +379,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # out.  Any other read takes the general path, which stays the
     # reference (tests/test_fast_lane.py plays both).
     _fast_lane = False  # set per channel by _fast_lane_allowed()
+    # (Future, its reply_timeout timer) while process_message's reply is awaited.
+    _reply_wait: Optional[Tuple[Any, Any]] = None
 
     def _fast_lane_allowed(self) -> bool:
         """True if this channel's class keeps every method the fast lane
@@ -641,7 +643,38 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._reply_ready(future)
             return
         self.pause_reading("reply")
-        future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._reply_ready(done)))
+        timeout = self._guard.reply_timeout if self._guard is not None else None
+        overdue = None if timeout is None else reactor.call_later(timeout, lambda: self._reply_overdue(future, timeout))
+        self._reply_wait = (future, overdue)
+        future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._reply_arrived(done)))
+
+    def _reply_arrived(self, future: "concurrent.futures.Future[Any]") -> None:
+        wait = self._reply_wait
+        if wait is None or wait[0] is not future:
+            # Answered 451 at reply_timeout; the client has sent it again
+            # or given up.
+            log.warning("process_message() for a message from %r finished after reply_timeout; result dropped",
+                        getattr(self, "peer", None))
+            return
+        self._reply_wait = None
+        if wait[1] is not None:
+            wait[1].cancel()
+        self._reply_ready(future)
+
+    def _reply_overdue(self, future: "concurrent.futures.Future[Any]", timeout: float) -> None:
+        wait = self._reply_wait
+        if wait is None or wait[0] is not future:
+            return
+        self._reply_wait = None
+        future.cancel()  # a no-op if it is already running
+        if self._fileno is None:
+            return  # the session ended meanwhile
+        log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
+                  getattr(self, "peer", None), timeout)
+        self.push(R.PROCESSING_FAILED)
+        self.resume_reading("reply")
+        if self._guard is not None:
+            self._guard.touch()
 
     def _reply_ready(self, future: "concurrent.futures.Future[Any]") -> None:
         if self._fileno is None:

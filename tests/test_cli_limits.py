@@ -31,7 +31,7 @@ IDLE = (_replies.IDLE_TIMEOUT % FQDN + "\r\n").encode("ascii")
 TOO_MANY_ERRORS = (_replies.TOO_MANY_ERRORS % FQDN + "\r\n").encode("ascii")
 TOO_MANY_CONNECTIONS = (_replies.TOO_MANY_CONNECTIONS % FQDN + "\r\n").encode("ascii")
 UNKNOWN = b'500 Error: command "XYZZY" not recognized\r\n'
-FLAGS = ("--command-timeout", "--data-timeout", "--max-connections", "--max-errors", "--max-output")
+FLAGS = ("--command-timeout", "--data-timeout", "--max-connections", "--max-errors", "--max-output", "--reply-timeout")
 
 
 def connect(server: Any) -> RawClient:
@@ -62,6 +62,7 @@ def test_help_lists_the_limit_flags() -> None:
         ("--max-errors", "nothing"),
         ("--max-output", "-1"),
         ("--max-output", "1k"),
+        ("--reply-timeout", "0"),
     ],
 )
 def test_bad_values_give_one_line_and_status_2(flag: str, value: str) -> None:
@@ -79,20 +80,20 @@ def build(argv: List[str]) -> Any:
 
 def test_flags_set_the_server_options() -> None:
     server = build(["--command-timeout", "2.5", "--data-timeout", "7", "--max-connections", "3",
-                    "--max-errors", "0", "--max-output", "4096"])
+                    "--max-errors", "0", "--max-output", "4096", "--reply-timeout", "60"])
     try:
         assert (server.command_timeout, server.data_timeout, server.max_connections,
-                server.max_errors, server.max_output) == (2.5, 7.0, 3, 0, 4096)
+                server.max_errors, server.max_output, server.reply_timeout) == (2.5, 7.0, 3, 0, 4096, 60.0)
     finally:
         server.close()
 
 
 def test_none_in_any_case_disables() -> None:
     server = build(["--command-timeout", "none", "--data-timeout", "NONE", "--max-connections", "None",
-                    "--max-errors", "nOnE", "--max-output", "none"])
+                    "--max-errors", "nOnE", "--max-output", "none", "--reply-timeout", "none"])
     try:
         assert (server.command_timeout, server.data_timeout, server.max_connections,
-                server.max_errors, server.max_output) == (None, None, None, None, None)
+                server.max_errors, server.max_output, server.reply_timeout) == (None,) * 6
     finally:
         server.close()
 

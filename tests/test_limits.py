@@ -37,6 +37,7 @@ def test_defaults_are_declared():
         "max_connections": None,
         "max_errors": 20,
         "max_output": 131072,
+        "reply_timeout": 600.0,
     }
     server = smtpd.SMTPServer(("127.0.0.1", 0), None, map={}, command_timeout=None, max_errors=None)
     try:
@@ -59,6 +60,7 @@ def test_defaults_are_declared():
         ({"max_errors": 2.5}, TypeError),
         ({"max_output": "128k"}, TypeError),
         ({"max_errors": False}, TypeError),
+        ({"reply_timeout": 0}, ValueError),
     ],
 )
 def test_bad_option_values_are_refused_at_creation(options: dict, error: type) -> None:

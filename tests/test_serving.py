@@ -366,6 +366,59 @@ def test_a_deferred_reply_is_sent_before_the_421(monkeypatch: pytest.MonkeyPatch
     assert len(server.messages) == 1
 
 
+@needs_deferred_replies
+def test_a_reply_that_never_comes_is_answered_451_at_reply_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    controller = Controller(DeferredServer, reply_timeout=0.3).start()
+    server = controller.server
+    try:
+        with open_session(controller.address) as client:
+            enter_data(client)
+            started = time.monotonic()
+            client.send(b"Subject: stuck\r\n\r\nx\r\n.\r\n")
+            assert client.read_reply() == (R.PROCESSING_FAILED + "\r\n").encode()
+            assert 0.3 <= time.monotonic() - started < TIMEOUT
+            assert server.futures[0].cancelled()  # nobody had started it
+            # The session goes on; the client may send the message again.
+            server.handed_over.clear()
+            enter_data(client)
+            client.send(b"Subject: again\r\n\r\ny\r\n.\r\n")
+            assert server.handed_over.wait(TIMEOUT)
+            server.futures[1].set_result(None)
+            assert client.read_reply() == b"250 OK\r\n"
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+    finally:
+        for future in server.futures:
+            if not future.done():
+                future.set_result(None)
+        controller.stop()
+    assert any("reply_timeout" in record.getMessage() for record in caplog.records)
+
+
+@needs_deferred_replies
+def test_a_result_after_reply_timeout_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    class RunningServer(DeferredServer):
+        def process_message(self, *args: Any, **kwargs: Any) -> Any:
+            future = super().process_message(*args, **kwargs)
+            future.set_running_or_notify_cancel()  # as an executor would: cannot be cancelled
+            return future
+
+    controller = Controller(RunningServer, reply_timeout=0.3).start()
+    server = controller.server
+    try:
+        with open_session(controller.address) as client:
+            enter_data(client)
+            client.send(b"Subject: slow\r\n\r\nx\r\n.\r\n")
+            assert client.read_reply() == (R.PROCESSING_FAILED + "\r\n").encode()
+            server.futures[0].set_result("250 too late")
+            # Only the NOOPs' replies follow: the late result is not sent.
+            # (The loop runs the result's callback by the second NOOP.)
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+    finally:
+        controller.stop()
+    assert any("after reply_timeout" in record.getMessage() for record in caplog.records)
+
+
 # -- shutdown under load: every 250 is a delivered message, and the reverse ------------------
 CLIENTS = 20
 
