@@ -135,6 +135,20 @@ def trace_headers(peer: Any, mailfrom: str, rcpttos: List[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
+_LINESEP = os.linesep.encode("ascii")  # what the mailbox module writes
+
+
+def mbox_entry(from_line: bytes, message: bytes) -> bytes:
+    """*message* as :meth:`mailbox.mbox.add` writes it after *from_line*
+    (``From sender date``, no line end): lines of the message starting
+    with ``From `` quoted as ``>From ``, a line end at the end, and the
+    blank line that separates messages."""
+    body = message.replace(b"\nFrom ", b"\n>From ").replace(b"\n", _LINESEP)
+    if not body.endswith(_LINESEP):
+        body += _LINESEP
+    return from_line + _LINESEP + body + _LINESEP
+
+
 class MailboxServer(SMTPServer):
     """Deliver every message to a Maildir or to an mbox file.
 
@@ -190,11 +204,17 @@ class MailboxServer(SMTPServer):
     def _deliver_mbox(self, mailfrom: str, message: bytes) -> None:
         assert self.mbox is not None
         sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
-        from_line = ("From %s %s\n" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
+        from_line = ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
         box = mailbox.mbox(self.mbox, create=True)
         try:
+            # The mailbox module locks as mail readers expect (fcntl and a
+            # dot-lock); the message is appended here, because mbox.add()
+            # first reads the whole file to index it: slower with every
+            # message, on the loop's thread.
             box.lock()
-            box.add(from_line + message)
-            box.flush()
+            with open(self.mbox, "ab") as target:
+                target.write(mbox_entry(from_line, message))
+                target.flush()
+                os.fsync(target.fileno())
         finally:
             box.close()  # also unlocks

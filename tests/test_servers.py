@@ -15,7 +15,7 @@ from typing import Any, List
 import pytest
 
 from conftest import TIMEOUT
-from smtpd_compat import Controller, MailboxServer, RecordingServer, _cli
+from smtpd_compat import Controller, MailboxServer, RecordingServer, _cli, servers
 from test_serving import cli_server  # noqa: F401  (the fixture, shared)
 
 # Bodies chosen to catch every kind of mangling: dot-stuffing, blank lines,
@@ -198,6 +198,47 @@ def test_mbox_delivery(tmp_path: Path) -> None:
         expected = sent_to_stored(body).replace(b"\nFrom ", b"\n>From ")  # mbox quoting
         assert stored_body.rstrip(b"\n") == expected.rstrip(b"\n"), n
     assert not (tmp_path / "mbox.lock").exists()  # the dot-lock was released
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"", b"Subject: x\n\nbody", b"Subject: x\n\nbody\n", b"From the first line\nFrom again\n>From\nend\n", b"\n\n"],
+)
+def test_mbox_entry_is_what_mailbox_writes(tmp_path: Path, message: bytes) -> None:
+    from_line = b"From s@example.com Sat Nov 28 23:59:00 2026"
+    reference = tmp_path / "reference"
+    box = mailbox.mbox(str(reference), create=True)
+    try:
+        for _ in range(2):
+            box.add(from_line + b"\n" + message)
+        box.flush()
+    finally:
+        box.close()
+    assert reference.read_bytes() == servers.mbox_entry(from_line, message) * 2
+
+
+def test_mbox_delivery_does_not_read_the_mailbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mailbox.mbox.add() indexes the whole file before appending: each
+    # delivery would cost more than the one before.
+    path = tmp_path / "mbox"
+    path.write_bytes(servers.mbox_entry(b"From old@example.com Sat Nov 28 23:59:00 2026", b"Subject: old\n\nx\n"))
+
+    def no_index(self: Any) -> None:
+        raise AssertionError("the mailbox was indexed")
+
+    monkeypatch.setattr(mailbox.mbox, "_generate_toc", no_index)
+    server = MailboxServer(("127.0.0.1", 0), map={}, mbox=path)
+    try:
+        assert server.process_message(("127.0.0.1", 1), "s@example.com", ["r@example.com"], b"Subject: new\n\ny") is None
+    finally:
+        server.close()
+    monkeypatch.undo()
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        subjects = [box.get_message(key)["Subject"] for key in box.keys()]
+    finally:
+        box.close()
+    assert subjects == ["old", "new"]
 
 
 # -- from the command line ------------------------------------------------------------------------
