@@ -155,6 +155,7 @@ _LOG_CACHE_GET = getattr(log, "_cache", {}).get
 
 
 _Future = concurrent.futures.Future
+_monotonic = time.monotonic
 
 # Read by the fast lane on every read: module globals, not module attributes.
 _RealSocket = asynchat._RealSocket
@@ -465,7 +466,9 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                     self.initiate_send()  # no loop: a test driving the channel by hand
         guard = self._guard
         if guard is not None:
-            guard.touch()
+            guard.last = _monotonic()  # guard.touch(), inlined (per read)
+            if guard.timer is None:
+                guard._arm()
 
     def _flush_reply(self) -> None:
         """Send what the fast lane queued.  One plain reply is sent here;
