@@ -361,6 +361,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             # closed session (and the last message it holds) is freed at once,
             # not whenever the cyclic collector next runs.
             self._guard = None
+        wait = self._reply_wait
+        if wait is not None and wait[1] is not None:
+            # The reply_timeout timer would keep the closed session alive.
+            wait[1].cancel()
         if self._fileno is not None:
             _serving.log_closed(self)
         super().close()  # through _tls.SecureChannelMixin: TLS close_notify

@@ -24,7 +24,7 @@ import pytest
 from conftest import TIMEOUT, RawClient, has_ipv6
 from smtpd_compat import Controller, RecordingServer, asyncore, smtpd
 from smtpd_compat import _replies as R
-from smtpd_compat import _serving
+from smtpd_compat import _reactor, _serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHUTTING_DOWN = (R.SHUTTING_DOWN % smtpd._getfqdn()).encode("ascii") + b"\r\n"
@@ -392,6 +392,31 @@ def test_a_reply_that_never_comes_is_answered_451_at_reply_timeout(caplog: pytes
                 future.set_result(None)
         controller.stop()
     assert any("reply_timeout" in record.getMessage() for record in caplog.records)
+
+
+@needs_deferred_replies
+def test_a_session_closed_while_its_reply_is_awaited_leaves_no_timer() -> None:
+    controller = Controller(DeferredServer, reply_timeout=3600).start()
+    server = controller.server
+    try:
+        with open_session(controller.address) as client:
+            enter_data(client)
+            client.send(b"Subject: pending\r\n\r\nx\r\n.\r\n")
+            assert server.handed_over.wait(TIMEOUT)
+            reactor = _reactor.reactor_for(server._map, create=False)
+            (channel,) = [c for c in list(server._map.values()) if isinstance(c, smtpd.SMTPChannel)]
+            # A paused session does not read, so it would notice the client
+            # leaving only at reply_timeout: close it from the server side.
+            closed = threading.Event()
+            reactor.call_soon_threadsafe(lambda: (channel.close(), closed.set()))
+            assert closed.wait(TIMEOUT)
+        # No timer an hour ahead is left to keep the closed session alive.
+        assert not [h for _, _, h in list(reactor.timers) if not h.cancelled and h.when > time.monotonic() + 1800]
+    finally:
+        for future in server.futures:
+            if not future.done():
+                future.set_result(None)
+        controller.stop()
 
 
 @needs_deferred_replies
