@@ -7,6 +7,7 @@ with a timeout.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import selectors
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -320,6 +321,19 @@ class DeferredServer(RecordingServer):
         return future
 
 
+@contextlib.contextmanager
+def deferred_controller(cls: Any = DeferredServer, **options: Any) -> Iterator[Controller]:
+    """A running Controller whose pending Futures are completed at the end."""
+    controller = Controller(cls, **options).start()
+    try:
+        yield controller
+    finally:
+        for future in controller.server.futures:
+            if not future.done():
+                future.set_result(None)
+        controller.stop()
+
+
 needs_deferred_replies = pytest.mark.skipif(
     not hasattr(smtpd.SMTPChannel, "_await_reply"), reason="process_message cannot defer its reply here"
 )
@@ -368,9 +382,8 @@ def test_a_deferred_reply_is_sent_before_the_421(monkeypatch: pytest.MonkeyPatch
 
 @needs_deferred_replies
 def test_a_reply_that_never_comes_is_answered_451_at_reply_timeout(caplog: pytest.LogCaptureFixture) -> None:
-    controller = Controller(DeferredServer, reply_timeout=0.3).start()
-    server = controller.server
-    try:
+    with deferred_controller(reply_timeout=0.3) as controller:
+        server = controller.server
         with open_session(controller.address) as client:
             enter_data(client)
             started = time.monotonic()
@@ -386,19 +399,13 @@ def test_a_reply_that_never_comes_is_answered_451_at_reply_timeout(caplog: pytes
             server.futures[1].set_result(None)
             assert client.read_reply() == b"250 OK\r\n"
             assert client.command(b"NOOP") == b"250 OK\r\n"
-    finally:
-        for future in server.futures:
-            if not future.done():
-                future.set_result(None)
-        controller.stop()
     assert any("reply_timeout" in record.getMessage() for record in caplog.records)
 
 
 @needs_deferred_replies
 def test_a_session_closed_while_its_reply_is_awaited_leaves_no_timer() -> None:
-    controller = Controller(DeferredServer, reply_timeout=3600).start()
-    server = controller.server
-    try:
+    with deferred_controller(reply_timeout=3600) as controller:
+        server = controller.server
         with open_session(controller.address) as client:
             enter_data(client)
             client.send(b"Subject: pending\r\n\r\nx\r\n.\r\n")
@@ -412,11 +419,6 @@ def test_a_session_closed_while_its_reply_is_awaited_leaves_no_timer() -> None:
             assert closed.wait(TIMEOUT)
         # No timer an hour ahead is left to keep the closed session alive.
         assert not [h for _, _, h in list(reactor.timers) if not h.cancelled and h.when > time.monotonic() + 1800]
-    finally:
-        for future in server.futures:
-            if not future.done():
-                future.set_result(None)
-        controller.stop()
 
 
 @needs_deferred_replies
@@ -427,9 +429,8 @@ def test_a_result_after_reply_timeout_is_dropped(caplog: pytest.LogCaptureFixtur
             future.set_running_or_notify_cancel()  # as an executor would: cannot be cancelled
             return future
 
-    controller = Controller(RunningServer, reply_timeout=0.3).start()
-    server = controller.server
-    try:
+    with deferred_controller(RunningServer, reply_timeout=0.3) as controller:
+        server = controller.server
         with open_session(controller.address) as client:
             enter_data(client)
             client.send(b"Subject: slow\r\n\r\nx\r\n.\r\n")
@@ -439,8 +440,6 @@ def test_a_result_after_reply_timeout_is_dropped(caplog: pytest.LogCaptureFixtur
             # (The loop runs the result's callback by the second NOOP.)
             assert client.command(b"NOOP") == b"250 OK\r\n"
             assert client.command(b"NOOP") == b"250 OK\r\n"
-    finally:
-        controller.stop()
     assert any("after reply_timeout" in record.getMessage() for record in caplog.records)
 
 
