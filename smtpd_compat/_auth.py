@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import hmac
 import os
 import re
 import stat
+import threading
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from . import _replies as R
@@ -324,6 +326,29 @@ class PasswordFile:
 
     def __call__(self, server: Any, channel: Any, mechanism: str, login: str, password: str) -> bool:
         return self.check(login, password)
+
+    @property
+    def hashed(self) -> bool:
+        """Whether a check costs a PBKDF2 computation (the file holds hashes)."""
+        return _is_hashed(self._dummy)
+
+
+_checker: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_checker_lock = threading.Lock()
+
+
+def check_in_worker(passwords: PasswordFile, login: str, password: str) -> "concurrent.futures.Future[bool]":
+    """``passwords.check(login, password)`` in a worker thread.
+
+    A hashed password takes tens of milliseconds to check (PBKDF2, which
+    releases the GIL); on the loop's thread that would stall every session
+    for each attempt, however wrong.
+    """
+    global _checker
+    with _checker_lock:
+        if _checker is None:
+            _checker = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="smtpd_compat-auth")
+    return _checker.submit(passwords.check, login, password)
 
 
 if __name__ == "__main__":  # pragma: no cover - interactive helper

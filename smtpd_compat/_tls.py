@@ -40,6 +40,7 @@ with a verified certificate, then AUTH.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import smtplib
 import socket as _socket
@@ -49,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import _reactor, asynchat, asyncore
 from . import _replies as R
-from ._auth import MECHANISMS, AuthExchange, Credentials
+from ._auth import MECHANISMS, AuthExchange, Credentials, PasswordFile, check_in_worker
 from ._protocol import ReplyError
 
 log = logging.getLogger("smtpd_compat")
@@ -716,20 +717,52 @@ class SecureChannelMixin(asynchat.async_chat):
     def _auth_check(self, credentials: Credentials) -> None:
         mechanism, login, password, authzid = credentials
         server = self.smtp_server
-        ok = False
         # Acting as another identity (PLAIN's authzid) is not supported.
-        if not authzid or authzid == login:
+        if authzid and authzid != login:
+            self._auth_verdict(credentials, False)
+            return
+        passwords = getattr(server, "authenticator", None)
+        reactor = self._reactor()
+        if (
+            isinstance(passwords, PasswordFile)
+            and passwords.hashed
+            and reactor is not None
+            and getattr(type(server), "authenticate", None) in (None, SecureServerMixin.authenticate)
+        ):
+            # What the default authenticate() does, in a worker thread
+            # (check_in_worker); the session reads nothing meanwhile.
+            future = check_in_worker(passwords, login, password)
+            self.pause_reading("auth")
+            future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._auth_checked(credentials, done)))
+            return
+        try:
+            if isinstance(server, SecureServerMixin):
+                ok = server.authenticate(self, mechanism, login, password)
+            else:
+                ok = SecureServerMixin.authenticate(server, self, mechanism, login, password)
+        except Exception:
+            self._auth_failed_to_check(login)
+            return
+        self._auth_verdict(credentials, ok)
+
+    def _auth_checked(self, credentials: Credentials, future: "concurrent.futures.Future[bool]") -> None:
+        if self._fileno is not None:
             try:
-                if isinstance(server, SecureServerMixin):
-                    ok = server.authenticate(self, mechanism, login, password)
-                else:
-                    ok = SecureServerMixin.authenticate(server, self, mechanism, login, password)
+                ok = future.result()
             except Exception:
-                # The traceback is logged; the password is not (it is
-                # neither in the message nor in a Credentials repr).
-                log.exception("authenticate() failed for login %r from %r", login, getattr(self, "peer", None))
-                self.push(R.AUTH_TEMP_FAILURE)
-                return
+                self._auth_failed_to_check(credentials.login)
+            else:
+                self._auth_verdict(credentials, ok)
+        self.resume_reading("auth")  # after the verdict: pipelined input follows it
+
+    def _auth_failed_to_check(self, login: str) -> None:
+        # The traceback is logged; the password is not (it is neither in
+        # the message nor in a Credentials repr).
+        log.exception("authenticate() failed for login %r from %r", login, getattr(self, "peer", None))
+        self.push(R.AUTH_TEMP_FAILURE)
+
+    def _auth_verdict(self, credentials: Credentials, ok: bool) -> None:
+        mechanism, login = credentials.mechanism, credentials.login
         if ok:
             self.auth_login = login
             log.info("%r authenticated as %r (%s)", getattr(self, "peer", None), login, mechanism)

@@ -11,6 +11,7 @@ import io
 import logging
 import smtplib
 import ssl
+import threading
 from typing import Any, List
 
 import pytest
@@ -26,7 +27,8 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     tls_files,
 )
 
-from smtpd_compat import smtpd
+from smtpd_compat import _auth, smtpd
+from smtpd_compat._auth import PasswordFile
 
 PLAIN_IR = b64(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())
 WRONG_IR = b64(b"\0" + USER.encode() + b"\0wrong")
@@ -241,6 +243,67 @@ def test_authenticator_error_is_a_temporary_failure(server_factory: Any, server_
         assert client.command(b"AUTH PLAIN " + PLAIN_IR) == b"454 Temporary authentication failure\r\n"
         assert client.command(b"NOOP") == b"250 OK\r\n"
     assert "directory unavailable" in caplog.text and PASSWORD not in caplog.text
+
+
+# -- hashed password files are checked off the loop's thread --------------------------------
+@pytest.fixture
+def hashed_server(server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """AUTH in clear against a hashed PasswordFile whose checks wait for
+    ``st.gate`` (the test decides when the worker thread may answer)."""
+    gate = threading.Event()
+    real_check = PasswordFile.check
+
+    def gated_check(self: PasswordFile, login: str, password: str) -> bool:
+        assert threading.current_thread() is not threading.main_thread()
+        assert gate.wait(TIMEOUT)
+        if password == "explode":
+            raise OSError("password store unavailable")
+        return real_check(self, login, password)
+
+    monkeypatch.setattr(PasswordFile, "check", gated_check)
+    passwords = PasswordFile({USER: _auth.hash_password(PASSWORD, iterations=1000)})
+    st = server_factory(authenticator=passwords, auth_require_tls=False)
+    st.gate = gate
+    return st
+
+
+def test_hashed_check_does_not_stall_other_sessions(hashed_server: Any, raw_client: Any) -> None:
+    st = hashed_server
+    first = raw_client(st.address)
+    first.read_reply()
+    first.command(b"EHLO client.example")
+    first.send(b"AUTH PLAIN " + PLAIN_IR + b"\r\n")
+    # While that check waits in its worker thread, another session is served.
+    second = raw_client(st.address)
+    assert second.read_reply().startswith(b"220 ")
+    assert second.command(b"NOOP") == b"250 OK\r\n"
+    st.gate.set()
+    assert first.read_reply() == b"235 Authentication successful\r\n"
+
+
+def test_input_after_a_hashed_check_waits_for_its_verdict(hashed_server: Any, raw_client: Any) -> None:
+    st = hashed_server
+    st.gate.set()
+    client = raw_client(st.address)
+    client.read_reply()
+    client.command(b"EHLO client.example")
+    client.send(b"AUTH PLAIN " + WRONG_IR + b"\r\nNOOP\r\nAUTH PLAIN " + PLAIN_IR + b"\r\nNOOP\r\n")
+    assert client.read_reply() == b"535 Authentication credentials invalid\r\n"
+    assert client.read_reply() == b"250 OK\r\n"
+    assert client.read_reply() == b"235 Authentication successful\r\n"
+    assert client.read_reply() == b"250 OK\r\n"
+
+
+def test_hashed_check_error_is_a_temporary_failure(hashed_server: Any, raw_client: Any, caplog: Any) -> None:
+    st = hashed_server
+    st.gate.set()
+    client = raw_client(st.address)
+    client.read_reply()
+    client.command(b"EHLO client.example")
+    with caplog.at_level(logging.ERROR, logger="smtpd_compat"):
+        assert client.command(b"AUTH PLAIN " + b64(b"\0" + USER.encode() + b"\0explode")) == b"454 Temporary authentication failure\r\n"
+        assert client.command(b"NOOP") == b"250 OK\r\n"
+    assert "password store unavailable" in caplog.text and "explode" not in caplog.text
 
 
 def test_long_initial_response_is_accepted(server_factory: Any, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:

@@ -223,6 +223,13 @@ def test_password_file_missing(tmp_path) -> None:
         PasswordFile.load(str(tmp_path / "nope"))
 
 
+def test_hashed_tells_whether_a_check_costs_pbkdf2() -> None:
+    assert PasswordFile({"u": _auth.hash_password("x", iterations=1000)}).hashed
+    assert PasswordFile({"u": "x", "v": _auth.hash_password("y", iterations=1000)}).hashed
+    assert not PasswordFile({"u": "x"}).hashed
+    assert not PasswordFile({}).hashed
+
+
 def test_hash_password_round_trip() -> None:
     stored = _auth.hash_password("x", iterations=1000, salt=b"0123456789abcdef")
     assert stored.startswith("pbkdf2_sha256$1000$")
