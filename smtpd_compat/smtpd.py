@@ -678,10 +678,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return  # the session ended meanwhile
         log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
                   getattr(self, "peer", None), timeout)
-        self.push(R.PROCESSING_FAILED)
-        self.resume_reading("reply")
-        if self._guard is not None:
-            self._guard.touch()
+        self._end_reply_wait(R.PROCESSING_FAILED)
 
     def _reply_ready(self, future: "concurrent.futures.Future[Any]") -> None:
         if self._fileno is None:
@@ -694,6 +691,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         except Exception:
             log.exception("process_message() failed for a message from %r", self.peer)
             status = R.PROCESSING_FAILED
+        self._end_reply_wait(status)
+
+    def _end_reply_wait(self, status: Any) -> None:
+        """Answer the awaited message with *status* and read input again."""
         self._push_status(status)
         self.resume_reading("reply")
         if self._guard is not None:
