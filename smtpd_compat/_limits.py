@@ -35,7 +35,7 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 from . import _replies as R
 
@@ -109,10 +109,10 @@ def sessions(server: Any) -> Set[Any]:
         return set()
 
 
-def refuse_connection(server: Any, conn: Any, reply: str, addr: Any = None) -> bool:
-    """If *server* already has ``max_connections`` sessions, send *reply*
-    (a ``421`` line; not on an SMTPS port) on the just-accepted *conn*
-    (from *addr*), close it and return True."""
+def refuse_connection(server: Any, conn: Any, addr: Any, reply: Callable[[], str]) -> bool:
+    """If *server* already has ``max_connections`` sessions, send ``reply()``
+    (a ``421`` line, made only then; not on an SMTPS port) on the
+    just-accepted *conn* (from *addr*), close it and return True."""
     limit = _option(server, "max_connections")
     if limit is None or len(sessions(server)) < limit:
         return False
@@ -123,7 +123,7 @@ def refuse_connection(server: Any, conn: Any, reply: str, addr: Any = None) -> b
         if getattr(server, "implicit_tls_context", None) is None:
             conn.setblocking(False)
             # A fresh socket has an empty send buffer: one short line fits.
-            conn.send((reply + "\r\n").encode("ascii", "backslashreplace"))
+            conn.send((reply() + "\r\n").encode("ascii", "backslashreplace"))
     except OSError:
         pass
     finally:

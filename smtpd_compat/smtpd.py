@@ -1084,7 +1084,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             # max_connections is applied here rather than in handle_accepted(),
             # so that subclasses overriding that one (often without calling
             # it: it only builds the channel) stay bounded too.
-            if not _limits.refuse_connection(self, pair[0], R.TOO_MANY_CONNECTIONS % _getfqdn(), pair[1]):
+            if not _limits.refuse_connection(self, *pair, lambda: R.TOO_MANY_CONNECTIONS % _getfqdn()):
                 self.handle_accepted(*pair)
             if not self.accepting:
                 return
