@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import signal
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 PROG = "smtpd_compat"
 
@@ -104,43 +103,44 @@ def _is_none(text: str) -> bool:
     return text.strip().lower() == "none"
 
 
-def _seconds(text: str) -> Optional[float]:
-    """A timeout: a positive number of seconds, or ``none``."""
+def _limit(text: str, convert: Callable[[str], Any], in_range: Callable[[Any], bool], what: str, expected: str) -> Any:
+    # A session-limit flag's value: *convert*ed and in the range _limits
+    # applies to the option, or the word "none".
     if _is_none(text):
         return None
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text) from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number or 'none')" % text)
+        value = None
+    if value is None or not in_range(value):
+        raise argparse.ArgumentTypeError("invalid %s: %r (%s or 'none')" % (what, text, expected))
     return value
+
+
+def _seconds(text: str) -> Optional[float]:
+    """A timeout: a positive number of seconds, or ``none``."""
+    from ._limits import timeout_in_range
+
+    return _limit(text, float, timeout_in_range, "number of seconds", "a positive number")
 
 
 def _count(text: str) -> Optional[int]:
     """A limit: a non-negative integer, or ``none``."""
-    if _is_none(text):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("invalid number: %r (a non-negative integer or 'none')" % text)
-    return value
+    from ._limits import count_in_range
+
+    return _limit(text, int, count_in_range, "number", "a non-negative integer")
 
 
 def _show(default: Any) -> str:
     return "none" if default is None else str(default)
 
 
-LIMIT_OPTIONS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_output", "reply_timeout")
-
-
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
     """The session-limit options given on the command line (only those, so
     a class without ``**options`` is built as before when none is given)."""
-    return {name: getattr(ns, name) for name in LIMIT_OPTIONS if hasattr(ns, name)}
+    from ._limits import DEFAULTS
+
+    return {name: getattr(ns, name) for name in DEFAULTS if hasattr(ns, name)}
 
 
 def split_hostport(spec: str, what: str) -> Tuple[str, int]:

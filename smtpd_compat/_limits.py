@@ -69,24 +69,40 @@ DEFAULTS: Dict[str, Any] = {
 ERROR_CODES = ("500", "501", "502", "503", "504", "555")
 
 
+# The options in seconds, and the counts (DEFAULTS holds both kinds).
+TIMEOUTS = ("command_timeout", "data_timeout", "reply_timeout")
+COUNTS = ("max_connections", "max_errors", "max_output")
+
+
+def timeout_in_range(value: float) -> bool:
+    """A timeout is a positive, finite number of seconds (or None)."""
+    return math.isfinite(value) and value > 0
+
+
+def count_in_range(value: int) -> bool:
+    """A count is a non-negative integer (or None); 0 is meaningful."""
+    return value >= 0
+
+
 def check_options(server: Any) -> None:
     """Reject option values that would only misbehave later, in the loop (a
-    string, a negative count, a timeout that is not a positive number)."""
-    for name in ("command_timeout", "data_timeout", "reply_timeout"):
+    string, a negative count, a timeout that is not a positive number).
+    The command line's flags apply the same ranges (_cli)."""
+    for name in TIMEOUTS:
         value = getattr(server, name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError("%s must be a number of seconds or None, not %s" % (name, type(value).__name__))
-        if not (math.isfinite(value) and value > 0):
+        if not timeout_in_range(value):
             raise ValueError("%s must be a positive number of seconds or None, not %r" % (name, value))
-    for name in ("max_connections", "max_errors", "max_output"):
+    for name in COUNTS:
         value = getattr(server, name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError("%s must be an integer or None, not %s" % (name, type(value).__name__))
-        if value < 0:
+        if not count_in_range(value):
             raise ValueError("%s must not be negative, not %r" % (name, value))
 
 
