@@ -478,7 +478,7 @@ class Reactor:
                     dispatch(obj, mask)
         if self.after_events:
             callbacks, self.after_events = self.after_events, []
-            for callback in callbacks:
+            for callback in callbacks:  # _run(), inlined: once per reply
                 try:
                     callback()
                 except Exception as exc:
