@@ -273,14 +273,17 @@ def run(server: Any) -> None:
     """Serve until Ctrl-C (immediate stop) or SIGTERM (graceful shutdown:
     messages being received are finished, other sessions get 421)."""
     from . import _serving, asyncore
+    from .smtpd import SMTPServer
 
-    graceful = callable(getattr(server, "serve_forever", None))
+    # The package's own serving loop for its servers (not a serve_forever()
+    # method, which a class written for smtpd may define for itself).
+    graceful = isinstance(server, SMTPServer)
 
     handler = _serving.sigterm_handler(server) if graceful else _StopOnce()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         if graceful:
-            server.serve_forever()
+            _serving.serve_forever(server)
         else:
             asyncore.loop(map=server._map)
     except (KeyboardInterrupt, _Stop):

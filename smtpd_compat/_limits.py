@@ -37,13 +37,14 @@ import numbers
 import time
 from typing import Any, Callable, Dict, Optional, Set
 
+from . import _options
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
 _monotonic = time.monotonic  # touch() runs once per read
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults.
-# SMTPServer stores each as an attribute of the same name.
+# Keyword-only options this module adds to SMTPServer(...), with defaults
+# (kept in the server's _options.Options).
 DEFAULTS: Dict[str, Any] = {
     # RFC 5321 4.5.3.2.7: "at least 5 minutes" awaiting the next command.
     "command_timeout": 300.0,
@@ -63,6 +64,8 @@ DEFAULTS: Dict[str, Any] = {
     # session (and a max_connections slot) for ever.
     "reply_timeout": 600.0,
 }
+
+_options.register(__name__, DEFAULTS)
 
 # Reply codes that count against max_errors: the command was not
 # understood or not acceptable in this state (RFC 5321 4.2.4, 4.3.2).
@@ -84,12 +87,12 @@ def count_in_range(value: int) -> bool:
     return value >= 0
 
 
-def check_options(server: Any) -> None:
+def check_options(options: Any) -> None:
     """Reject option values that would only misbehave later, in the loop (a
     string, a negative count, a timeout that is not a positive number).
     The command line's flags apply the same ranges (_cli)."""
     for name in TIMEOUTS:
-        value = getattr(server, name)
+        value = getattr(options, name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -97,7 +100,7 @@ def check_options(server: Any) -> None:
         if not timeout_in_range(value):
             raise ValueError("%s must be a positive number of seconds or None, not %r" % (name, value))
     for name in COUNTS:
-        value = getattr(server, name)
+        value = getattr(options, name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -107,9 +110,9 @@ def check_options(server: Any) -> None:
 
 
 def _option(server: Any, name: str) -> Any:
-    # A channel may be built with a server that predates these options, or
-    # with a stand-in object (tests): fall back to the default.
-    return getattr(server, name, DEFAULTS[name])
+    # A channel may be built with a stand-in server object (tests): then
+    # _options.of() gives the defaults.
+    return getattr(_options.of(server), name)
 
 
 def sessions(server: Any) -> Set[Any]:
@@ -136,7 +139,7 @@ def refuse_connection(server: Any, conn: Any, addr: Any, reply: Callable[[], str
     try:
         # On an implicit-TLS (SMTPS) port the client starts with a TLS
         # handshake, to which a plain-text line is garbage: just close.
-        if getattr(server, "implicit_tls_context", None) is None:
+        if _options.of(server).implicit_tls_context is None:
             conn.setblocking(False)
             # A fresh socket has an empty send buffer: one short line fits.
             conn.send((reply() + "\r\n").encode("ascii", "backslashreplace"))

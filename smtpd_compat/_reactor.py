@@ -454,28 +454,35 @@ class Reactor:
         map = self.map
         wake_fd = self._wake_fd
         self._active = False
-        for fd, bits in events:
-            if fd == wake_fd:
-                self._drain_wakeups()
-                continue
-            self._active = True
-            obj = map.get(fd)
-            if obj is None:
-                continue
-            if bits == _IN:
-                if failed is None:
-                    dispatch(obj, EVENT_READ)
+        try:
+            for fd, bits in events:
+                if fd == wake_fd:
+                    self._drain_wakeups()
+                    continue
+                self._active = True
+                obj = map.get(fd)
+                if obj is None:
+                    continue
+                if bits == _IN:
+                    if failed is None:
+                        dispatch(obj, EVENT_READ)
+                    else:
+                        try:
+                            obj.handle_read_event()
+                        except BaseException as exc:
+                            failed(obj, exc)
+                elif bits == _OUT:
+                    dispatch(obj, EVENT_WRITE)
                 else:
-                    try:
-                        obj.handle_read_event()
-                    except BaseException as exc:
-                        failed(obj, exc)
-            elif bits == _OUT:
-                dispatch(obj, EVENT_WRITE)
-            else:
-                mask = selector.mask_of(fd, bits)
-                if mask:
-                    dispatch(obj, mask)
+                    mask = selector.mask_of(fd, bits)
+                    if mask:
+                        dispatch(obj, mask)
+        except BaseException:
+            # A handler ended the loop (asyncore.ExitNow): replies queued
+            # earlier in this iteration are still sent, as a push() in
+            # asyncore would have sent them at once.
+            self._run_after_events()
+            raise
         if self.after_events:
             callbacks, self.after_events = self.after_events, []
             for callback in callbacks:  # _run(), inlined: once per reply
@@ -489,6 +496,11 @@ class Reactor:
             self._run_timers()
         if self.calls:
             self._run_calls()
+
+    def _run_after_events(self) -> None:
+        callbacks, self.after_events = self.after_events, []
+        for callback in callbacks:
+            self._run(callback)
 
     def _dispatch_read_again(self, dispatch: Callable[[Any, int], None]) -> None:
         # Requests made during this iteration's events count too: a

@@ -40,15 +40,16 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import _reactor
+from . import _options, _reactor
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults.
-# SMTPServer stores each as an attribute of the same name.
+# Keyword-only options this module adds to SMTPServer(...), with defaults
+# (kept in the server's _options.Options).
 DEFAULTS: Dict[str, Any] = {
     # Seconds a graceful shutdown waits for messages being received (DATA)
     # to complete before those sessions are cut off with a 421.
     "shutdown_timeout": 30.0,
 }
+_options.register(__name__, DEFAULTS)
 
 log = logging.getLogger("smtpd_compat")
 
@@ -312,7 +313,7 @@ def _schedule_expiry(server: Any) -> None:
         return
     timeout = st.timeout
     if timeout is None:
-        timeout = getattr(server, "shutdown_timeout", DEFAULTS["shutdown_timeout"])
+        timeout = _options.of(server).shutdown_timeout
     if timeout is None:
         return  # wait for messages in progress without a bound
     if not any(True for _ in _channels(server)):

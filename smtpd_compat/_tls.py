@@ -41,6 +41,8 @@ with a verified certificate, then AUTH.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import inspect
 import logging
 import smtplib
 import socket as _socket
@@ -48,15 +50,15 @@ import ssl
 from errno import EAGAIN
 from typing import Any, Callable, Dict, List, Optional
 
-from . import _reactor, asynchat, asyncore
+from . import _options, _reactor, asynchat, asyncore
 from . import _replies as R
 from ._auth import MECHANISMS, AuthExchange, Credentials, PasswordFile, check_in_worker
 from ._protocol import ReplyError
 
 log = logging.getLogger("smtpd_compat")
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults.
-# SMTPServer stores each as an attribute of the same name.
+# Keyword-only options this module adds to SMTPServer(...), with defaults
+# (kept in the server's _options.Options).
 DEFAULTS: Dict[str, Any] = {
     # An ssl.SSLContext (server side): offer STARTTLS with it.
     "tls_context": None,
@@ -89,6 +91,8 @@ DEFAULTS: Dict[str, Any] = {
     "relay_auth": None,
 }
 
+_options.register(__name__, DEFAULTS)
+
 RELAY_TLS_MODES = ("starttls", "smtps")
 
 # RFC 4954 section 4: an AUTH command line may be up to 12288 octets, so that
@@ -106,57 +110,77 @@ _WRITE = _reactor.EVENT_WRITE
 
 
 # -- server side ---------------------------------------------------------------------
-def check_options(server: Any) -> None:
-    """Reject inconsistent TLS/AUTH options when the server is created."""
+def check_options(options: Any, server: Any) -> None:
+    """Reject inconsistent TLS/AUTH *options* when *server* is created."""
     for name in ("tls_context", "implicit_tls_context"):
-        value = getattr(server, name)
+        value = getattr(options, name)
         if value is not None and not isinstance(value, ssl.SSLContext):
             raise TypeError("%s must be an ssl.SSLContext, not %s" % (name, type(value).__name__))
-    if server.require_starttls and server.tls_context is None and server.implicit_tls_context is None:
+    if options.require_starttls and options.tls_context is None and options.implicit_tls_context is None:
         raise ValueError("require_starttls needs tls_context (the certificate to offer STARTTLS with)")
-    mechanisms = tuple(m.upper() for m in server.auth_mechanisms)
+    mechanisms = tuple(m.upper() for m in options.auth_mechanisms)
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown:
         raise ValueError("unsupported auth_mechanisms %s (supported: %s)" % (", ".join(unknown), ", ".join(MECHANISMS)))
-    server.auth_mechanisms = mechanisms
-    if server.authenticator is not None and not callable(server.authenticator):
+    options.auth_mechanisms = mechanisms
+    if options.authenticator is not None and not callable(options.authenticator):
         raise TypeError("authenticator must be callable(server, channel, mechanism, login, password)")
     if auth_enabled(server):
         if not mechanisms:
             raise ValueError("auth_mechanisms is empty: no way to authenticate")
-        if server.auth_require_tls and server.tls_context is None and server.implicit_tls_context is None:
+        if options.auth_require_tls and options.tls_context is None and options.implicit_tls_context is None:
             raise ValueError(
                 "AUTH is only offered over TLS: give tls_context or implicit_tls_context, "
                 "or auth_require_tls=False to accept passwords in clear"
             )
-    elif server.auth_required:
+    elif options.auth_required:
         raise ValueError("auth_required needs an authenticator (or an authenticate() override)")
-    if server.relay_tls not in (None,) + RELAY_TLS_MODES:
-        raise ValueError("relay_tls must be None, 'starttls' or 'smtps', not %r" % (server.relay_tls,))
-    if server.relay_tls_context is not None and not isinstance(server.relay_tls_context, ssl.SSLContext):
+    if options.relay_tls not in (None,) + RELAY_TLS_MODES:
+        raise ValueError("relay_tls must be None, 'starttls' or 'smtps', not %r" % (options.relay_tls,))
+    if options.relay_tls_context is not None and not isinstance(options.relay_tls_context, ssl.SSLContext):
         raise TypeError("relay_tls_context must be an ssl.SSLContext")
-    if server.relay_auth is not None:
-        auth = server.relay_auth
+    if options.relay_auth is not None:
+        auth = options.relay_auth
         if not (isinstance(auth, (tuple, list)) and len(auth) == 2 and all(isinstance(x, str) and x for x in auth)):
             raise TypeError("relay_auth must be a (login, password) pair of non-empty strings")
-        if server.relay_tls is None:
+        if options.relay_tls is None:
             raise ValueError("relay_auth would send the password in clear: set relay_tls to 'starttls' or 'smtps'")
 
 
 def auth_enabled(server: Any) -> bool:
-    """Whether *server* offers AUTH: it has an authenticator, or its class
-    overrides :meth:`SecureServerMixin.authenticate`."""
-    if getattr(server, "authenticator", None) is not None:
+    """Whether *server* offers AUTH: it has an ``authenticator``, or its
+    class overrides :meth:`SecureServerMixin.authenticate`."""
+    if _options.of(server).authenticator is not None:
         return True
-    method = getattr(type(server), "authenticate", None)
-    return method is not None and method is not SecureServerMixin.authenticate
+    return _overrides_authenticate(type(server))
+
+
+@functools.lru_cache(maxsize=None)
+def _overrides_authenticate(cls: type) -> bool:
+    """Whether *cls* overrides authenticate() with this package's meaning.
+
+    A server written for the standard library may have a method of that
+    name for its own AUTH code, with another signature: it must not turn
+    this package's AUTH on.  Only an override that takes ``(channel,
+    mechanism, login, password)`` counts.
+    """
+    method = getattr(cls, "authenticate", None)
+    if method is None or method is SecureServerMixin.authenticate:
+        return False
+    try:
+        inspect.signature(method).bind(None, None, None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (a builtin): assume ours
+        return True
+    return True
 
 
 def wrap_accepted(server: Any, conn: Any) -> Optional[Any]:
     """The socket a new channel should use: *conn* itself, or for SMTPS an
     ``SSLSocket`` whose handshake the channel will drive.  None if it could
     not be wrapped (the connection is then closed)."""
-    context = getattr(server, "implicit_tls_context", None)
+    context = _options.of(server).implicit_tls_context
     if context is None:
         return conn
     try:
@@ -170,14 +194,14 @@ def wrap_accepted(server: Any, conn: Any) -> Optional[Any]:
 
 # -- PureProxy's upstream connection -----------------------------------------------------
 def _relay_context(server: Any) -> ssl.SSLContext:
-    context = getattr(server, "relay_tls_context", None)
+    context = _options.of(server).relay_tls_context
     return context if context is not None else ssl.create_default_context()
 
 
 def relay_client(server: Any, **kwargs: Any) -> smtplib.SMTP:
     """An unconnected ``smtplib`` client for *server*'s upstream: ``SMTP_SSL``
     when ``relay_tls="smtps"``, ``SMTP`` otherwise (*kwargs* go to it)."""
-    if getattr(server, "relay_tls", None) == "smtps":
+    if _options.of(server).relay_tls == "smtps":
         conn: smtplib.SMTP = smtplib.SMTP_SSL(context=_relay_context(server), **kwargs)
     else:
         conn = smtplib.SMTP(**kwargs)
@@ -200,7 +224,7 @@ def secure_relay_session(server: Any, conn: smtplib.SMTP) -> None:
     *server*'s ``relay_tls`` and ``relay_auth`` ask.  Raises
     RelaySecurityError (or OSError) when that is impossible; never sends a
     password over an unencrypted connection."""
-    mode = getattr(server, "relay_tls", None)
+    mode = _options.of(server).relay_tls
     if mode == "starttls":
         if not conn.has_extn("starttls"):
             raise RelaySecurityError("the upstream server does not offer STARTTLS")
@@ -209,7 +233,7 @@ def secure_relay_session(server: Any, conn: smtplib.SMTP) -> None:
         except smtplib.SMTPResponseException as err:
             raise RelaySecurityError("upstream STARTTLS refused: %d %s" % (err.smtp_code, _reply_text(err.smtp_error))) from None
         conn.ehlo()
-    auth = getattr(server, "relay_auth", None)
+    auth = _options.of(server).relay_auth
     if auth is None:
         return
     if mode is None or not isinstance(conn.sock, ssl.SSLSocket):
@@ -235,8 +259,6 @@ def _reply_text(text: Any) -> str:
 class SecureServerMixin:
     """``SMTPServer``'s part of AUTH: the decision on credentials."""
 
-    authenticator: Optional[Callable[..., Any]] = None
-
     def authenticate(self, channel: Any, mechanism: str, login: str, password: str) -> bool:
         """Return whether *login*/*password* may use this server.
 
@@ -246,7 +268,7 @@ class SecureServerMixin:
         override this method instead (AUTH is then offered).  An exception
         is answered ``454`` (temporary failure) and logged.
         """
-        authenticator = self.authenticator
+        authenticator = _options.of(self).authenticator
         if authenticator is None:
             return False
         return bool(authenticator(self, channel, mechanism, login, password))
@@ -336,17 +358,20 @@ class SecureChannelMixin(asynchat.async_chat):
     # that line is a SASL response, not a command.
     _sasl: Optional[AuthExchange] = None
     _auth_failures = 0
-    auth_login: Optional[str] = None
+    _auth_login: Optional[str] = None
 
-    @property
-    def tls_active(self) -> bool:
-        """Whether the session runs over TLS (after STARTTLS, or SMTPS)."""
-        return self._tls_phase == _ACTIVE
+    # Views that a subclass may replace with attributes of its own (code
+    # written for smtpd that did its own TLS or AUTH used such names);
+    # the package itself reads _tls_phase and _auth_login.
+    tls_active = _options.View(lambda self: self._tls_phase == _ACTIVE,
+                               "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
+    auth_login = _options.View(lambda self: self._auth_login,
+                               "The login the client authenticated as, or None.")
 
     def _security_option(self, name: str) -> Any:
-        # The server may be a stand-in without the options (tests build
-        # channels around all kinds of objects).
-        return getattr(getattr(self, "smtp_server", None), name, DEFAULTS[name])
+        # The server may be a stand-in without options (tests build
+        # channels around all kinds of objects): of() gives the defaults.
+        return getattr(_options.of(getattr(self, "smtp_server", None)), name)
 
     # -- hooks called by SMTPChannel ------------------------------------------------
     def _security_ehlo_keywords(self) -> List[str]:
@@ -360,18 +385,17 @@ class SecureChannelMixin(asynchat.async_chat):
         return keywords
 
     def _security_refuse_mail(self) -> Optional[str]:
-        # _security_option() inlined: this runs for every MAIL.
-        server = getattr(self, "smtp_server", None)
-        if getattr(server, "require_starttls", DEFAULTS["require_starttls"]) and not self.tls_active:
+        options = _options.of(getattr(self, "smtp_server", None))
+        if options.require_starttls and self._tls_phase != _ACTIVE:
             return R.STARTTLS_REQUIRED
-        if getattr(server, "auth_required", DEFAULTS["auth_required"]) and self.auth_login is None:
+        if options.auth_required and self._auth_login is None:
             return R.AUTH_REQUIRED
         return None
 
     def _security_message_options(self) -> Dict[str, Any]:
         server = getattr(self, "smtp_server", None)  # _auth_enabled(), inlined (per message)
         if server is not None and auth_enabled(server):
-            return {"auth_login": self.auth_login}
+            return {"auth_login": self._auth_login}
         return {}
 
     # -- STARTTLS ---------------------------------------------------------------------
@@ -485,7 +509,7 @@ class SecureChannelMixin(asynchat.async_chat):
         self.mail_options = []
         self.rcpt_options = []
         self.command_size_limits.clear()
-        self.auth_login = None
+        self._auth_login = None
         self._sasl = None
         if None not in self.producer_fifo:
             self._ac_input_closed = False
@@ -634,6 +658,7 @@ class SecureChannelMixin(asynchat.async_chat):
             reactor.read_again(self._fileno)
 
     def close(self) -> None:
+        self._ac_send_held()  # before close_notify, not after (async_chat.close)
         if self._tls_timer is not None:
             self._tls_timer.cancel()
             self._tls_timer = None
@@ -653,7 +678,7 @@ class SecureChannelMixin(asynchat.async_chat):
         return server is not None and auth_enabled(server)
 
     def _auth_offered(self) -> bool:
-        return self._auth_enabled() and (self.tls_active or not self._security_option("auth_require_tls"))
+        return self._auth_enabled() and (self._tls_phase == _ACTIVE or not self._security_option("auth_require_tls"))
 
     def smtp_AUTH(self, arg: Optional[str]) -> None:
         """Authenticate with SASL PLAIN or LOGIN (RFC 4954)."""
@@ -664,7 +689,7 @@ class SecureChannelMixin(asynchat.async_chat):
         if not self.extended_smtp:
             self.push(R.NEED_EHLO)
             return
-        if self.auth_login is not None:
+        if self._auth_login is not None:
             self.push(R.AUTH_ALREADY)
             return
         if self.mailfrom:
@@ -678,7 +703,7 @@ class SecureChannelMixin(asynchat.async_chat):
         if mechanism not in self._security_option("auth_mechanisms"):
             self.push(R.AUTH_UNKNOWN_MECHANISM)
             return
-        if not self.tls_active and self._security_option("auth_require_tls"):
+        if self._tls_phase != _ACTIVE and self._security_option("auth_require_tls"):
             self.push(R.AUTH_ENCRYPTION_REQUIRED)
             return
         exchange = AuthExchange(mechanism, words[1] if len(words) == 2 else None)
@@ -721,22 +746,18 @@ class SecureChannelMixin(asynchat.async_chat):
         if authzid and authzid != login:
             self._auth_verdict(credentials, False)
             return
-        passwords = getattr(server, "authenticator", None)
+        passwords = _options.of(server).authenticator
         reactor = self._reactor()
-        if (
-            isinstance(passwords, PasswordFile)
-            and passwords.hashed
-            and reactor is not None
-            and getattr(type(server), "authenticate", None) in (None, SecureServerMixin.authenticate)
-        ):
+        overridden = _overrides_authenticate(type(server))
+        if isinstance(passwords, PasswordFile) and passwords.hashed and reactor is not None and not overridden:
             # What the default authenticate() does, in a worker thread
             # (check_in_worker); the session reads nothing meanwhile.
             future = check_in_worker(passwords, login, password)
-            self.pause_reading("auth")
+            self._ac_pause("auth")
             future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._auth_checked(credentials, done)))
             return
         try:
-            if isinstance(server, SecureServerMixin):
+            if overridden:
                 ok = server.authenticate(self, mechanism, login, password)
             else:
                 ok = SecureServerMixin.authenticate(server, self, mechanism, login, password)
@@ -753,7 +774,7 @@ class SecureChannelMixin(asynchat.async_chat):
                 self._auth_failed_to_check(credentials.login)
             else:
                 self._auth_verdict(credentials, ok)
-        self.resume_reading("auth")  # after the verdict: pipelined input follows it
+        self._ac_resume("auth")  # after the verdict: pipelined input follows it
 
     def _auth_failed_to_check(self, login: str) -> None:
         # The traceback is logged; the password is not (it is neither in
@@ -764,7 +785,7 @@ class SecureChannelMixin(asynchat.async_chat):
     def _auth_verdict(self, credentials: Credentials, ok: bool) -> None:
         mechanism, login = credentials.mechanism, credentials.login
         if ok:
-            self.auth_login = login
+            self._auth_login = login
             log.info("%r authenticated as %r (%s)", getattr(self, "peer", None), login, mechanism)
             self.push(R.AUTH_OK)
             return

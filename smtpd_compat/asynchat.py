@@ -4,13 +4,18 @@ Drop-in for the ``asynchat`` module removed from Python 3.12.  Subclass
 :class:`async_chat`, call ``set_terminator()``, and implement
 ``collect_incoming_data()`` and ``found_terminator()``.
 
-Differences from the original, all invisible to the API:
+Differences from the original (listed with their reasons in
+docs/differences.md):
 
 * input is kept in one ``bytearray`` consumed front to back, instead of a
-  ``bytes`` object re-built for every terminator found;
+  ``bytes`` object re-built for every terminator found; ``ac_in_buffer`` is
+  a property over it;
 * ``push()`` made while input is being processed is sent once the whole
   read has been handled, so replies to pipelined commands leave in one
-  system call (``sendmsg``) instead of one ``send()`` per reply;
+  system call (``sendmsg``) instead of one ``send()`` per reply.  A
+  subclass sees the difference only in timing: whatever ends the
+  processing early (``close()``, an exception, ``asyncore.ExitNow``) sends
+  the queued output first, in order, as asynchat's immediate sends had;
 * once ``close_when_done()`` has been called, input that arrives after it is
   ignored (nothing after SMTP ``QUIT`` is processed);
 * ``pause_reading()``/``resume_reading()`` suspend input processing (a
@@ -63,14 +68,25 @@ class async_chat(asyncore.dispatcher):
     # wait to be sent (a client that never reads its replies); None: no bound.
     ac_max_output: Optional[int] = None
 
+    # Set while _ac_send_held() runs: a close() from inside it (a send
+    # error calls handle_close()) must not start it again.
+    _ac_flushing = False
+
+    # The input delimiter (see set_terminator()).  A class default, not set
+    # in __init__: code may call set_terminator() before async_chat.__init__,
+    # or run __init__ twice (TLS wrappers do), and asynchat kept it then.
+    terminator: Terminator = None
+
     def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
         self._ac_buf = bytearray()
         self.incoming: List[bytes] = []
         self.producer_fifo: Deque[Any] = deque()
-        self.terminator: Terminator = None
         # Bytes already consumed that may begin a match of the terminator
         # (see SMTPChannel: the CRLF ending "DATA" starts "<CRLF>.<CRLF>").
-        self._ac_prefix_seen = b""
+        # set_terminator() resets it; a terminator set before __init__ has
+        # none.
+        if "terminator" not in self.__dict__:
+            self._ac_prefix_seen = b""
         self._ac_batching = False
         self._ac_input_closed = False
         self._ac_want_write = False
@@ -168,15 +184,20 @@ class async_chat(asyncore.dispatcher):
             self._ac_batching = True
             try:
                 over_output = self._ac_frame(data)
-            finally:
+            except BaseException:
+                # A handler raised (asyncore.ExitNow included): what it
+                # pushed before would have been sent at once by asynchat.
                 self._ac_batching = False
+                self._ac_send_held()
+                raise
+            self._ac_batching = False
             data = b""
             if self.producer_fifo:
                 self.initiate_send()
             if not over_output or self._fileno is None:
                 return
             if self._ac_out_queued > (self.ac_max_output or 0):
-                self.pause_reading("output")
+                self._ac_pause("output")
                 return
 
     def _ac_frame(self, data: bytes) -> bool:
@@ -205,7 +226,7 @@ class async_chat(asyncore.dispatcher):
                     pos = len(buf)
                     break
                 if self._ac_paused:
-                    break  # keep the rest for resume_reading()
+                    break  # keep the rest for _ac_resume()
                 if max_output is not None and self._ac_out_queued > max_output:
                     return True
                 term = self.terminator
@@ -296,14 +317,22 @@ class async_chat(asyncore.dispatcher):
         being read); input resumes when the last one is lifted.  Input
         already received stays buffered.
         """
+        self._ac_pause(reason)
+
+    def resume_reading(self, reason: str = "") -> None:
+        """Lift the pause *reason*; input buffered meanwhile is then processed."""
+        self._ac_resume(reason)
+
+    # What the package itself calls: a subclass may have methods of its own
+    # named pause_reading/resume_reading (asynchat had neither).
+    def _ac_pause(self, reason: str) -> None:
         if not self._ac_paused:
             self._ac_paused.add(reason)
             self._interest_changed()
         else:
             self._ac_paused.add(reason)
 
-    def resume_reading(self, reason: str = "") -> None:
-        """Lift the pause *reason*; input buffered meanwhile is then processed."""
+    def _ac_resume(self, reason: str) -> None:
         paused = self._ac_paused
         if reason not in paused:
             return
@@ -363,6 +392,34 @@ class async_chat(asyncore.dispatcher):
 
     def handle_close(self) -> None:
         self.close()
+
+    def close(self) -> None:
+        """Close the channel; replies already pushed are sent first.
+
+        asynchat's push() sent at once, so a reply pushed just before a
+        close was on the wire; here replies to one read are gathered, so
+        they are sent now, as far as the socket takes them without waiting.
+        """
+        self._ac_send_held()
+        asyncore.dispatcher.close(self)
+
+    def _ac_send_held(self) -> None:
+        """Send the queued output that the socket takes now, without
+        waiting and without acting on close_when_done() (used when the
+        normal send will not come: a close, an exception)."""
+        fifo = self.producer_fifo
+        if not fifo or self._fileno is None or self._ac_flushing:
+            return
+        self._ac_flushing = True  # a send error may call handle_close()
+        try:
+            while fifo and fifo[0] is not None and self._fileno is not None:
+                chunks, size = self._ac_gather()
+                if chunks and self._ac_send(chunks) < size:
+                    break  # the rest would wait for the client: drop it
+        except Exception:
+            pass  # the connection is being abandoned anyway
+        finally:
+            self._ac_flushing = False
 
     def _ac_interest(self) -> None:
         want = bool(self.producer_fifo)
@@ -487,7 +544,7 @@ class async_chat(asyncore.dispatcher):
             break
         self._ac_interest()
         if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
-            self.resume_reading("output")
+            self._ac_resume("output")
 
     def discard_buffers(self) -> None:
         """Drop unprocessed input and unsent output."""

@@ -406,12 +406,16 @@ class dispatcher:
 
     # -- logging ---------------------------------------------------------------
     def log(self, message: Any) -> None:
-        log.debug("log: %s", message)
+        sys.stderr.write("log: %s\n" % str(message))
 
     def log_info(self, message: Any, type: str = "info") -> None:
+        """Report *message* (asyncore printed it on stdout; here it goes to
+        the ``smtpd_compat`` logger, with the traceback of the exception
+        being handled when *type* is ``"error"``)."""
         if type not in self.ignore_log_types:
             level = {"error": logging.ERROR, "warning": logging.WARNING}.get(type, logging.INFO)
-            log.log(level, "%s", message)
+            exc_info = level == logging.ERROR and sys.exc_info()[0] is not None
+            log.log(level, "%s", message, exc_info=exc_info)
 
     # -- event dispatch --------------------------------------------------------
     def handle_read_event(self) -> None:
@@ -450,12 +454,17 @@ class dispatcher:
             self.handle_expt()
 
     def handle_error(self) -> None:
-        """Log the exception being handled and close this dispatcher."""
+        """Report the exception being handled through ``log_info()`` and
+        close this dispatcher, as asyncore did."""
+        nil, t, v, tbinfo = compact_traceback()
         try:
             self_repr = repr(self)
         except Exception:
             self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
-        log.error("uncaptured python exception, closing channel %s", self_repr, exc_info=True)
+        self.log_info(
+            "uncaptured python exception, closing channel %s (%s:%s %s)" % (self_repr, t, v, tbinfo),
+            "error",
+        )
         self.handle_close()
 
     def handle_expt(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, Tuple
 
-from . import asyncore
+from . import _serving, asyncore
 from ._serving import log
 
 __all__ = ["Controller"]
@@ -76,7 +76,7 @@ class Controller:
         self._error = None
         thread = threading.Thread(
             target=self._run,
-            name="smtpd_compat-%s-%s" % (type(server).__name__, server.port),
+            name="smtpd_compat-%s-%s" % (type(server).__name__, _serving.bound_address(server)[1]),
             daemon=True,
         )
         self.thread = thread
@@ -84,7 +84,7 @@ class Controller:
             thread.start()
         except BaseException:
             self.thread = None
-            server.server_close()
+            _serving.server_close(server)
             raise
         return self
 
@@ -101,11 +101,11 @@ class Controller:
             return
         server = self.server
         try:
-            server.shutdown(timeout)
+            _serving.shutdown(server, timeout)
             thread.join()
         finally:
             self.thread = None
-            server.server_close()
+            _serving.server_close(server)
             if self._own_map:
                 # Anything else the server put in its map (a relay's client
                 # connection, a custom channel class without smtp_server)
@@ -120,7 +120,7 @@ class Controller:
         """``(host, port)`` the server is bound to."""
         if self.server is None:
             raise RuntimeError("the controller has not been started")
-        return self.server.address
+        return _serving.bound_address(self.server)
 
     @property
     def port(self) -> int:
@@ -146,7 +146,9 @@ class Controller:
     # -- the thread ---------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self.server.serve_forever(poll_interval=self.poll_interval)
+            # The package's own serving loop, not server.serve_forever(): a
+            # subclass written for smtpd may have a method of that name.
+            _serving.serve_forever(self.server, self.poll_interval)
         except BaseException as exc:  # reported by stop()
             log.exception("the server thread of %r stopped on an exception", self)
             self._error = exc

@@ -57,7 +57,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _limits, _protocol, _reactor, _relay, _serving, _tls, asynchat, asyncore
+from . import _auth, _limits, _options, _protocol, _reactor, _relay, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -283,7 +283,6 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._newline = b"\n"
         limit = self.command_size_limit
         self.command_size_limits = _CommandSizeLimits(lambda: limit)
-        self._message: Optional[List[bytes]] = None
         self.mail_options: List[str] = []
         self.rcpt_options: List[str] = []
         self._set_rset_state()
@@ -311,7 +310,6 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         self.rcpttos = []
         self.require_SMTPUTF8 = False
         self.num_bytes = 0
-        self._message = None
         self.set_terminator(b"\r\n")
 
     def _set_rset_state(self) -> None:
@@ -355,6 +353,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.close_when_done()
 
     def close(self) -> None:
+        # Replies pushed before the close go out first (see async_chat.close).
+        self._ac_send_held()
         if self._guard is not None:
             self._guard.close()
             # The guard points back at the channel: break the cycle so that a
@@ -436,7 +436,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             # Cheap tests first: the reads of a large message are neither
             # whole nor the end, and must not be searched twice.
             simple = (
-                self._message == []
+                self.smtp_state == self.DATA
+                and not self.received_lines
                 and data.endswith(_protocol.END_OF_DATA)
                 and size > 5
                 and not self.num_bytes
@@ -454,14 +455,17 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 else:
                     self._ac_prefix_seen = b""
                     size -= 5
-                    if size:
-                        self._message.append(data[:size])
-                        if self.data_size_limit:
-                            self.num_bytes = size
-                    self._end_of_data()
+                    if size and self.data_size_limit:
+                        self.num_bytes = size
+                    self._end_of_data([data[:size]] if size else [])
                     _serving.after_data(self)
-            finally:
+            except BaseException:
+                # What the handler pushed before raising (asyncore.ExitNow
+                # included) would have been on the wire in smtpd.
                 self._ac_batching = False
+                self._ac_send_held()
+                raise
+            self._ac_batching = False
             if self.producer_fifo:
                 reactor = _reactor.reactor_of(id(self._map))
                 if reactor is not None:
@@ -514,23 +518,35 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             if self.num_bytes > limit:
                 return  # over the limit: keep counting nothing, store nothing
             self.num_bytes += len(data)
-        message = self._message
-        if message is not None:
-            message.append(data)
+        if self._decode_data:
+            # smtpd kept str pieces here, and subclasses join them; it
+            # decoded each piece strictly, so a character split between two
+            # reads (or a stray byte) crashed the session.  Undecodable
+            # bytes become lone surrogates, which _raw() turns back into
+            # the very bytes received.
+            self.received_lines.append(str(data, "utf-8", "surrogateescape"))  # type: ignore[arg-type]
         else:
             self.received_lines.append(data)
 
+    def _raw_lines(self) -> List[bytes]:
+        """Take received_lines, as the bytes received."""
+        pieces, self.received_lines = self.received_lines, []
+        if self._decode_data:
+            return [piece.encode("utf-8", "surrogateescape") if isinstance(piece, str) else piece for piece in pieces]
+        return pieces
+
     def found_terminator(self) -> None:
         if self.smtp_state == self.COMMAND:
-            line = b"".join(self.received_lines)
-            self.received_lines = []
+            pieces = self._raw_lines()
+            line = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             if self._sasl is not None:
                 # The answer to an AUTH challenge: not a command, never shown.
                 size, self.num_bytes = self.num_bytes, 0
                 self._auth_response(line, size)
                 return
             if not isinstance(DEBUGSTREAM, Devnull):  # debug output on
-                _debug("Data:", repr(_auth.redact_command(line)))
+                shown = _auth.redact_command(line)
+                _debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
             size, self.num_bytes = self.num_bytes, 0
@@ -538,7 +554,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 return  # the server is shutting down: answered 421
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:
-            self._end_of_data()
+            self._end_of_data(self._raw_lines())
             _serving.after_data(self)  # a graceful shutdown ends the session here
         else:
             self.received_lines = []
@@ -582,18 +598,18 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         method(arg)
 
-    def _end_of_data(self) -> None:
-        message = self._message
-        self._message = None
+    def _end_of_data(self, message: List[bytes]) -> None:
+        """The message (the raw pieces received, *message*) is complete."""
+        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per message)
+            raw = b"".join(message)
+            _debug("Data:", repr(raw.decode("utf-8", "surrogateescape") if self._decode_data else raw))
         if self.data_size_limit and self.num_bytes > self.data_size_limit:
             # The transaction is over: smtpd stayed in DATA state here and
             # swallowed the next commands as message text.
             self._set_post_data_state()
             self.push(R.TOO_MUCH_DATA)
             return
-        data: Union[bytes, str] = _protocol.unstuff_chunks(message if message is not None else [])
-        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per message)
-            _debug("Data:", repr(data))
+        data: Union[bytes, str] = _protocol.unstuff_chunks(message)
         if self._decode_data:
             try:
                 data = data.decode("utf-8")
@@ -649,7 +665,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             # hand): nothing else could run meanwhile, so wait here.
             self._reply_ready(future)
             return
-        self.pause_reading("reply")
+        self._ac_pause("reply")
         timeout = self._guard.reply_timeout if self._guard is not None else None
         overdue = None if timeout is None else reactor.call_later(timeout, lambda: self._reply_overdue(future, timeout))
         self._reply_wait = (future, overdue)
@@ -696,7 +712,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     def _end_reply_wait(self, status: Any) -> None:
         """Answer the awaited message with *status* and read input again."""
         self._push_status(status)
-        self.resume_reading("reply")
+        self._ac_resume("reply")
         if self._guard is not None:
             self._guard.touch()
 
@@ -910,8 +926,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         # The CRLF that ended this command line counts towards the end of
         # data, so a message may be empty ("DATA", then "." at once).
         self._ac_prefix_seen = _protocol.DATA_START
-        # The pieces as they arrive; joined once at the end (unstuff_chunks).
-        self._message = []
+        # The message collects in received_lines, as in smtpd, piece by
+        # piece; the pieces are joined once, at the end (unstuff_chunks).
         self.push(R.START_DATA)
 
     def smtp_EXPN(self, arg: Optional[str]) -> None:
@@ -968,7 +984,6 @@ for _old, _new in (
 del _old, _new
 
 
-_OPTION_MODULES = (_limits, _tls, _serving)
 
 
 class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
@@ -1015,34 +1030,30 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             )
 
     def _apply_options(self, options: Dict[str, Any]) -> None:
-        """Store the keyword-only options of the feature modules.
+        """Keep the keyword-only options of the feature modules (_limits,
+        _tls, _serving declare them with their defaults) in the server's
+        private _options.Options; an unknown keyword is a TypeError, as for
+        any function."""
+        try:
+            values = _options.Options(options)
+        except TypeError as err:
+            raise TypeError("%s() got %s" % (type(self).__name__, err)) from None
+        self.__dict__[_options.ATTRIBUTE] = values
+        _limits.check_options(values)
+        _tls.check_options(values, self)
 
-        Each of _limits, _tls and _serving declares its options and defaults
-        in its DEFAULTS table; an unknown keyword is a TypeError, as for any
-        function.
-        """
-        for module in _OPTION_MODULES:
-            for name, default in module.DEFAULTS.items():
-                setattr(self, name, options.pop(name, default))
-        if options:
-            raise TypeError(
-                "%s() got unexpected keyword argument(s): %s"
-                % (type(self).__name__, ", ".join(sorted(options)))
-            )
-        _limits.check_options(self)
-        _tls.check_options(self)
-
-    @property
-    def address(self) -> Any:
+    # What this package adds to smtpd's SMTPServer are names a subclass
+    # written for smtpd may use for its own purposes (self.port = ...).
+    # They are views a subclass or an instance may replace, and methods
+    # that only delegate; the package itself calls _serving and reads
+    # _options, so it works whatever a subclass does with these names.
+    address = _options.View(
+        _serving.bound_address,
         """``(host, port)`` the server is bound to: the real port when bound
         to port 0, also for IPv6 (no flow info/scope id), and still known
-        after the server was closed."""
-        return _serving.bound_address(self)
-
-    @property
-    def port(self) -> int:
-        """The port the server is bound to."""
-        return self.address[1]
+        after the server was closed.""",
+    )
+    port = _options.View(lambda self: _serving.bound_address(self)[1], "The port the server is bound to.")
 
     # -- serving API (socketserver style); implemented in _serving ----------
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -1073,7 +1084,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.server_close()
+        _serving.server_close(self)
 
     def handle_accept(self) -> None:
         # Take a burst of waiting connections per wake-up, not just one.
@@ -1105,7 +1116,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             self._decode_data,
         )
 
-    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:  # noqa: E501
         """Handle one message; override this.
 
         *peer* is the client's address, *mailfrom* the envelope sender and
@@ -1130,6 +1141,11 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         ``451`` and logged.
         """
         raise NotImplementedError
+
+
+for _name in _options.names():
+    setattr(SMTPServer, _name, _options.option_view(_name))
+del _name
 
 
 class DebuggingServer(SMTPServer):

@@ -76,7 +76,8 @@ class MeasuringChannel(smtpd.SMTPChannel):
 
     def collect_incoming_data(self, data: bytes) -> None:
         super().collect_incoming_data(data)
-        held = len(self._message or b"") + sum(len(piece) for piece in self.received_lines)
+        # The message collects in received_lines, as in smtpd.
+        held = sum(len(piece) for piece in self.received_lines)
         type(self).most_buffered = max(type(self).most_buffered, held)
 
 

@@ -285,8 +285,10 @@ def test_message_refusals_do_not_count_as_errors():
 
 # -- max_output ---------------------------------------------------------------------
 class PauseSignallingChannel(smtpd.SMTPChannel):
-    def pause_reading(self, reason: str = "") -> None:
-        super().pause_reading(reason)
+    # _ac_pause() is what the package calls to pause (pause_reading() is
+    # the public name, left to subclasses).
+    def _ac_pause(self, reason: str) -> None:
+        super()._ac_pause(reason)
         if reason == "output":
             self.smtp_server.output_paused.set()
 
