@@ -442,7 +442,7 @@ class SecureChannelMixin(asynchat.async_chat):
         # Same descriptor, so the socket map entry stays valid.
         self.socket = tls_socket
         self.conn = tls_socket
-        del self._ac_buf[:]
+        self._ac_framer.clear()
         self._begin_handshake(implicit=False)
 
     def _begin_handshake(self, implicit: bool) -> None:

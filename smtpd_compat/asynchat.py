@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Deque, List, Optional, Set, Tuple, Union
 
 from . import asyncore
+from ._framing import Framer, find_prefix_at_end
 
 __all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
 # CPython's asynchat had no __all__: "from asynchat import *" also gave
@@ -40,9 +41,6 @@ Terminator = Union[bytes, int, None]
 
 # sendmsg() takes at most IOV_MAX buffers; stay well below it.
 _MAX_IOV = 64
-# Input past this size (message text, not command lines) is searched and
-# copied with the helpers at the end of this module.
-_LARGE = 4096
 _RealSocket = _real_socket.socket
 # send() implementations that are dispatcher.send on a plain socket (the TLS
 # channel's send only differs once its socket is an SSLSocket): a class using
@@ -78,15 +76,10 @@ class async_chat(asyncore.dispatcher):
     terminator: Terminator = None
 
     def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
-        self._ac_buf = bytearray()
+        # The input read and not handed out yet (see _framing).
+        self._ac_framer = Framer()
         self.incoming: List[bytes] = []
         self.producer_fifo: Deque[Any] = deque()
-        # Bytes already consumed that may begin a match of the terminator
-        # (see SMTPChannel: the CRLF ending "DATA" starts "<CRLF>.<CRLF>").
-        # set_terminator() resets it; a terminator set before __init__ has
-        # none.
-        if "terminator" not in self.__dict__:
-            self._ac_prefix_seen = b""
         self._ac_batching = False
         self._ac_input_closed = False
         self._ac_want_write = False
@@ -98,18 +91,14 @@ class async_chat(asyncore.dispatcher):
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- compatibility view of the input buffer ---------------------------------
-    # How far framing has got in _ac_buf while it runs callbacks: the input
-    # before it is consumed (asynchat had already cut it off its buffer).
-    _ac_pos = 0
-
     @property
     def ac_in_buffer(self) -> bytes:
-        return bytes(self._ac_buf[self._ac_pos :])
+        """The input not yet handed to collect_incoming_data()."""
+        return self._ac_framer.pending()
 
     @ac_in_buffer.setter
     def ac_in_buffer(self, value: bytes) -> None:
-        self._ac_buf = bytearray(value)
-        self._ac_pos = 0
+        self._ac_framer.replace(value)
 
     # -- subclass API -------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
@@ -134,7 +123,9 @@ class async_chat(asyncore.dispatcher):
             elif isinstance(term, int) and term < 0:
                 raise ValueError("the number of received bytes must be positive")
         self.terminator = term
-        self._ac_prefix_seen = b""
+        framer = self.__dict__.get("_ac_framer")
+        if framer is not None:  # None: called before async_chat.__init__
+            framer.prefix_seen = b""
 
     def get_terminator(self) -> Terminator:
         return self.terminator
@@ -201,113 +192,38 @@ class async_chat(asyncore.dispatcher):
                 return
 
     def _ac_frame(self, data: bytes) -> bool:
-        """Frame the buffer; True if it stopped because output is over the bound."""
-        buf = self._ac_buf
-        # While the buffer holds exactly this read, slices of *data* are the
-        # pieces: one copy instead of bytes(buf[a:b])'s two, none for all
-        # of it.
-        src = data if not buf and data.__class__ is bytes else None
-        buf += data
-        pos = 0
+        """Hand the input to collect_incoming_data()/found_terminator(), one
+        framing step at a time under the terminator set at that moment;
+        True if it stopped because output is over the bound."""
+        framer = self._ac_framer
+        framer.feed(data)
         max_output = self.ac_max_output
         # Looked up once per read, not once per line.
         collect = self.collect_incoming_data
         found = self.found_terminator
         try:
             while True:
-                if buf is not self._ac_buf:
-                    # A callback replaced the input (discard_buffers(), or
-                    # an assignment to ac_in_buffer): go on with the new
-                    # input, as asynchat did.
-                    buf, pos, src = self._ac_buf, 0, None
-                if pos >= len(buf):
-                    break
                 if self._ac_input_closed or self._fileno is None:
-                    pos = len(buf)
+                    framer.clear()
                     break
                 if self._ac_paused:
                     break  # keep the rest for _ac_resume()
                 if max_output is not None and self._ac_out_queued > max_output:
                     return True
                 term = self.terminator
-                if term.__class__ is bytes and not self._ac_prefix_seen:
-                    # The usual case, a line terminator: the general code
-                    # below does the same with more tests per line.
-                    if len(buf) - pos <= _LARGE:
-                        index = buf.find(term, pos)
-                    else:
-                        index = _find_large(buf, term, pos)
-                    if index >= 0:
-                        if src is not None:
-                            if index != pos:
-                                collect(src[pos:index])
-                        elif index - pos > _LARGE:
-                            collect(_bytes_of(buf, pos, index))
-                        elif index != pos:
-                            collect(bytes(buf[pos:index]))
-                        pos = index + len(term)
-                        self._ac_pos = pos
-                        found()
-                        continue
-                remaining = len(buf) - pos
-                if not term:
-                    # No terminator: everything is data.
-                    self.collect_incoming_data(bytes(buf[pos:]))
-                    pos = len(buf)
-                elif isinstance(term, int):
-                    if remaining < term:
-                        self.collect_incoming_data(bytes(buf[pos:]))
-                        pos = len(buf)
-                        self.terminator = term - remaining
-                    else:
-                        self.collect_incoming_data(bytes(buf[pos : pos + term]))
-                        pos += term
-                        self.terminator = 0
-                        self._ac_pos = pos
-                        self.found_terminator()
-                else:
-                    prefix = self._ac_prefix_seen
-                    if prefix:
-                        rest = term[len(prefix) :]
-                        head = bytes(buf[pos : pos + len(rest)])
-                        if head == rest:
-                            self._ac_prefix_seen = b""
-                            pos += len(rest)
-                            self._ac_pos = pos
-                            self.found_terminator()
-                            continue
-                        if rest.startswith(head):
-                            break  # could still complete; wait for more input
-                        self._ac_prefix_seen = b""
-                    if len(buf) - pos <= _LARGE:
-                        index = buf.find(term, pos)
-                    else:
-                        index = _find_large(buf, term, pos)
-                    if index != -1:
-                        if index - pos > _LARGE:
-                            self.collect_incoming_data(_bytes_of(buf, pos, index))
-                        elif index != pos:
-                            self.collect_incoming_data(bytes(buf[pos:index]))
-                        pos = index + len(term)
-                        self._ac_pos = pos
-                        self.found_terminator()
-                    else:
-                        # Keep a possible start of the terminator for later.
-                        keep = _partial_at_end(buf, pos, term)
-                        end = len(buf) - keep
-                        if src is not None and end > pos:
-                            self.collect_incoming_data(src[pos:end])
-                            pos = end
-                        elif end - pos > _LARGE:
-                            self.collect_incoming_data(_bytes_of(buf, pos, end))
-                            pos = end
-                        elif end > pos:
-                            self.collect_incoming_data(bytes(buf[pos:end]))
-                            pos = end
-                        break
+                step = framer.next(term)
+                if step is None:
+                    break
+                piece, done = step
+                if piece:
+                    collect(piece)
+                if term.__class__ is int and term:
+                    # A byte count: asynchat counted it down in place.
+                    self.terminator = 0 if done else term - len(piece)  # type: ignore[operator]
+                if done:
+                    found()
         finally:
-            del buf[:pos]
-            self._ac_pos = 0
+            framer.compact()
         return False
 
     def pause_reading(self, reason: str = "") -> None:
@@ -340,7 +256,7 @@ class async_chat(asyncore.dispatcher):
         if paused:
             return
         self._interest_changed()
-        if self._ac_buf:
+        if len(self._ac_framer):
             # The client may have nothing more to send (it pipelined
             # everything already), so no read event would come: process
             # the buffer from the loop, not from inside our caller.
@@ -356,7 +272,7 @@ class async_chat(asyncore.dispatcher):
             # to defer to): that pass goes on by itself; framing again here
             # would re-read the line being handled.
             return
-        if not self._ac_paused and self._fileno is not None and self._ac_buf:
+        if not self._ac_paused and self._fileno is not None and len(self._ac_framer):
             self._ac_feed(b"")
 
     # -- output -------------------------------------------------------------------
@@ -548,7 +464,7 @@ class async_chat(asyncore.dispatcher):
 
     def discard_buffers(self) -> None:
         """Drop unprocessed input and unsent output."""
-        self._ac_buf = bytearray()
+        self._ac_framer.clear()
         del self.incoming[:]
         self.producer_fifo.clear()
         self._ac_out_queued = 0
@@ -574,52 +490,3 @@ class simple_producer:
         result = self.data
         self.data = b""
         return result
-
-
-def _find_large(buf: bytearray, term: bytes, pos: int) -> int:
-    """``buf.find(term, pos)``, skipping ahead with memchr() where it can.
-
-    The terminator cannot start before the first occurrence of its first
-    byte that is neither CR nor LF (the dot of ``<CRLF>.<CRLF>``) minus that
-    byte's offset in it.  Finding a single byte is a memchr() pass, many
-    times faster than a substring search, and message text that lacks the
-    byte (base64, for a dot) is then not searched at all.
-    """
-    for k, byte in enumerate(term):
-        if byte != 13 and byte != 10:
-            first = buf.find(term[k : k + 1], pos + k)
-            if first < 0:
-                return -1
-            return buf.find(term, first - k)
-    return buf.find(term, pos)
-
-
-def _bytes_of(buf: bytearray, start: int, end: int) -> bytes:
-    """``bytes(buf[start:end])`` in one copy instead of two (large slices)."""
-    view = memoryview(buf)
-    try:
-        part = view[start:end]
-        try:
-            return part.tobytes()
-        finally:
-            part.release()
-    finally:
-        view.release()
-
-
-def _partial_at_end(buf: bytearray, pos: int, term: bytes) -> int:
-    """Like find_prefix_at_end(buf[pos:], term), without copying buf."""
-    for n in range(min(len(term) - 1, len(buf) - pos), 0, -1):
-        if buf.endswith(term[:n]):
-            return n
-    return 0
-
-
-def find_prefix_at_end(haystack: Any, needle: bytes) -> int:
-    """Length of the longest proper prefix of *needle* that ends *haystack*."""
-    n = min(len(needle) - 1, len(haystack))
-    while n > 0:
-        if haystack[-n:] == needle[:n]:
-            return n
-        n -= 1
-    return 0

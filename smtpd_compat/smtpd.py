@@ -400,7 +400,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             and sock.__class__ is _RealSocket
             and self._tls_phase is _PLAIN_TRANSPORT
             and self.connected
-            and not self._ac_buf
+            and not self._ac_framer._buf
             and not self.producer_fifo
             and not self._ac_paused
             and not self._ac_input_closed
@@ -426,7 +426,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             simple = (
                 data.find(b"\r\n") == size - 2 >= 0
                 and self.terminator == b"\r\n"
-                and not self._ac_prefix_seen
+                and not self._ac_framer.prefix_seen
                 and not self.received_lines
                 and not self.num_bytes
             )
@@ -453,7 +453,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
                 if command:
                     self._command_line(data[:-2], size - 2)
                 else:
-                    self._ac_prefix_seen = b""
+                    self._ac_framer.prefix_seen = b""
                     size -= 5
                     if size and self.data_size_limit:
                         self.num_bytes = size
@@ -925,7 +925,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         self.set_terminator(_protocol.END_OF_DATA)
         # The CRLF that ended this command line counts towards the end of
         # data, so a message may be empty ("DATA", then "." at once).
-        self._ac_prefix_seen = _protocol.DATA_START
+        self._ac_framer.prefix_seen = _protocol.DATA_START
         # The message collects in received_lines, as in smtpd, piece by
         # piece; the pieces are joined once, at the end (unstuff_chunks).
         self.push(R.START_DATA)

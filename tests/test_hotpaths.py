@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpd_compat import _protocol, _reactor, asynchat, asyncore
+from smtpd_compat import _framing, _protocol, _reactor, asynchat, asyncore
 from test_protocol import smtpd_unstuff
 
 
@@ -168,12 +168,12 @@ def test_find_large_equals_find() -> None:
         buf = bytearray(b"".join(rnd.choice([b"\r", b"\n", b".", b"x", b"E", b"END", b"\r\n.\r\n"]) for _ in range(rnd.randint(0, 40))))
         term = rnd.choice(terms)
         pos = rnd.randint(0, len(buf))
-        assert asynchat._find_large(buf, term, pos) == buf.find(term, pos), (buf, term, pos)
+        assert _framing._find_large(buf, term, pos) == buf.find(term, pos), (buf, term, pos)
 
 
 def test_bytes_of_copies_a_slice() -> None:
     buf = bytearray(range(256)) * 100
-    part = asynchat._bytes_of(buf, 10, 20000)
+    part = _framing._bytes_of(buf, 10, 20000)
     assert part == bytes(buf[10:20000]) and type(part) is bytes
     buf += b"more"  # no export left behind: the buffer can still grow
     del buf[:5]
@@ -196,7 +196,7 @@ class _Collector(asynchat.async_chat):
 
 
 def test_large_input_framed_like_small_input() -> None:
-    # Message-sized input (past asynchat._LARGE) goes through the memchr
+    # Message-sized input (past _framing.LARGE) goes through the memchr
     # search and the single-copy slices; the frames are the same whatever
     # the read sizes.
     body = (b"X" * 78 + b"\r\n") * 2000 + b"a.b\r\n..c\r\n"
