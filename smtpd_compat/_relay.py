@@ -1,15 +1,15 @@
-"""PureProxy's relay: an SMTP client that passes each message on unchanged.
+"""PureProxy's relay: an SMTP client that passes each message on.
 
 ``PureProxy.process_message`` hands each message to a worker thread
 (:func:`executor`) which runs :func:`deliver` and turns what the upstream
 server said into the reply to the client's end of data (:func:`reply_for`).
 The loop thread never waits for the upstream server.
 
-What arrives upstream is the client's message byte for byte, plus the
-``X-Peer`` header: the ``\\n`` that separate lines in ``process_message``'s
-*data* go out as CRLF again, lines starting with ``.`` are dot-stuffed, and
-nothing else is touched (``smtplib.sendmail`` would rewrite bare CR and LF,
-so the DATA phase is driven here).
+What arrives upstream is the client's message plus the ``X-Peer`` header,
+with every line end a CRLF: the ``\\n`` that separate lines in
+``process_message``'s *data* and any bare CR go out as CRLF (see
+:func:`wire_data`), lines starting with ``.`` are dot-stuffed, and nothing
+else is touched.
 
 A message is relayed to all of its recipients or to none of them.  The
 client's RCPT commands were answered ``250`` before the upstream server
@@ -85,14 +85,22 @@ def wire_data(data: Union[bytes, str]) -> bytes:
     """The DATA payload for *data* as ``process_message`` receives it:
     CRLF line ends, dot-stuffed, ending with ``<CRLF>.<CRLF>``.
 
-    Each ``\\n`` of *data* stands for a CRLF (or a bare LF) the client sent,
-    so the client's bytes are restored exactly; a bare CR stays a bare CR.
-    Because every line end goes out as CRLF and every line starting with a
-    dot is stuffed, no sequence in the message can end it early upstream.
+    Each ``\\n`` of *data* stands for a CRLF (or a bare LF) the client sent
+    and goes out as CRLF.  A bare CR goes out as CRLF too, and a CR right
+    before a line end merges with it, as ``smtplib.sendmail`` does for
+    ``str`` messages (the only ones CPython's PureProxy could relay): RFC
+    5321 2.3.8 forbids sending either alone, and upstream servers that take
+    one for a line end would otherwise see the message end at
+    ``<CR>.<CR>`` (SMTP smuggling).  With every line end
+    a CRLF and every line starting with a dot stuffed, no sequence in the
+    message can end it early at any upstream server.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    text = data.replace(b"\n", b"\r\n")
+    text = data
+    if b"\r" in text:
+        text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    text = text.replace(b"\n", b"\r\n")
     if text.startswith(b"."):
         text = b"." + text
     text = text.replace(b"\r\n.", b"\r\n..")

@@ -1172,8 +1172,9 @@ class PureProxy(SMTPServer):
     the upstream server has accepted the message for every recipient, its
     refusal otherwise (naming each refused recipient when only some were
     refused; the message is then relayed to none), ``451`` when it cannot
-    be reached.  The message arrives upstream byte for byte as the client
-    sent it, plus an ``X-Peer`` header.
+    be reached.  The message arrives upstream as the client sent it, plus
+    an ``X-Peer`` header, with every line end (bare CR and LF included) a
+    CRLF.
 
     The upstream conversation runs in a worker thread (``process_message``
     returns a ``concurrent.futures.Future``), so other sessions are served

@@ -19,6 +19,8 @@ import threading
 from typing import Any, Dict, List, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import TIMEOUT, RawClient, running_server
 from smtpd_compat import _relay, smtpd
@@ -38,6 +40,10 @@ class FakeUpstream:
     recipient in ``stall`` waits for the ``release`` event before answering
     its end of data.  ``drop_after_data`` closes the connection instead of
     answering the end of data.
+
+    With ``lenient`` set it behaves like the upstream servers that SMTP
+    smuggling exploits: a bare CR or a bare LF ends a line as CRLF does, in
+    commands and in the message (so ``<CR>.<CR>`` ends a message).
     """
 
     def __init__(self) -> None:
@@ -52,6 +58,7 @@ class FakeUpstream:
         self.stalled = threading.Event()
         self.stall_expired = False  # a stall ended by timeout, not by release
         self.drop_after_data = False
+        self.lenient = False
         self.transactions: List[Dict[str, Any]] = []
         self.connections = 0
         self.cond = threading.Condition()
@@ -80,11 +87,25 @@ class FakeUpstream:
         conn.settimeout(TIMEOUT)
         buf = b""
         current: Optional[Dict[str, Any]] = None
+        held = b""  # lenient: a CR at the end of a read, perhaps half a CRLF
+
+        def recv() -> bytes:
+            nonlocal held
+            while True:
+                chunk = conn.recv(65536)
+                if not self.lenient or not chunk:
+                    return chunk
+                chunk, held = held + chunk, b""
+                if chunk.endswith(b"\r"):
+                    chunk, held = chunk[:-1], b"\r"
+                if chunk:
+                    # Every line end becomes CRLF: the parser below applies.
+                    return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
         def line() -> Optional[bytes]:
             nonlocal buf
             while b"\r\n" not in buf:
-                chunk = conn.recv(65536)
+                chunk = recv()
                 if not chunk:
                     return None
                 buf += chunk
@@ -126,7 +147,7 @@ class FakeUpstream:
                     # The CRLF that ended DATA starts the terminator.
                     raw = b"\r\n" + buf
                     while b"\r\n.\r\n" not in raw:
-                        chunk = conn.recv(65536)
+                        chunk = recv()
                         if not chunk:
                             return
                         raw += chunk
@@ -204,8 +225,9 @@ def send_message(address: Any, body: bytes, rcpts: List[bytes] = (b"rcpt@example
 
 # -- byte-exact relay ------------------------------------------------------------
 def test_relays_byte_exact_with_default_options(upstream):
-    # Dot-stuffed lines, bare CR, CR before CRLF, 8-bit bytes, trailing
-    # spaces, an empty line in the body, no final empty line.
+    # Dot-stuffed lines, 8-bit bytes, trailing spaces, an empty line in the
+    # body, no final empty line; a bare CR and a CR before CRLF, the only
+    # bytes that change (RFC 5321 2.3.8: they go out as one CRLF each).
     body = (
         b"From: a@example.com\r\n"
         b"Subject: exact  \r\n"
@@ -220,6 +242,7 @@ def test_relays_byte_exact_with_default_options(upstream):
         assert send_message(px.address, body) == b"250 OK\r\n"
     [t] = upstream.wait_for_data(1)
     expected = body.replace(b"\r\n\r\n", b"\r\nX-Peer: 127.0.0.1\r\n\r\n", 1)
+    expected = expected.replace(b"bare\rcr and cr-crlf\r\r\n", b"bare\r\ncr and cr-crlf\r\n")
     assert t["data"] == expected
     assert t["mail"].startswith(b"MAIL FROM:<sender@example.com>")
     # 8-bit content is declared when the upstream server supports it.
@@ -243,6 +266,27 @@ def test_bare_lf_sequences_cannot_end_the_message_upstream(upstream):
     [t] = upstream.wait_for_data(1)
     assert t["data"].endswith(b"before\r\n..\r\nMAIL FROM:<evil@example.com>\r\n")
     assert len(upstream.transactions) == 1
+
+
+@pytest.mark.parametrize("end", [b"\r.\r", b"\r.\r\n", b"\r.\n"])
+def test_bare_cr_sequences_cannot_end_the_message_at_a_lenient_upstream(upstream, end):
+    # The client's message holds a fake end of data made with bare CRs and
+    # a second transaction behind it.  An upstream server that takes a bare
+    # CR for a line end would see two messages, the second with an envelope
+    # the client chose, while the client got one 250.
+    upstream.lenient = True
+    body = (
+        b"Subject: s\r\n\r\nbefore" + end
+        + b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n"
+    )
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, body) == b"250 OK\r\n"
+    upstream.close()  # the relay has ended its session: everything was seen
+    [t] = upstream.transactions
+    assert t["rcpts"] == [b"RCPT TO:<rcpt@example.org>"]
+    # The fake end is text: its CRs are line ends now and its dot is stuffed.
+    assert t["data"].endswith(b"before\r\n..\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\n"
+                              b"DATA\r\nsmuggled\r\n")
 
 
 def test_empty_message_and_null_sender(upstream):
@@ -486,14 +530,29 @@ def test_smtputf8_still_refused():
         (b"a", b"a\r\n.\r\n"),
         (b"a\nb", b"a\r\nb\r\n.\r\n"),
         (b".a\n.\n..b", b"..a\r\n..\r\n...b\r\n.\r\n"),
-        (b"a\r\nb", b"a\r\r\nb\r\n.\r\n"),
-        (b"x\ry", b"x\ry\r\n.\r\n"),
+        # A CR before a line end merges with it; any other CR is a line end.
+        (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
+        (b"x\ry", b"x\r\ny\r\n.\r\n"),
+        (b"a\r.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\r\r\n.", b"a\r\n\r\n..\r\n.\r\n"),
+        (b"\r", b"\r\n\r\n.\r\n"),
         (b"end\n", b"end\r\n\r\n.\r\n"),
         ("caf\u00e9", "caf\u00e9\r\n.\r\n".encode("utf-8")),
     ],
 )
 def test_wire_data(data, wire):
     assert _relay.wire_data(data) == wire
+
+
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b"\r", b"\n", b".", b"x"]), max_size=24).map(b"".join))
+def test_wire_data_has_one_end_for_every_reading_of_a_line_end(data):
+    wire = _relay.wire_data(data)
+    # No CR or LF but in CRLF: a server that also takes CR or LF alone for a
+    # line end reads the same lines as a strict one...
+    assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+    # ... and the only end of data is the last line (the first line follows
+    # the CRLF of the DATA command).
+    assert (b"\r\n" + wire).find(b"\r\n.\r\n") == len(wire) - 3
 
 
 def test_reply_for_cases():
