@@ -1179,9 +1179,9 @@ class PureProxy(SMTPServer):
     The upstream conversation runs in a worker thread (``process_message``
     returns a ``concurrent.futures.Future``), so other sessions are served
     meanwhile.  Subclasses may override ``_deliver()``, which runs in that
-    thread.  ``relay_timeout`` (seconds per upstream operation) and
-    ``relay_workers`` (conversations at once) may be set on a subclass or
-    an instance.
+    thread.  ``relay_timeout`` (seconds per upstream operation, each 64 KiB
+    block of a message being one) and ``relay_workers`` (conversations at
+    once) may be set on a subclass or an instance.
     """
 
     relay_timeout: float = _relay.DEFAULT_TIMEOUT

@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 import socket
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -44,9 +45,14 @@ class FakeUpstream:
     With ``lenient`` set it behaves like the upstream servers that SMTP
     smuggling exploits: a bare CR or a bare LF ends a line as CRLF does, in
     commands and in the message (so ``<CR>.<CR>`` ends a message).
+
+    With ``data_rate`` set (bytes per second) it reads the message no faster
+    than that, steadily, like a server behind a slow link; *rcvbuf* shrinks
+    its receive buffer so that the link, not the kernel, sets the pace.
+    ``ended`` counts the connections it has finished with.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: Optional[int] = None) -> None:
         self.greeting = b"220 upstream ESMTP"
         self.ehlo = [b"250-upstream", b"250-8BITMIME", b"250 SIZE 10000000"]
         self.mail_reply = b"250 2.1.0 Ok"
@@ -59,10 +65,14 @@ class FakeUpstream:
         self.stall_expired = False  # a stall ended by timeout, not by release
         self.drop_after_data = False
         self.lenient = False
+        self.data_rate: Optional[float] = None
+        self.ended = 0
         self.transactions: List[Dict[str, Any]] = []
         self.connections = 0
         self.cond = threading.Condition()
         self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accept()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.address = self.sock.getsockname()
@@ -88,11 +98,20 @@ class FakeUpstream:
         buf = b""
         current: Optional[Dict[str, Any]] = None
         held = b""  # lenient: a CR at the end of a read, perhaps half a CRLF
+        paced: Optional[List[float]] = None  # [start, bytes] while reading a message at data_rate
 
         def recv() -> bytes:
             nonlocal held
             while True:
-                chunk = conn.recv(65536)
+                if paced is None:
+                    chunk = conn.recv(65536)
+                else:
+                    # Small reads, each when the link would have carried it.
+                    ahead = paced[1] / self.data_rate - (time.monotonic() - paced[0])
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    chunk = conn.recv(8192)
+                    paced[1] += len(chunk)
                 if not self.lenient or not chunk:
                     return chunk
                 chunk, held = held + chunk, b""
@@ -145,14 +164,18 @@ class FakeUpstream:
                     if not self.data_reply.startswith(b"354"):
                         continue
                     # The CRLF that ended DATA starts the terminator.
-                    raw = b"\r\n" + buf
-                    while b"\r\n.\r\n" not in raw:
+                    raw = bytearray(b"\r\n" + buf)
+                    if self.data_rate is not None:
+                        paced = [time.monotonic(), 0.0]
+                    end = raw.find(b"\r\n.\r\n")
+                    while end < 0:
                         chunk = recv()
                         if not chunk:
                             return
                         raw += chunk
-                    end = raw.index(b"\r\n.\r\n")
-                    data, buf = raw[2 : end + 2], raw[end + 5 :]
+                        end = raw.find(b"\r\n.\r\n", max(0, len(raw) - len(chunk) - 4))
+                    paced = None
+                    data, buf = bytes(raw[2 : end + 2]), bytes(raw[end + 5 :])
                     assert current is not None
                     with self.cond:
                         current["data"] = data
@@ -173,6 +196,9 @@ class FakeUpstream:
             pass
         finally:
             conn.close()
+            with self.cond:
+                self.ended += 1
+                self.cond.notify_all()
 
     def wait_for_data(self, count: int = 1) -> List[Dict[str, Any]]:
         with self.cond:
@@ -385,6 +411,71 @@ def test_upstream_closing_after_data_is_451(upstream):
     with running_server(proxy_factory(upstream.address)) as px:
         reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n")
     assert reply == (R.RELAY_UNAVAILABLE + "\r\n").encode()
+
+
+def small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On loopback the kernel takes megabytes of a message at once, which a
+    slow link would not; a small send buffer on the relay's upstream socket
+    lets the upstream server's pace of reading set the pace of sending, as
+    a real slow link does (the relay's code is unchanged)."""
+    real_connect = _relay.connect
+
+    def connect(server: Any) -> Any:
+        conn = real_connect(server)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        return conn
+
+    monkeypatch.setattr(_relay, "connect", connect)
+
+
+# 4 MiB in lines of 1000 bytes.
+LARGE_TEXT = (b"x" * 998 + b"\r\n") * 4200
+LARGE_BODY = b"Subject: large\r\n\r\n" + LARGE_TEXT
+
+
+def test_relay_timeout_bounds_each_block_not_the_whole_message(monkeypatch):
+    # 4 MiB read steadily at 4 MB/s take a second, twice relay_timeout: a
+    # bound on the whole transfer fails every time (and the client, answered
+    # 451, retries for ever).  Each 64 KiB block takes about 16 ms.
+    small_send_buffer(monkeypatch)
+    up = FakeUpstream(rcvbuf=16384)
+    up.data_rate = 4e6
+
+    class Proxy(smtpd.PureProxy):
+        relay_timeout = 0.5
+
+    try:
+        with running_server(proxy_factory(up.address, Proxy)) as px:
+            assert send_message(px.address, LARGE_BODY) == b"250 OK\r\n"
+        [t] = up.wait_for_data(1)
+        assert t["data"].endswith(b"\r\n\r\n" + LARGE_TEXT)
+    finally:
+        up.close()
+
+
+def test_the_relay_gives_up_once_the_client_has_been_answered(monkeypatch):
+    # With reply_timeout=1 the client is answered 451 after a second and
+    # will send the message again.  At 1 MB/s the transfer takes 4 s, each
+    # block well within relay_timeout: the relay must stop at reply_timeout
+    # rather than deliver a message the client is going to send again.
+    small_send_buffer(monkeypatch)
+    up = FakeUpstream(rcvbuf=16384)
+    up.data_rate = 1e6
+
+    class Proxy(smtpd.PureProxy):
+        relay_timeout = 30.0
+
+    try:
+        with running_server(proxy_factory(up.address, Proxy), reply_timeout=1.0) as px:
+            # From the channel's reply_timeout or from the relay giving up,
+            # whichever comes first: the two bounds are the same.
+            assert send_message(px.address, LARGE_BODY).startswith(b"451 ")
+            with up.cond:
+                assert up.cond.wait_for(lambda: up.ended >= 1, TIMEOUT)
+        [t] = up.transactions
+        assert t["data"] is None, "delivered after the client was told to send it again"
+    finally:
+        up.close()
 
 
 def test_upstream_reply_text_is_sanitised():
