@@ -534,7 +534,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
             size, self.num_bytes = self.num_bytes, 0
-            if _serving.refuse_command(self):
+            if _serving.refuse_command(self, line):
                 return  # the server is shutting down: answered 421
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:

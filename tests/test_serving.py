@@ -223,7 +223,8 @@ def test_graceful_shutdown_finishes_data_and_answers_others_421() -> None:
         idle = open_session(address)
 
         stopper, box = in_thread(controller.stop, "stop")
-        # The idle session is told at once and closed.
+        # The idle session, which does not QUIT, is told (after the grace
+        # for a QUIT) and closed.
         assert idle.read_until_closed() == SHUTTING_DOWN
         assert refused(address)
         assert stopper.is_alive()  # still waiting for the message in DATA
@@ -238,6 +239,102 @@ def test_graceful_shutdown_finishes_data_and_answers_others_421() -> None:
             if client is not None:
                 client.close()
         controller.stop()
+
+
+def begin_stop(controller: Controller) -> Tuple[threading.Thread, Dict[str, Any]]:
+    """Start ``controller.stop()`` in a thread; return (for :func:`join`)
+    once the shutdown has begun."""
+    with RawClient(controller.address) as bystander:
+        # A client that has not said HELO is told 421 as soon as the
+        # shutdown begins: that reply is the signal.
+        assert bystander.read_reply().startswith(b"220 ")
+        stopper, box = in_thread(controller.stop, "stop")
+        assert bystander.read_until_closed() == SHUTTING_DOWN
+    return stopper, box
+
+
+def test_quit_right_after_a_reply_is_answered_221_not_421(monkeypatch: pytest.MonkeyPatch) -> None:
+    # smtplib's "with SMTP(...)" sends QUIT on leaving the block and raises
+    # SMTPResponseException if the reply is not 221.  A client that has just
+    # been answered gets a grace to do that (however slow this machine).
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    try:
+        with smtplib.SMTP(*controller.address, timeout=TIMEOUT) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: s\r\n\r\nx\r\n")
+            stopper, box = begin_stop(controller)
+        join(stopper, box)  # the session ended with the QUIT: nothing else to wait for
+        assert len(controller.server.messages) == 1
+    finally:
+        controller.stop()
+
+
+def test_quit_after_the_message_finished_during_shutdown_is_answered_221(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    try:
+        with open_session(controller.address) as sender:
+            enter_data(sender)
+            sender.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+            stopper, box = begin_stop(controller)
+            sender.send(b"second half\r\n.\r\n")
+            assert sender.read_reply() == b"250 OK\r\n"
+            assert sender.command(b"QUIT") == b"221 Bye\r\n"
+            assert sender.read_until_closed() == b""
+        join(stopper, box)
+        assert len(controller.server.messages) == 1
+    finally:
+        controller.stop()
+
+
+def test_any_other_command_in_the_grace_is_answered_421(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    try:
+        with open_session(controller.address) as client:
+            stopper, box = begin_stop(controller)
+            assert client.command(b"MAIL FROM:<a@example.com>") == SHUTTING_DOWN
+            assert client.read_until_closed() == b""
+        join(stopper, box)
+        assert controller.server.messages == []
+    finally:
+        controller.stop()
+
+
+def test_a_session_that_does_not_quit_is_told_421_when_the_grace_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", 0.2)
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    try:
+        with open_session(controller.address) as client:
+            started = time.monotonic()
+            controller.stop()  # returns without the client doing anything
+            assert time.monotonic() - started < TIMEOUT / 2
+            assert client.read_until_closed() == SHUTTING_DOWN
+    finally:
+        controller.stop()
+
+
+def test_the_nightly_report_pattern_never_sees_421() -> None:
+    # docs/testing.md's background job, without the job.join() the docs now
+    # ask for: the test waits for the messages, then stops the server while
+    # the job's "with SMTP(...)" is about to send QUIT.  Before the grace,
+    # most runs raised SMTPResponseException(421) in the job.
+    for _ in range(10):
+        controller = Controller(RecordingServer, shutdown_timeout=5.0).start()
+        host, port = controller.address
+
+        def job() -> None:
+            with smtplib.SMTP(host, port, timeout=TIMEOUT) as client:
+                for rcpt in ("a@x", "b@x", "c@x"):
+                    client.sendmail("report@x", [rcpt], b"Subject: nightly\r\n\r\nall well\r\n")
+
+        thread, box = in_thread(job, "nightly job")
+        try:
+            messages = controller.server.wait_for(3, timeout=TIMEOUT)
+            assert {m.rcpttos[0] for m in messages} == {"a@x", "b@x", "c@x"}
+        finally:
+            controller.stop()
+        join(thread, box)
 
 
 def test_graceful_shutdown_timeout_drops_unfinished_message() -> None:
