@@ -13,11 +13,12 @@ is checked byte for byte.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from hypothesis import given
@@ -413,11 +414,16 @@ def test_upstream_closing_after_data_is_451(upstream):
     assert reply == (R.RELAY_UNAVAILABLE + "\r\n").encode()
 
 
-def small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On loopback the kernel takes megabytes of a message at once, which a
-    slow link would not; a small send buffer on the relay's upstream socket
-    lets the upstream server's pace of reading set the pace of sending, as
-    a real slow link does (the relay's code is unchanged)."""
+@contextlib.contextmanager
+def slow_upstream(monkeypatch: pytest.MonkeyPatch, rate: float) -> Iterator[FakeUpstream]:
+    """An upstream server that reads each message at *rate* bytes/s, as if
+    behind a slow link.
+
+    On loopback the kernel takes megabytes of a message at once, which a
+    slow link would not: small buffers on both ends (the relay's send
+    buffer through its connect(); its code is unchanged) let the upstream's
+    pace of reading set the pace of sending, as a real slow link does.
+    """
     real_connect = _relay.connect
 
     def connect(server: Any) -> Any:
@@ -426,6 +432,17 @@ def small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
         return conn
 
     monkeypatch.setattr(_relay, "connect", connect)
+    up = FakeUpstream(rcvbuf=16384)
+    up.data_rate = rate
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def relay_timeout_proxy(seconds: float) -> Any:
+    """PureProxy with another relay_timeout (a class attribute)."""
+    return type("Proxy", (smtpd.PureProxy,), {"relay_timeout": seconds})
 
 
 # 4 MiB in lines of 1000 bytes.
@@ -437,20 +454,11 @@ def test_relay_timeout_bounds_each_block_not_the_whole_message(monkeypatch):
     # 4 MiB read steadily at 4 MB/s take a second, twice relay_timeout: a
     # bound on the whole transfer fails every time (and the client, answered
     # 451, retries for ever).  Each 64 KiB block takes about 16 ms.
-    small_send_buffer(monkeypatch)
-    up = FakeUpstream(rcvbuf=16384)
-    up.data_rate = 4e6
-
-    class Proxy(smtpd.PureProxy):
-        relay_timeout = 0.5
-
-    try:
-        with running_server(proxy_factory(up.address, Proxy)) as px:
+    with slow_upstream(monkeypatch, 4e6) as up:
+        with running_server(proxy_factory(up.address, relay_timeout_proxy(0.5))) as px:
             assert send_message(px.address, LARGE_BODY) == b"250 OK\r\n"
         [t] = up.wait_for_data(1)
         assert t["data"].endswith(b"\r\n\r\n" + LARGE_TEXT)
-    finally:
-        up.close()
 
 
 def test_the_relay_gives_up_once_the_client_has_been_answered(monkeypatch):
@@ -458,15 +466,8 @@ def test_the_relay_gives_up_once_the_client_has_been_answered(monkeypatch):
     # will send the message again.  At 1 MB/s the transfer takes 4 s, each
     # block well within relay_timeout: the relay must stop at reply_timeout
     # rather than deliver a message the client is going to send again.
-    small_send_buffer(monkeypatch)
-    up = FakeUpstream(rcvbuf=16384)
-    up.data_rate = 1e6
-
-    class Proxy(smtpd.PureProxy):
-        relay_timeout = 30.0
-
-    try:
-        with running_server(proxy_factory(up.address, Proxy), reply_timeout=1.0) as px:
+    with slow_upstream(monkeypatch, 1e6) as up:
+        with running_server(proxy_factory(up.address, relay_timeout_proxy(30.0)), reply_timeout=1.0) as px:
             # From the channel's reply_timeout or from the relay giving up,
             # whichever comes first: the two bounds are the same.
             assert send_message(px.address, LARGE_BODY).startswith(b"451 ")
@@ -474,8 +475,6 @@ def test_the_relay_gives_up_once_the_client_has_been_answered(monkeypatch):
                 assert up.cond.wait_for(lambda: up.ended >= 1, TIMEOUT)
         [t] = up.transactions
         assert t["data"] is None, "delivered after the client was told to send it again"
-    finally:
-        up.close()
 
 
 def test_upstream_reply_text_is_sanitised():

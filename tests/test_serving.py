@@ -253,52 +253,49 @@ def begin_stop(controller: Controller) -> Tuple[threading.Thread, Dict[str, Any]
     return stopper, box
 
 
-def test_quit_right_after_a_reply_is_answered_221_not_421(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def patient_controller(monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
+    """A running RecordingServer whose QUIT grace outlasts the test, however
+    slow this machine: the grace's rules are tested, not its length."""
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+def test_quit_right_after_a_reply_is_answered_221_not_421(patient_controller: Controller) -> None:
     # smtplib's "with SMTP(...)" sends QUIT on leaving the block and raises
     # SMTPResponseException if the reply is not 221.  A client that has just
-    # been answered gets a grace to do that (however slow this machine).
-    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
-    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
-    try:
-        with smtplib.SMTP(*controller.address, timeout=TIMEOUT) as client:
-            client.sendmail("a@example.com", ["b@example.com"], b"Subject: s\r\n\r\nx\r\n")
-            stopper, box = begin_stop(controller)
-        join(stopper, box)  # the session ended with the QUIT: nothing else to wait for
-        assert len(controller.server.messages) == 1
-    finally:
-        controller.stop()
+    # been answered gets a grace to do that.
+    with smtplib.SMTP(*patient_controller.address, timeout=TIMEOUT) as client:
+        client.sendmail("a@example.com", ["b@example.com"], b"Subject: s\r\n\r\nx\r\n")
+        stopper, box = begin_stop(patient_controller)
+    join(stopper, box)  # the session ended with the QUIT: nothing else to wait for
+    assert len(patient_controller.server.messages) == 1
 
 
-def test_quit_after_the_message_finished_during_shutdown_is_answered_221(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
-    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
-    try:
-        with open_session(controller.address) as sender:
-            enter_data(sender)
-            sender.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
-            stopper, box = begin_stop(controller)
-            sender.send(b"second half\r\n.\r\n")
-            assert sender.read_reply() == b"250 OK\r\n"
-            assert sender.command(b"QUIT") == b"221 Bye\r\n"
-            assert sender.read_until_closed() == b""
-        join(stopper, box)
-        assert len(controller.server.messages) == 1
-    finally:
-        controller.stop()
+def test_quit_after_the_message_finished_during_shutdown_is_answered_221(patient_controller: Controller) -> None:
+    with open_session(patient_controller.address) as sender:
+        enter_data(sender)
+        sender.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        stopper, box = begin_stop(patient_controller)
+        sender.send(b"second half\r\n.\r\n")
+        assert sender.read_reply() == b"250 OK\r\n"
+        assert sender.command(b"QUIT") == b"221 Bye\r\n"
+        assert sender.read_until_closed() == b""
+    join(stopper, box)
+    assert len(patient_controller.server.messages) == 1
 
 
-def test_any_other_command_in_the_grace_is_answered_421(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_serving, "_QUIT_GRACE", TIMEOUT)
-    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
-    try:
-        with open_session(controller.address) as client:
-            stopper, box = begin_stop(controller)
-            assert client.command(b"MAIL FROM:<a@example.com>") == SHUTTING_DOWN
-            assert client.read_until_closed() == b""
-        join(stopper, box)
-        assert controller.server.messages == []
-    finally:
-        controller.stop()
+def test_any_other_command_in_the_grace_is_answered_421(patient_controller: Controller) -> None:
+    with open_session(patient_controller.address) as client:
+        stopper, box = begin_stop(patient_controller)
+        assert client.command(b"MAIL FROM:<a@example.com>") == SHUTTING_DOWN
+        assert client.read_until_closed() == b""
+    join(stopper, box)
+    assert patient_controller.server.messages == []
 
 
 def test_a_session_that_does_not_quit_is_told_421_when_the_grace_ends(monkeypatch: pytest.MonkeyPatch) -> None:
