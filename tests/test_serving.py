@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import selectors
 import signal
@@ -311,21 +312,21 @@ def test_a_session_that_does_not_quit_is_told_421_when_the_grace_ends(monkeypatc
         controller.stop()
 
 
+def nightly_job(address: Tuple[str, int]) -> None:
+    """docs/testing.md's background job: three reports over one session."""
+    with smtplib.SMTP(*address, timeout=TIMEOUT) as client:
+        for rcpt in ("a@x", "b@x", "c@x"):
+            client.sendmail("report@x", [rcpt], b"Subject: nightly\r\n\r\nall well\r\n")
+
+
 def test_the_nightly_report_pattern_never_sees_421() -> None:
-    # docs/testing.md's background job, without the job.join() the docs now
-    # ask for: the test waits for the messages, then stops the server while
-    # the job's "with SMTP(...)" is about to send QUIT.  Before the grace,
-    # most runs raised SMTPResponseException(421) in the job.
+    # The job without the job.join() the docs now ask for: the test waits
+    # for the messages, then stops the server while the job's
+    # "with SMTP(...)" is about to send QUIT.  Before the grace, most runs
+    # raised SMTPResponseException(421) in the job.
     for _ in range(10):
         controller = Controller(RecordingServer, shutdown_timeout=5.0).start()
-        host, port = controller.address
-
-        def job() -> None:
-            with smtplib.SMTP(host, port, timeout=TIMEOUT) as client:
-                for rcpt in ("a@x", "b@x", "c@x"):
-                    client.sendmail("report@x", [rcpt], b"Subject: nightly\r\n\r\nall well\r\n")
-
-        thread, box = in_thread(job, "nightly job")
+        thread, box = in_thread(functools.partial(nightly_job, controller.address), "nightly job")
         try:
             messages = controller.server.wait_for(3, timeout=TIMEOUT)
             assert {m.rcpttos[0] for m in messages} == {"a@x", "b@x", "c@x"}
@@ -418,64 +419,70 @@ def test_a_backlog_of_any_size_is_answered_421_not_reset() -> None:
         server.server_close()
 
 
+def stop_while_clients_connect(clients: int, before: int) -> Dict[str, int]:
+    """Stop a server after *before* sessions while *clients* threads connect
+    to it as fast as they can; return what the connections got, by kind:
+    the first four bytes read, or what went wrong."""
+    controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
+    outcomes: Dict[str, int] = {}
+    lock = threading.Lock()
+    sessions = threading.Semaphore(0)
+    deadline = time.monotonic() + TIMEOUT
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            sock = socket.socket()
+            # A connection attempt the server no longer takes is not
+            # answered for a second (the SYN is dropped, then refused):
+            # stop trying well before.
+            sock.settimeout(0.2)
+            try:
+                sock.connect(controller.address)
+            except OSError:
+                sock.close()
+                return  # refused, or never completed: the server is gone
+            sock.settimeout(TIMEOUT)
+            first = b""
+            try:
+                while b"\r\n" not in first:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    first += chunk
+                outcome = first[:4].decode() if first else "closed unanswered"
+            except ConnectionResetError:
+                outcome = "reset after %r" % first
+            except OSError as err:
+                outcome = "%s after %r" % (err, first)
+            finally:
+                sock.close()
+            with lock:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            sessions.release()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(before):
+            assert sessions.acquire(timeout=TIMEOUT)
+        controller.stop()
+        for thread in threads:
+            thread.join(TIMEOUT)
+            assert not thread.is_alive()
+    finally:
+        controller.stop()
+    return outcomes
+
+
 def test_connections_arriving_during_shutdown_are_answered_or_refused_never_reset() -> None:
-    # Clients connect as fast as they can while the server shuts down.  Each
-    # connection must be refused (or not completed), or answered (220, or
-    # 421); none may be completed by the kernel and then reset, which is
+    # Each connection must be refused (or not completed), or answered (220,
+    # or 421); none may be completed by the kernel and then reset, which is
     # what closing a listening socket does to the connections in its
     # backlog.  Before the backlog was drained to the end with new
     # handshakes stopped, about one round in ten had a reset.
-    rounds, clients = 30, 6
-    for _ in range(rounds):
-        controller = Controller(RecordingServer, shutdown_timeout=TIMEOUT).start()
-        outcomes: Dict[str, int] = {}
-        lock = threading.Lock()
-        sessions = threading.Semaphore(0)
-        deadline = time.monotonic() + TIMEOUT
-
-        def client() -> None:
-            while time.monotonic() < deadline:
-                sock = socket.socket()
-                # A connection attempt the server no longer takes is not
-                # answered for a second (the SYN is dropped, then refused):
-                # stop trying well before.
-                sock.settimeout(0.2)
-                try:
-                    sock.connect(controller.address)
-                except OSError:
-                    sock.close()
-                    return  # refused, or never completed: the server is gone
-                sock.settimeout(TIMEOUT)
-                first = b""
-                try:
-                    while b"\r\n" not in first:
-                        chunk = sock.recv(4096)
-                        if not chunk:
-                            break
-                        first += chunk
-                    outcome = first[:4].decode() if first else "closed unanswered"
-                except ConnectionResetError:
-                    outcome = "reset after %r" % first
-                except OSError as err:
-                    outcome = "%s after %r" % (err, first)
-                finally:
-                    sock.close()
-                with lock:
-                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                sessions.release()
-
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-        for thread in threads:
-            thread.start()
-        try:
-            for _ in range(100):  # then shut down while they keep coming
-                assert sessions.acquire(timeout=TIMEOUT)
-            controller.stop()
-            for thread in threads:
-                thread.join(TIMEOUT)
-                assert not thread.is_alive()
-        finally:
-            controller.stop()
+    for _ in range(30):
+        outcomes = stop_while_clients_connect(clients=6, before=100)
         assert set(outcomes) <= {"220 ", "421 "}, outcomes
 
 
