@@ -1,15 +1,15 @@
-"""PureProxy's relay: an SMTP client that passes each message on unchanged.
+"""PureProxy's relay: an SMTP client that passes each message on.
 
 ``PureProxy.process_message`` hands each message to a worker thread
 (:func:`executor`) which runs :func:`deliver` and turns what the upstream
 server said into the reply to the client's end of data (:func:`reply_for`).
 The loop thread never waits for the upstream server.
 
-What arrives upstream is the client's message byte for byte, plus the
-``X-Peer`` header: the ``\\n`` that separate lines in ``process_message``'s
-*data* go out as CRLF again, lines starting with ``.`` are dot-stuffed, and
-nothing else is touched (``smtplib.sendmail`` would rewrite bare CR and LF,
-so the DATA phase is driven here).
+What arrives upstream is the client's message plus the ``X-Peer`` header,
+with every line end a CRLF: the ``\\n`` that separate lines in
+``process_message``'s *data* and any bare CR go out as CRLF (see
+:func:`wire_data`), lines starting with ``.`` are dot-stuffed, and nothing
+else is touched.
 
 A message is relayed to all of its recipients or to none of them.  The
 client's RCPT commands were answered ``250`` before the upstream server
@@ -32,18 +32,26 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import smtplib
+import socket
 import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _replies as R
-from . import _tls
+from . import _options, _tls
 
 log = logging.getLogger("smtpd_compat")
 
-# Seconds allowed for each upstream operation (connect, each command, the
-# final reply).  A client waits up to 10 minutes for the reply to its end
-# of data (RFC 5321 4.5.3.2.6), so one slow step still leaves it time.
+# Seconds allowed for each upstream operation (connect, each command, each
+# block of the message, the final reply).  A client waits up to 10 minutes
+# for the reply to its end of data (RFC 5321 4.5.3.2.6), so one slow step
+# still leaves it time.
 DEFAULT_TIMEOUT = 60.0
+# Bytes of the message handed to the socket at once, each within
+# relay_timeout: a slow but steady upstream link needs to carry one block
+# per relay_timeout (about 1 KiB/s with the defaults), not the whole message
+# (sendall() applies a socket's timeout to everything it sends).
+_BLOCK = 65536
 # Upstream conversations at once per server; more messages wait their turn.
 DEFAULT_WORKERS = 8
 # Longest upstream reply text quoted back to the client.
@@ -85,14 +93,22 @@ def wire_data(data: Union[bytes, str]) -> bytes:
     """The DATA payload for *data* as ``process_message`` receives it:
     CRLF line ends, dot-stuffed, ending with ``<CRLF>.<CRLF>``.
 
-    Each ``\\n`` of *data* stands for a CRLF (or a bare LF) the client sent,
-    so the client's bytes are restored exactly; a bare CR stays a bare CR.
-    Because every line end goes out as CRLF and every line starting with a
-    dot is stuffed, no sequence in the message can end it early upstream.
+    Each ``\\n`` of *data* stands for a CRLF (or a bare LF) the client sent
+    and goes out as CRLF.  A bare CR goes out as CRLF too, and a CR right
+    before a line end merges with it, as ``smtplib.sendmail`` does for
+    ``str`` messages (the only ones CPython's PureProxy could relay): RFC
+    5321 2.3.8 forbids sending either alone, and upstream servers that take
+    one for a line end would otherwise see the message end at
+    ``<CR>.<CR>`` (SMTP smuggling).  With every line end
+    a CRLF and every line starting with a dot stuffed, no sequence in the
+    message can end it early at any upstream server.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    text = data.replace(b"\n", b"\r\n")
+    text = data
+    if b"\r" in text:
+        text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    text = text.replace(b"\n", b"\r\n")
     if text.startswith(b"."):
         text = b"." + text
     text = text.replace(b"\r\n.", b"\r\n..")
@@ -153,7 +169,14 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
     code ``-1`` where the upstream server could not be reached or the
     connection failed (then the text is for the log only).  Refusals at
     MAIL or DATA apply to every recipient.  Runs in a worker thread.
+
+    Each operation is bounded by ``relay_timeout``, and the message's
+    transfer by the server's ``reply_timeout`` as well, counted from here:
+    by then the client has been answered ``451`` and will send the message
+    again, so relaying it on could only deliver it twice.
     """
+    reply_timeout = _options.of(server).reply_timeout
+    deadline = None if reply_timeout is None else time.monotonic() + reply_timeout
     payload = wire_data(data)
     try:
         conn = connect(server)
@@ -164,7 +187,7 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
         return _all(rcpttos, -1, "upstream unreachable: %s" % err)
     finished = False
     try:
-        refused = _transaction(conn, mailfrom, rcpttos, payload)
+        refused = _transaction(conn, mailfrom, rcpttos, payload, deadline)
         finished = True
         return refused
     except (OSError, smtplib.SMTPException, ValueError, UnicodeError) as err:
@@ -177,7 +200,9 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
         _close(conn, polite=finished)
 
 
-def _transaction(conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: bytes) -> Refusals:
+def _transaction(
+    conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: bytes, deadline: Optional[float]
+) -> Refusals:
     params = ""
     if conn.has_extn("size"):
         params += " SIZE=%d" % len(payload)
@@ -200,11 +225,45 @@ def _transaction(conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload:
     if code != 354:
         _abandon(conn)
         return _all(rcpttos, code, text)
-    conn.send(payload)
-    code, text = conn.getreply()
+    code, text = _send_message(conn, payload, deadline)
     if not 200 <= code < 300:
         return _all(rcpttos, code, text)
     return {}
+
+
+def _send_message(conn: smtplib.SMTP, payload: bytes, deadline: Optional[float]) -> Tuple[int, bytes]:
+    """Send the DATA payload block by block; return the reply to it.
+
+    Each block, and the wait for the reply, gets the connection's timeout
+    (``relay_timeout``) afresh, cut short by *deadline*.  Raises ``OSError``
+    (``socket.timeout``) when either runs out.
+    """
+    sock = conn.sock
+    if sock is None:  # smtplib closed it on an error
+        raise smtplib.SMTPServerDisconnected("Server not connected")
+    timeout = sock.gettimeout()
+    view = memoryview(payload)
+    try:
+        for start in range(0, len(view), _BLOCK):
+            _bound(sock, timeout, deadline)
+            sock.sendall(view[start : start + _BLOCK])
+        _bound(sock, timeout, deadline)
+        return conn.getreply()
+    finally:
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)  # for QUIT
+
+
+def _bound(sock: socket.socket, timeout: Optional[float], deadline: Optional[float]) -> None:
+    """Give the next socket operation *timeout*, or what is left until
+    *deadline* if that is less."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("reply_timeout passed before the message was relayed")
+        if timeout is None or left < timeout:
+            timeout = left
+    sock.settimeout(timeout)
 
 
 def _abandon(conn: smtplib.SMTP) -> None:

@@ -7,17 +7,23 @@ manager, ``address``/``port``); the implementation lives here so that
 
 Graceful shutdown, in the order it happens on the loop thread:
 
-1. connections already waiting in the listen backlog are accepted (so they
-   are answered instead of reset) and the listening socket is closed: new
-   connections are refused from then on;
+1. the kernel is told to start no new connections (on Linux; see
+   :func:`_refuse_handshakes`), the connections it has already completed
+   are accepted until none is left (so they are answered instead of reset)
+   and the listening socket is closed: new connections are refused from
+   then on;
 2. every session of this server that is *not* receiving a message (state
    ``DATA``, or waiting for a deferred reply to its message) is answered
    ``421 <fqdn> Service shutting down`` and closed once that reply is sent;
-   its further input is ignored;
+   its further input is ignored.  A session that was active (sent a
+   command, or was answered) less than ``_QUIT_GRACE`` seconds ago gets the
+   rest of that time first: its client has most likely just had its reply
+   and is about to send the next command.  Its ``QUIT`` is answered ``221``
+   and the session ends as the client asked; any other command gets the
+   ``421`` (see :func:`refuse_command`);
 3. a session that is receiving a message may finish it: the message is
    handed to ``process_message()`` and answered as usual, then the session
-   gets the ``421`` (right after the reply, or at its next command when the
-   reply was deferred) and is closed;
+   gets the same grace to ``QUIT`` before the ``421``, and is closed;
 4. after ``shutdown_timeout`` seconds, sessions still in ``DATA`` get the
    ``421`` (their message is dropped and was never acknowledged); any
    session that still has not gone ``_FLUSH_GRACE`` seconds later (a client
@@ -36,11 +42,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
+import socket
+import struct
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import _options, _reactor
+from . import _options, _protocol, _reactor
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults
 # (kept in the server's _options.Options).
@@ -58,9 +68,29 @@ log = logging.getLogger("smtpd_compat")
 # the remaining sessions are looked at meanwhile.
 _FLUSH_GRACE = 2.0
 _LATE_SWEEP_INTERVAL = 0.1
-# Upper bound on backlog connections accepted (and answered 421) when the
-# listening socket is closed; the rest are reset by the kernel.
-_BACKLOG_DRAIN_ROUNDS = 16
+# During a graceful shutdown, how long after its last activity an idle
+# session may still send QUIT and be answered 221 instead of being told 421.
+# A client that has just been answered sends its next command within
+# milliseconds, and for the common one, QUIT, a 421 is an error
+# (smtplib's "with SMTP(...)" raises SMTPResponseException).  Sessions idle
+# for longer are told at once; the shutdown timeout cuts this short.
+_QUIT_GRACE = 1.0
+# Bounds on accepting the backlog (and answering it 421) before the listening
+# socket is closed: handle_accept() calls, and seconds.  Only a handle_accept()
+# that does not accept, or connections arriving faster than they are accepted
+# where new handshakes cannot be stopped, come near them.
+_BACKLOG_DRAIN_CALLS = 4096
+_BACKLOG_DRAIN_SECONDS = 1.0
+# A classic BPF program (SO_ATTACH_FILTER) for a listening TCP socket: drop
+# segments with SYN set, keep the others.  A socket filter sees the TCP
+# header at offset 0; byte 13 holds its flags (SYN is 0x02).
+_SO_ATTACH_FILTER = 26
+_DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]
+    (0x45, 0, 1, 0x02),  # jset #SYN, next, skip one
+    (0x06, 0, 0, 0),  # ret #0: drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: keep all
+)
 
 _states_lock = threading.Lock()
 
@@ -80,7 +110,8 @@ class _State:
         self.timeout: Optional[float] = None  # overrides shutdown_timeout
         self.timers: List[_reactor.TimerHandle] = []
         self.told_at: Dict[Any, float] = {}  # session -> when it was told 421
-        self.watching = False  # _watch_deferred is scheduled
+        self.answered_at: Dict[Any, float] = {}  # session -> when its message was answered
+        self.watching = False  # _watch is scheduled
 
 
 def _state(server: Any) -> _State:
@@ -288,23 +319,29 @@ def begin_shutdown(server: Any) -> None:
     st.requested = True
     _remember_address(server)
     if server._fileno is not None and server.accepting:
+        _refuse_handshakes(server.socket)
         _drain_backlog(server)
         server.close()
     in_data = 0
     told = 0
+    active = 0
+    now = time.monotonic()
     for channel in _channels(server):
         if _receiving_message(channel):
             in_data += 1
+        elif _quit_grace_left(channel, st, now) > 0:
+            active += 1
         elif _tell(channel, st):
             told += 1
     log.info(
-        "%s shutting down: %d session(s) closed, %d message(s) being received",
+        "%s shutting down: %d session(s) closed, %d just active (may QUIT first), %d message(s) being received",
         type(server).__name__,
         told,
+        active,
         in_data,
     )
     _schedule_expiry(server)
-    _watch_deferred(server)
+    _watch(server)
 
 
 def _schedule_expiry(server: Any) -> None:
@@ -322,24 +359,47 @@ def _schedule_expiry(server: Any) -> None:
     st.timers.append(reactor.call_later(max(0.0, float(timeout)), lambda: _expire(server)))
 
 
-def _watch_deferred(server: Any) -> None:
-    """While sessions wait for a deferred reply to their message, look at
-    them every ``_LATE_SWEEP_INTERVAL`` seconds and tell the ones that have
-    been answered (nothing else notices that moment)."""
+def _watch(server: Any) -> None:
+    """Tell each session 421 once it is idle and its QUIT grace is over.
+
+    Nothing else notices those moments: a deferred reply being sent, the
+    grace running out.  So while sessions wait for a deferred reply this
+    looks every ``_LATE_SWEEP_INTERVAL`` seconds, and while sessions have
+    grace left, when the first grace ends.
+    """
     st = _state(server)
     st.watching = False
     if st.expired:
         return  # the late sweep looks at every session from now on
-    waiting = False
+    now = time.monotonic()
+    again: Optional[float] = None
     for channel in _channels(server):
         if _awaiting_reply(channel):
-            waiting = True
-        elif not _in_data(channel) and channel not in st.told_at:
-            _tell(channel, st)
-    if waiting:
+            wait = _LATE_SWEEP_INTERVAL
+        elif _in_data(channel) or channel in st.told_at:
+            continue
+        else:
+            wait = _quit_grace_left(channel, st, now)
+            if wait <= 0:
+                _tell(channel, st)
+                continue
+        again = wait if again is None else min(again, wait)
+    if again is not None:
         st.watching = True
         reactor = _loop_reactor(server)
-        st.timers.append(reactor.call_later(_LATE_SWEEP_INTERVAL, lambda: _watch_deferred(server)))
+        st.timers.append(reactor.call_later(again, lambda: _watch(server)))
+
+
+def _quit_grace_left(channel: Any, st: _State, now: float) -> float:
+    """Seconds *channel*, idle, may still send QUIT before it is told 421."""
+    guard = getattr(channel, "_guard", None)
+    if guard is None or not getattr(channel, "seen_greeting", ""):
+        # Not an SMTPChannel; or a client that has not even said HELO (one
+        # accepted from the backlog, say) and has no conversation to end.
+        return 0.0
+    # The guard's clock moves with each read and each deferred reply sent.
+    since: float = max(guard.last, st.answered_at.get(channel, 0.0))
+    return since + _QUIT_GRACE - now
 
 
 def _expire(server: Any) -> None:
@@ -385,6 +445,7 @@ def _cancel_timers(st: _State) -> None:
         handle.cancel()
     del st.timers[:]
     st.told_at.clear()
+    st.answered_at.clear()
 
 
 def _in_data(channel: Any) -> bool:
@@ -416,41 +477,100 @@ def _tell(channel: Any, st: Optional[_State] = None) -> bool:
 def after_data(channel: Any) -> None:
     """Called by SMTPChannel once a message has been answered.
 
-    During a graceful shutdown the session ends here, right after its
-    message's reply.  A reply still pending (deferred) comes first: such a
-    session is told once it has been answered (see _watch_deferred).
+    During a graceful shutdown the session ends soon after its message's
+    reply: it may still send QUIT for ``_QUIT_GRACE`` seconds, then it is
+    told 421 (see _watch).  A reply still pending (deferred) comes first.
     """
     st = getattr(channel.smtp_server, "_serving_state", None)
     if st is None or not st.closing:
         return
     if not _awaiting_reply(channel):
-        _tell(channel, st)
-    elif not st.watching:
-        _watch_deferred(channel.smtp_server)
+        # Its input has not been timed yet (that comes after this call).
+        st.answered_at[channel] = time.monotonic()
+    if not st.watching:
+        _watch(channel.smtp_server)
 
 
-def refuse_command(channel: Any) -> bool:
-    """Called by SMTPChannel before it executes a command: during a
-    graceful shutdown the command is answered 421 instead (True)."""
+def refuse_command(channel: Any, line: Optional[bytes] = None) -> bool:
+    """Called by SMTPChannel before it executes the command *line*: during a
+    graceful shutdown the command is answered 421 instead (True), except
+    ``QUIT``, which ends the session as the client asked."""
     st = getattr(channel.smtp_server, "_serving_state", None)
     if st is None or not st.closing:
+        return False
+    if line is not None and _is_quit(line):
         return False
     _tell(channel, st)
     return True
 
 
+def _is_quit(line: bytes) -> bool:
+    return _protocol.split_command(line.decode("utf-8", "replace"))[0] == "QUIT"
+
+
+def _refuse_handshakes(sock: Any) -> bool:
+    """Make the kernel start no new connection on the listening TCP socket
+    *sock*, while it still completes those under way; True if it could.
+
+    Closing a listening socket resets every connection the kernel has
+    completed but nobody accepted, so accepting them first (see
+    :func:`_drain_backlog`) is only as good as the gap between the last
+    accept() and close() is empty.  Lowering the backlog does not empty it
+    (and while the backlog is full the kernel drops the ACK that completes
+    a handshake it has answered, leaving that client waiting for nothing),
+    and shutdown() of a listening socket resets its backlog at once.  A socket filter that drops SYN segments does: clients
+    that try now retransmit their SYN a second later and are refused then,
+    while a handshake already under way still ends in the backlog and is
+    accepted.  Linux only (SO_ATTACH_FILTER); elsewhere the gap stays.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            return False
+        import ctypes  # the filter's address goes in the option; stdlib, though not everywhere
+
+        code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_SYN)
+        program = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("HP", len(_DROP_SYN), ctypes.addressof(program))
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except (ImportError, OSError, AttributeError) as err:
+        log.debug("cannot stop new connections before closing the listening socket: %s", err)
+        return False
+    return True
+
+
 def _drain_backlog(server: Any) -> None:
-    """Accept what already waits in the backlog, so it can be answered."""
-    map = server._map
-    for _ in range(_BACKLOG_DRAIN_ROUNDS):
-        before = len(map)
+    """Accept what already waits in the backlog, until nothing is left, so
+    that it can be answered."""
+    reactor = _reactor.reactor_for(server._map, create=False)
+    deadline = time.monotonic() + _BACKLOG_DRAIN_SECONDS
+    for _ in range(_BACKLOG_DRAIN_CALLS):
+        fd = server._fileno
+        if fd is None or not server.accepting or not _connection_waiting(fd):
+            return
+        if reactor is not None and fd in reactor.suspended:
+            return  # accept() hit EMFILE and backs off: it cannot take them
+        if time.monotonic() > deadline:
+            log.warning("closing the listening socket with connections still in its backlog")
+            return
         try:
             server.handle_accept()
         except Exception:
             log.exception("accepting the backlog during shutdown failed")
             return
-        if len(map) == before or not server.accepting:
-            return
+
+
+def _connection_waiting(fd: int) -> bool:
+    """Whether the listening socket *fd* has a connection to accept."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _remember_address(server: Any) -> None:

@@ -93,7 +93,8 @@ class Controller:
 
         Sessions receiving a message may finish it for *timeout* seconds
         (default: the server's ``shutdown_timeout``); every other session is
-        answered ``421`` and closed.  An exception that ended the server's
+        answered ``421`` and closed, after a second in which a client that
+        was just answered may still ``QUIT`` normally.  An exception that ended the server's
         thread is re-raised here.  Calling ``stop()`` twice is harmless.
         """
         thread = self.thread

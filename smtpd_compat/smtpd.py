@@ -550,7 +550,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             if log.isEnabledFor(logging.DEBUG):
                 _serving.log_command(self, _auth.redact_command(line))
             size, self.num_bytes = self.num_bytes, 0
-            if _serving.refuse_command(self):
+            if _serving.refuse_command(self, line):
                 return  # the server is shutting down: answered 421
             self._command_line(line, size)
         elif self.smtp_state == self.DATA:
@@ -1188,15 +1188,16 @@ class PureProxy(SMTPServer):
     the upstream server has accepted the message for every recipient, its
     refusal otherwise (naming each refused recipient when only some were
     refused; the message is then relayed to none), ``451`` when it cannot
-    be reached.  The message arrives upstream byte for byte as the client
-    sent it, plus an ``X-Peer`` header.
+    be reached.  The message arrives upstream as the client sent it, plus
+    an ``X-Peer`` header, with every line end (bare CR and LF included) a
+    CRLF.
 
     The upstream conversation runs in a worker thread (``process_message``
     returns a ``concurrent.futures.Future``), so other sessions are served
     meanwhile.  Subclasses may override ``_deliver()``, which runs in that
-    thread.  ``relay_timeout`` (seconds per upstream operation) and
-    ``relay_workers`` (conversations at once) may be set on a subclass or
-    an instance.
+    thread.  ``relay_timeout`` (seconds per upstream operation, each 64 KiB
+    block of a message being one) and ``relay_workers`` (conversations at
+    once) may be set on a subclass or an instance.
     """
 
     relay_timeout: float = _relay.DEFAULT_TIMEOUT

@@ -13,12 +13,16 @@ is checked byte for byte.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import threading
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import TIMEOUT, RawClient, running_server
 from smtpd_compat import _relay, smtpd
@@ -38,9 +42,18 @@ class FakeUpstream:
     recipient in ``stall`` waits for the ``release`` event before answering
     its end of data.  ``drop_after_data`` closes the connection instead of
     answering the end of data.
+
+    With ``lenient`` set it behaves like the upstream servers that SMTP
+    smuggling exploits: a bare CR or a bare LF ends a line as CRLF does, in
+    commands and in the message (so ``<CR>.<CR>`` ends a message).
+
+    With ``data_rate`` set (bytes per second) it reads the message no faster
+    than that, steadily, like a server behind a slow link; *rcvbuf* shrinks
+    its receive buffer so that the link, not the kernel, sets the pace.
+    ``ended`` counts the connections it has finished with.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: Optional[int] = None) -> None:
         self.greeting = b"220 upstream ESMTP"
         self.ehlo = [b"250-upstream", b"250-8BITMIME", b"250 SIZE 10000000"]
         self.mail_reply = b"250 2.1.0 Ok"
@@ -52,10 +65,15 @@ class FakeUpstream:
         self.stalled = threading.Event()
         self.stall_expired = False  # a stall ended by timeout, not by release
         self.drop_after_data = False
+        self.lenient = False
+        self.data_rate: Optional[float] = None
+        self.ended = 0
         self.transactions: List[Dict[str, Any]] = []
         self.connections = 0
         self.cond = threading.Condition()
         self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accept()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.address = self.sock.getsockname()
@@ -80,11 +98,34 @@ class FakeUpstream:
         conn.settimeout(TIMEOUT)
         buf = b""
         current: Optional[Dict[str, Any]] = None
+        held = b""  # lenient: a CR at the end of a read, perhaps half a CRLF
+        paced: Optional[List[float]] = None  # [start, bytes] while reading a message at data_rate
+
+        def recv() -> bytes:
+            nonlocal held
+            while True:
+                if paced is None:
+                    chunk = conn.recv(65536)
+                else:
+                    # Small reads, each when the link would have carried it.
+                    ahead = paced[1] / self.data_rate - (time.monotonic() - paced[0])
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    chunk = conn.recv(8192)
+                    paced[1] += len(chunk)
+                if not self.lenient or not chunk:
+                    return chunk
+                chunk, held = held + chunk, b""
+                if chunk.endswith(b"\r"):
+                    chunk, held = chunk[:-1], b"\r"
+                if chunk:
+                    # Every line end becomes CRLF: the parser below applies.
+                    return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
         def line() -> Optional[bytes]:
             nonlocal buf
             while b"\r\n" not in buf:
-                chunk = conn.recv(65536)
+                chunk = recv()
                 if not chunk:
                     return None
                 buf += chunk
@@ -124,14 +165,18 @@ class FakeUpstream:
                     if not self.data_reply.startswith(b"354"):
                         continue
                     # The CRLF that ended DATA starts the terminator.
-                    raw = b"\r\n" + buf
-                    while b"\r\n.\r\n" not in raw:
-                        chunk = conn.recv(65536)
+                    raw = bytearray(b"\r\n" + buf)
+                    if self.data_rate is not None:
+                        paced = [time.monotonic(), 0.0]
+                    end = raw.find(b"\r\n.\r\n")
+                    while end < 0:
+                        chunk = recv()
                         if not chunk:
                             return
                         raw += chunk
-                    end = raw.index(b"\r\n.\r\n")
-                    data, buf = raw[2 : end + 2], raw[end + 5 :]
+                        end = raw.find(b"\r\n.\r\n", max(0, len(raw) - len(chunk) - 4))
+                    paced = None
+                    data, buf = bytes(raw[2 : end + 2]), bytes(raw[end + 5 :])
                     assert current is not None
                     with self.cond:
                         current["data"] = data
@@ -152,6 +197,9 @@ class FakeUpstream:
             pass
         finally:
             conn.close()
+            with self.cond:
+                self.ended += 1
+                self.cond.notify_all()
 
     def wait_for_data(self, count: int = 1) -> List[Dict[str, Any]]:
         with self.cond:
@@ -204,8 +252,9 @@ def send_message(address: Any, body: bytes, rcpts: List[bytes] = (b"rcpt@example
 
 # -- byte-exact relay ------------------------------------------------------------
 def test_relays_byte_exact_with_default_options(upstream):
-    # Dot-stuffed lines, bare CR, CR before CRLF, 8-bit bytes, trailing
-    # spaces, an empty line in the body, no final empty line.
+    # Dot-stuffed lines, 8-bit bytes, trailing spaces, an empty line in the
+    # body, no final empty line; a bare CR and a CR before CRLF, the only
+    # bytes that change (RFC 5321 2.3.8: they go out as one CRLF each).
     body = (
         b"From: a@example.com\r\n"
         b"Subject: exact  \r\n"
@@ -220,6 +269,7 @@ def test_relays_byte_exact_with_default_options(upstream):
         assert send_message(px.address, body) == b"250 OK\r\n"
     [t] = upstream.wait_for_data(1)
     expected = body.replace(b"\r\n\r\n", b"\r\nX-Peer: 127.0.0.1\r\n\r\n", 1)
+    expected = expected.replace(b"bare\rcr and cr-crlf\r\r\n", b"bare\r\ncr and cr-crlf\r\n")
     assert t["data"] == expected
     assert t["mail"].startswith(b"MAIL FROM:<sender@example.com>")
     # 8-bit content is declared when the upstream server supports it.
@@ -243,6 +293,27 @@ def test_bare_lf_sequences_cannot_end_the_message_upstream(upstream):
     [t] = upstream.wait_for_data(1)
     assert t["data"].endswith(b"before\r\n..\r\nMAIL FROM:<evil@example.com>\r\n")
     assert len(upstream.transactions) == 1
+
+
+@pytest.mark.parametrize("end", [b"\r.\r", b"\r.\r\n", b"\r.\n"])
+def test_bare_cr_sequences_cannot_end_the_message_at_a_lenient_upstream(upstream, end):
+    # The client's message holds a fake end of data made with bare CRs and
+    # a second transaction behind it.  An upstream server that takes a bare
+    # CR for a line end would see two messages, the second with an envelope
+    # the client chose, while the client got one 250.
+    upstream.lenient = True
+    body = (
+        b"Subject: s\r\n\r\nbefore" + end
+        + b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n"
+    )
+    with running_server(proxy_factory(upstream.address)) as px:
+        assert send_message(px.address, body) == b"250 OK\r\n"
+    upstream.close()  # the relay has ended its session: everything was seen
+    [t] = upstream.transactions
+    assert t["rcpts"] == [b"RCPT TO:<rcpt@example.org>"]
+    # The fake end is text: its CRs are line ends now and its dot is stuffed.
+    assert t["data"].endswith(b"before\r\n..\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\n"
+                              b"DATA\r\nsmuggled\r\n")
 
 
 def test_empty_message_and_null_sender(upstream):
@@ -341,6 +412,69 @@ def test_upstream_closing_after_data_is_451(upstream):
     with running_server(proxy_factory(upstream.address)) as px:
         reply = send_message(px.address, b"Subject: x\r\n\r\nbody\r\n")
     assert reply == (R.RELAY_UNAVAILABLE + "\r\n").encode()
+
+
+@contextlib.contextmanager
+def slow_upstream(monkeypatch: pytest.MonkeyPatch, rate: float) -> Iterator[FakeUpstream]:
+    """An upstream server that reads each message at *rate* bytes/s, as if
+    behind a slow link.
+
+    On loopback the kernel takes megabytes of a message at once, which a
+    slow link would not: small buffers on both ends (the relay's send
+    buffer through its connect(); its code is unchanged) let the upstream's
+    pace of reading set the pace of sending, as a real slow link does.
+    """
+    real_connect = _relay.connect
+
+    def connect(server: Any) -> Any:
+        conn = real_connect(server)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        return conn
+
+    monkeypatch.setattr(_relay, "connect", connect)
+    up = FakeUpstream(rcvbuf=16384)
+    up.data_rate = rate
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def relay_timeout_proxy(seconds: float) -> Any:
+    """PureProxy with another relay_timeout (a class attribute)."""
+    return type("Proxy", (smtpd.PureProxy,), {"relay_timeout": seconds})
+
+
+# 4 MiB in lines of 1000 bytes.
+LARGE_TEXT = (b"x" * 998 + b"\r\n") * 4200
+LARGE_BODY = b"Subject: large\r\n\r\n" + LARGE_TEXT
+
+
+def test_relay_timeout_bounds_each_block_not_the_whole_message(monkeypatch):
+    # 4 MiB read steadily at 4 MB/s take a second, twice relay_timeout: a
+    # bound on the whole transfer fails every time (and the client, answered
+    # 451, retries for ever).  Each 64 KiB block takes about 16 ms.
+    with slow_upstream(monkeypatch, 4e6) as up:
+        with running_server(proxy_factory(up.address, relay_timeout_proxy(0.5))) as px:
+            assert send_message(px.address, LARGE_BODY) == b"250 OK\r\n"
+        [t] = up.wait_for_data(1)
+        assert t["data"].endswith(b"\r\n\r\n" + LARGE_TEXT)
+
+
+def test_the_relay_gives_up_once_the_client_has_been_answered(monkeypatch):
+    # With reply_timeout=1 the client is answered 451 after a second and
+    # will send the message again.  At 1 MB/s the transfer takes 4 s, each
+    # block well within relay_timeout: the relay must stop at reply_timeout
+    # rather than deliver a message the client is going to send again.
+    with slow_upstream(monkeypatch, 1e6) as up:
+        with running_server(proxy_factory(up.address, relay_timeout_proxy(30.0)), reply_timeout=1.0) as px:
+            # From the channel's reply_timeout or from the relay giving up,
+            # whichever comes first: the two bounds are the same.
+            assert send_message(px.address, LARGE_BODY).startswith(b"451 ")
+            with up.cond:
+                assert up.cond.wait_for(lambda: up.ended >= 1, TIMEOUT)
+        [t] = up.transactions
+        assert t["data"] is None, "delivered after the client was told to send it again"
 
 
 def test_upstream_reply_text_is_sanitised():
@@ -486,14 +620,29 @@ def test_smtputf8_still_refused():
         (b"a", b"a\r\n.\r\n"),
         (b"a\nb", b"a\r\nb\r\n.\r\n"),
         (b".a\n.\n..b", b"..a\r\n..\r\n...b\r\n.\r\n"),
-        (b"a\r\nb", b"a\r\r\nb\r\n.\r\n"),
-        (b"x\ry", b"x\ry\r\n.\r\n"),
+        # A CR before a line end merges with it; any other CR is a line end.
+        (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
+        (b"x\ry", b"x\r\ny\r\n.\r\n"),
+        (b"a\r.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\r\r\n.", b"a\r\n\r\n..\r\n.\r\n"),
+        (b"\r", b"\r\n\r\n.\r\n"),
         (b"end\n", b"end\r\n\r\n.\r\n"),
         ("caf\u00e9", "caf\u00e9\r\n.\r\n".encode("utf-8")),
     ],
 )
 def test_wire_data(data, wire):
     assert _relay.wire_data(data) == wire
+
+
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b"\r", b"\n", b".", b"x"]), max_size=24).map(b"".join))
+def test_wire_data_has_one_end_for_every_reading_of_a_line_end(data):
+    wire = _relay.wire_data(data)
+    # No CR or LF but in CRLF: a server that also takes CR or LF alone for a
+    # line end reads the same lines as a strict one...
+    assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+    # ... and the only end of data is the last line (the first line follows
+    # the CRLF of the DATA command).
+    assert (b"\r\n" + wire).find(b"\r\n.\r\n") == len(wire) - 3
 
 
 def test_reply_for_cases():
