@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import select
 import selectors
@@ -30,6 +31,8 @@ import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from ._platform import NotAvailable
 
 log = logging.getLogger("smtpd_compat")
 
@@ -95,16 +98,21 @@ def _cancelled_callback() -> None:
     pass
 
 
-# Event bits as the pollers below report them (epoll's values; the generic
-# poller translates to them).
+# Event bits as the pollers below report them: epoll's values, which are
+# also poll()'s (the select() poller builds them from its sets).
 _IN = 0x001
 _OUT = 0x004
 
+# The environment variable that chooses the poller (docs/platforms.md).
+POLLER_VARIABLE = "SMTPD_COMPAT_POLLER"
 
-class _EpollPoller:
-    """``selectors``' register/modify/unregister on a bare ``epoll`` object.
 
-    ``select()`` returns epoll's own ``(fd, events)`` pairs, so a loop
+class _BitsPoller:
+    """What the pollers share: ``selectors``' register/modify/unregister
+    interface, the registered masks, and the mapping of unusual event bits
+    back to a mask.
+
+    ``select()`` returns ``(fd, events)`` pairs in the bits above, so a loop
     iteration builds no ``SelectorKey`` list; the reactor maps events to
     dispatchers through the socket map itself.  Errors follow ``selectors``:
     KeyError for an fd registered twice or not registered, OSError from the
@@ -112,12 +120,29 @@ class _EpollPoller:
     """
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
         self._masks: Dict[int, int] = {}
 
     @staticmethod
     def _bits(mask: int) -> int:
         return (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0)
+
+    def mask_of(self, fd: int, events: int) -> int:
+        """selectors' mask for unusual *events* (errors, hang-ups): as
+        ``EpollSelector`` does, they wake both directions the fd asked for."""
+        mask = 0
+        if events & ~_IN:
+            mask |= EVENT_WRITE
+        if events & ~_OUT:
+            mask |= EVENT_READ
+        return mask & self._masks.get(fd, 0)
+
+
+class _EpollPoller(_BitsPoller):
+    """The poller on Linux: a bare ``epoll`` object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoll = select.epoll()
 
     def register(self, fd: int, mask: int) -> None:
         if fd in self._masks:
@@ -146,42 +171,141 @@ class _EpollPoller:
     def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
         return self._epoll.poll(-1 if timeout is None else timeout, max(len(self._masks), 1))
 
-    def mask_of(self, fd: int, events: int) -> int:
-        """selectors' mask for unusual *events* (errors, hang-ups): as
-        ``EpollSelector`` does, they wake both directions the fd asked for."""
-        mask = 0
-        if events & ~_IN:
-            mask |= EVENT_WRITE
-        if events & ~_OUT:
-            mask |= EVENT_READ
-        return mask & self._masks.get(fd, 0)
-
     def close(self) -> None:
         self._epoll.close()
 
 
-class _SelectorsPoller:
-    """The same interface on ``selectors.DefaultSelector`` (no epoll)."""
+class _PollPoller(_BitsPoller):
+    """The poller where there is ``poll()`` but no epoll (macOS, the BSDs)."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self.register = self._selector.register
-        self.modify = self._selector.modify
-        self.unregister = self._selector.unregister
-        self.close = self._selector.close
+        super().__init__()
+        self._poll = select.poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd in self._masks:
+            raise KeyError(fd)
+        self._poll.register(fd, self._bits(mask))
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd not in self._masks:
+            raise KeyError(fd)
+        self._poll.register(fd, self._bits(mask))  # poll's register() also modifies
+        self._masks[fd] = mask
+
+    def unregister(self, fd: int) -> None:
+        del self._masks[fd]
+        self._poll.unregister(fd)
 
     def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        return [
-            (key.fd, (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0))
-            for key, mask in self._selector.select(timeout)
-        ]
+        # poll() takes milliseconds; rounding up keeps a timer from being
+        # polled for again just before it is due.
+        return self._poll.poll(None if timeout is None else math.ceil(timeout * 1e3))
 
-    @staticmethod
-    def mask_of(fd: int, events: int) -> int:
-        return (EVENT_READ if events & _IN else 0) | (EVENT_WRITE if events & _OUT else 0)
+    def close(self) -> None:
+        pass
 
 
-_Poller = _EpollPoller if hasattr(select, "epoll") else _SelectorsPoller
+class _SelectPoller(_BitsPoller):
+    """The poller where there is only ``select()`` (Windows).
+
+    Descriptors must be below FD_SETSIZE (1024 on Linux; on Windows at most
+    512 sockets), or select() raises ValueError: see docs/platforms.md.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._readers: Set[int] = set()
+        self._writers: Set[int] = set()
+        # Those waiting to write are watched for exceptional conditions too:
+        # Windows reports a failed connect() there, not as writable.
+        self._exceptional: Set[int] = set()
+
+    def _place(self, fd: int, mask: int) -> None:
+        for wanted, group in (
+            (mask & EVENT_READ, self._readers),
+            (mask & EVENT_WRITE, self._writers),
+            (mask & EVENT_WRITE, self._exceptional),
+        ):
+            if wanted:
+                group.add(fd)
+            else:
+                group.discard(fd)
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd in self._masks:
+            raise KeyError(fd)
+        if fd < 0:
+            raise ValueError("invalid file descriptor %d" % fd)
+        self._place(fd, mask)
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd not in self._masks:
+            raise KeyError(fd)
+        self._place(fd, mask)
+        self._masks[fd] = mask
+
+    def unregister(self, fd: int) -> None:
+        del self._masks[fd]
+        self._place(fd, 0)
+
+    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        # Never three empty sets (which Windows refuses): the reactor's
+        # wake-up socket is always registered for reading.
+        readable, writable, exceptional = select.select(self._readers, self._writers, self._exceptional, timeout)
+        ready = dict.fromkeys(readable, _IN)
+        for fd in writable:
+            ready[fd] = ready.get(fd, 0) | _OUT
+        for fd in exceptional:
+            ready[fd] = ready.get(fd, 0) | _OUT
+        return list(ready.items())
+
+    def close(self) -> None:
+        pass
+
+
+def _available_pollers() -> Dict[str, Callable[[], Any]]:
+    """The pollers this platform has, best first."""
+    pollers: Dict[str, Callable[[], Any]] = {}
+    if hasattr(select, "epoll"):
+        pollers["epoll"] = _EpollPoller
+    if hasattr(select, "poll"):
+        pollers["poll"] = _PollPoller
+    pollers["select"] = _SelectPoller
+    return pollers
+
+
+def _choose_poller(requested: str) -> Tuple[str, Callable[[], Any]]:
+    """The poller named *requested* (the value of SMTPD_COMPAT_POLLER), or
+    the best one available when it is empty.
+
+    A name that is unknown or not available here is not an error at import:
+    the factory returned raises when the first loop creates its poller.
+    """
+    pollers = _available_pollers()
+    name = requested.strip().lower()
+    if not name:
+        name = next(iter(pollers))
+    if name in pollers:
+        return name, pollers[name]
+    if name in ("epoll", "poll", "select"):
+        error: Exception = NotAvailable(
+            "the %s poller is not available on this platform (%s=%s; available: %s)"
+            % (name, POLLER_VARIABLE, requested, ", ".join(pollers))
+        )
+    else:
+        error = ValueError("%s=%r: expected epoll, poll or select" % (POLLER_VARIABLE, requested))
+
+    def refuse() -> Any:
+        raise error
+
+    return name, refuse
+
+
+# POLLER: the name of the poller every Reactor uses ("epoll" on Linux).
+POLLER, _Poller = _choose_poller(os.environ.get(POLLER_VARIABLE, ""))
 
 
 def _interest(obj: Any) -> int:

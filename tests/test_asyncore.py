@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import socket
-import sys
 import time
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -614,13 +613,15 @@ def _raise_nofile(needed: int) -> Optional[Tuple[int, int]]:
     return soft, hard
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="posix rlimits")
+@pytest.mark.skipif(
+    _reactor.POLLER == "select",
+    reason="the select() poller takes descriptors below FD_SETSIZE (1024) only (docs/platforms.md)",
+)
 def test_more_than_1024_descriptors() -> None:
     """1100 sessions in one loop: a session whose descriptor is above 1024
     (where asyncore's select() loop fails) gets its greeting and delivers a
     message."""
-    import resource
-
+    resource = pytest.importorskip("resource", reason="RLIMIT_NOFILE needs the resource module (POSIX)")
     needed = 2 * N_CLIENTS + 256
     previous = _raise_nofile(needed)
     if previous is None:

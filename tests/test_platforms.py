@@ -1,23 +1,27 @@
-"""Portability: platforms that lack what Linux has.
+"""Portability: the poller switch, and platforms that lack what Linux has.
 
 Other platforms are emulated here as far as Linux allows: a child Python
 whose ``sitecustomize`` takes capabilities away before anything is imported
 (no epoll or poll, no Unix sockets, no fork, setuid, SIGTERM or SIGHUP, no
-fcntl, pwd or resource module).
+fcntl, pwd or resource module).  The suite as a whole runs under each
+poller in ``.ci/run`` (``SMTPD_COMPAT_POLLER``).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import smtplib
+import subprocess
 import sys
+import textwrap
 from typing import Any
 
 import pytest
 
-from conftest import TIMEOUT
-from smtpd_compat import _platform
+from conftest import REPO_ROOT, TIMEOUT
+from smtpd_compat import _platform, _reactor
 from test_cli import one_error_line, run_cli, start
 
 MESSAGE = b"Subject: platforms\r\n\r\nFrom here on\r\n"
@@ -52,8 +56,49 @@ def emulate(tmp_path: Any, monkeypatch: Any) -> Any:
     def install(code: str) -> None:
         (tmp_path / "sitecustomize.py").write_text(code)
         monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # The emulated platform chooses its own poller.
+        monkeypatch.delenv(_reactor.POLLER_VARIABLE, raising=False)
 
     return install
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=str(REPO_ROOT), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout,
+    )
+
+
+# -- the poller switch -------------------------------------------------------------------------
+def test_the_default_poller_is_epoll_where_there_is_epoll() -> None:
+    if not hasattr(select, "epoll"):
+        pytest.skip("no epoll on this platform")
+    name, factory = _reactor._choose_poller("")
+    assert (name, factory) == ("epoll", _reactor._EpollPoller)
+
+
+def test_the_variable_chooses_the_poller() -> None:
+    code = "from smtpd_compat import _reactor; r = _reactor.Reactor({}); print(_reactor.POLLER, type(r.selector).__name__)"
+    for value, expected in [("select", "select _SelectPoller"), (" Poll ", "poll _PollPoller")]:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{_reactor.POLLER_VARIABLE: value})
+        result = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+        assert result.stdout.split("\n")[0] == expected
+
+
+def test_a_poller_the_platform_lacks_fails_at_the_first_loop(monkeypatch: Any) -> None:
+    monkeypatch.delattr(select, "epoll", raising=False)
+    name, factory = _reactor._choose_poller("epoll")
+    assert name == "epoll"
+    with pytest.raises(_platform.NotAvailable, match="^the epoll poller is not available on this platform .*available: "):
+        factory()
+    assert _reactor._choose_poller("")[0] in ("poll", "select")
+
+
+def test_an_unknown_poller_fails_at_the_first_loop() -> None:
+    name, factory = _reactor._choose_poller("kqueue2")
+    with pytest.raises(ValueError, match="SMTPD_COMPAT_POLLER='kqueue2': expected epoll, poll or select"):
+        factory()
 
 
 # -- what a platform lacks fails where it is used ---------------------------------------------
@@ -76,6 +121,35 @@ def test_require_names_the_feature_and_what_it_needs(feature: str, monkeypatch: 
     message = str(info.value)
     assert "\n" not in message
     assert " is not available on this platform (it needs " in message and message.endswith("; do without")
+
+
+def test_the_package_works_without_optional_platform_features(emulate: Any) -> None:
+    """Every module imports, the loop runs on select(), and a message is
+    delivered; each planned feature then refuses with its own message."""
+    emulate(LACKING)
+    result = run_python(textwrap.dedent(r'''
+        import importlib, pkgutil, smtplib
+        import smtpd_compat
+        for info in pkgutil.iter_modules(smtpd_compat.__path__):
+            if not info.name.startswith("__"):  # __main__ would run the server
+                importlib.import_module("smtpd_compat." + info.name)
+        from smtpd_compat import Controller, RecordingServer, _platform, _reactor
+        print(_reactor.POLLER)
+        with Controller(RecordingServer) as controller:
+            with smtplib.SMTP(*controller.address, timeout=10) as client:
+                client.sendmail("a@example.org", ["b@example.org"], b"Subject: x\r\n\r\nover select()\r\n")
+            print(controller.server.wait_for(1, timeout=10)[0].data)
+        for feature in %r:
+            try:
+                _platform.require(feature)
+            except _platform.NotAvailable as exc:
+                print(exc)
+    ''' % FEATURES))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["select", repr(b"Subject: x\n\nover select()")]
+    assert len(lines) == 2 + len(FEATURES)
+    assert all(" is not available on this platform " in line for line in lines[2:])
 
 
 def test_cli_refuses_setuid_where_there_is_none(emulate: Any) -> None:
