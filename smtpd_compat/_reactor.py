@@ -99,9 +99,15 @@ def _cancelled_callback() -> None:
 
 
 # Event bits as the pollers below report them: epoll's values, which are
-# also poll()'s (the select() poller builds them from its sets).
+# also poll()'s (the select() poller builds them from its three sets).
 _IN = 0x001
+_PRI = 0x002  # out-of-band data (TCP urgent): select()'s "exceptional" set
 _OUT = 0x004
+
+# A third interest bit beside selectors' EVENT_READ and EVENT_WRITE, for
+# exceptional conditions (out-of-band data): asyncore's handle_expt_event().
+# The pollers below take it; dispatch() receives it in the mask.
+EVENT_EXPT = 4
 
 # The environment variable that chooses the poller (docs/platforms.md).
 POLLER_VARIABLE = "SMTPD_COMPAT_POLLER"
@@ -124,12 +130,20 @@ class _BitsPoller:
 
     @staticmethod
     def _bits(mask: int) -> int:
-        return (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0)
+        return (
+            (_IN if mask & EVENT_READ else 0)
+            | (_OUT if mask & EVENT_WRITE else 0)
+            | (_PRI if mask & EVENT_EXPT else 0)
+        )
 
     def mask_of(self, fd: int, events: int) -> int:
-        """selectors' mask for unusual *events* (errors, hang-ups): as
-        ``EpollSelector`` does, they wake both directions the fd asked for."""
+        """The mask for *events* other than a plain read or write: out-of-band
+        data, and errors and hang-ups, which (as ``EpollSelector`` does)
+        wake both directions the fd asked for."""
         mask = 0
+        if events & _PRI:
+            mask = EVENT_EXPT
+            events &= ~_PRI
         if events & ~_IN:
             mask |= EVENT_WRITE
         if events & ~_OUT:
@@ -226,7 +240,7 @@ class _SelectPoller(_BitsPoller):
         for wanted, group in (
             (mask & EVENT_READ, self._readers),
             (mask & EVENT_WRITE, self._writers),
-            (mask & EVENT_WRITE, self._exceptional),
+            (mask & (EVENT_WRITE | EVENT_EXPT), self._exceptional),
         ):
             if wanted:
                 group.add(fd)
@@ -259,7 +273,9 @@ class _SelectPoller(_BitsPoller):
         for fd in writable:
             ready[fd] = ready.get(fd, 0) | _OUT
         for fd in exceptional:
-            ready[fd] = ready.get(fd, 0) | _OUT
+            mask = self._masks[fd]
+            bits = (_PRI if mask & EVENT_EXPT else 0) | (_OUT if mask & EVENT_WRITE else 0)
+            ready[fd] = ready.get(fd, 0) | bits
         return list(ready.items())
 
     def close(self) -> None:
@@ -317,6 +333,23 @@ def _interest(obj: Any) -> int:
     return mask
 
 
+# Implementations of handle_expt_event() and handle_expt() that do nothing
+# visible with out-of-band data (asyncore adds its defaults, which only log
+# a warning that is ignored by default).  Out-of-band data is watched only
+# for objects whose class replaces one of them: an urgent byte that nobody
+# reads stays pending, and a poller would report it on every iteration, so
+# one byte from a client would otherwise turn the loop into a busy loop.
+DEFAULT_EXPT_HANDLERS: Set[Any] = set()
+
+
+def _wants_expt(obj: Any) -> bool:
+    cls = type(obj)
+    event = getattr(cls, "handle_expt_event", None)
+    if event is None:
+        return False
+    return event not in DEFAULT_EXPT_HANDLERS or getattr(cls, "handle_expt", None) not in DEFAULT_EXPT_HANDLERS
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
@@ -347,6 +380,10 @@ class Reactor:
         self.known: Dict[int, Tuple[Any, int]] = {}
         self.dirty: Set[int] = set()
         self.polled: Set[int] = set()
+        # fds whose dispatcher handles out-of-band data (_wants_expt): they
+        # are watched for it whenever they are readable or writable, as
+        # asyncore's select() loop did.
+        self.expt: Set[int] = set()
         self.suspended: Dict[int, float] = {}
         self.timers: List[Tuple[float, int, TimerHandle]] = []
         self._compact_at = 256
@@ -388,6 +425,7 @@ class Reactor:
         entry = self.known.pop(fd, None)
         self.dirty.discard(fd)
         self.polled.discard(fd)
+        self.expt.discard(fd)
         self.suspended.pop(fd, None)
         self.read_ready.discard(fd)
         if entry is not None and entry[1]:
@@ -512,6 +550,10 @@ class Reactor:
             self.polled.discard(fd)
         else:
             self.polled.add(fd)
+        if _wants_expt(obj):
+            self.expt.add(fd)
+        else:
+            self.expt.discard(fd)
 
     def _update(self, fd: int, obj: Any) -> None:
         try:
@@ -519,6 +561,8 @@ class Reactor:
         except Exception:
             log.exception("readable()/writable() failed for %r", obj)
             mask = 0
+        if mask and fd in self.expt:
+            mask |= EVENT_EXPT
         self._set(fd, obj, mask)
 
     def poll(

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -34,6 +35,17 @@ def map() -> Any:
     m: Dict[int, Any] = {}
     yield m
     asyncore.close_all(map=m, ignore_all=True)
+
+
+@pytest.fixture(params=["epoll", "poll", "select"])
+def poller(request: Any, monkeypatch: Any) -> str:
+    """The test's loops run under this poller (each map's reactor makes its
+    poller when a loop first runs over it); skipped where it is missing."""
+    factory = _reactor._available_pollers().get(request.param)
+    if factory is None:
+        pytest.skip("no %s() on this platform" % request.param)
+    monkeypatch.setattr(_reactor, "_Poller", factory)
+    return str(request.param)
 
 
 class Server(asyncore.dispatcher):
@@ -560,6 +572,55 @@ def test_file_dispatcher_reads_a_pipe(map: dict) -> None:
     finally:
         os.close(w)
         d.close()
+
+
+# -- out-of-band data ----------------------------------------------------------------------------
+class UrgentReader(Client):
+    """Handles out-of-band data: reads the urgent byte."""
+
+    def __init__(self, map: dict, address: Tuple[str, int]) -> None:
+        Client.__init__(self, map, address)
+        self.urgent: List[bytes] = []
+
+    def handle_expt(self) -> None:
+        self.urgent.append(self.socket.recv(1, socket.MSG_OOB))
+
+
+def connected_pair(map: dict, client: Client, server: Server) -> socket.socket:
+    """Run the loop until *client* is connected; the server's end of it."""
+    run_until(map, lambda: bool(server.accepted) and client.connected)
+    sock: socket.socket = server.accepted[0][0]
+    return sock
+
+
+def test_out_of_band_data_reaches_handle_expt(map: dict, poller: str) -> None:
+    """As with asyncore's select() and poll() loops: an urgent byte calls
+    handle_expt_event(), which calls handle_expt()."""
+    if sys.platform == "darwin" and poller == "poll":
+        pytest.skip("poll() is unreliable on some macOS versions; CPython skips this case too (bpo-28087)")
+    server = Server(map)
+    client = UrgentReader(map, server.address)
+    with connected_pair(map, client, server) as sock:
+        sock.send(b"!", socket.MSG_OOB)
+        run_until(map, lambda: client.urgent == [b"!"])
+        sock.send(b"ordinary")
+        run_until(map, lambda: client.received == b"ordinary")
+
+
+def test_out_of_band_data_does_not_wake_a_dispatcher_that_ignores_it(map: dict, poller: str, caplog: Any) -> None:
+    """A dispatcher whose class keeps the default handle_expt() is not
+    watched for out-of-band data: nothing would read the urgent byte, and
+    every loop iteration would report it again (a busy loop)."""
+    server = Server(map)
+    client = Client(map, server.address)
+    client.ignore_log_types = frozenset()  # so the default handle_expt() would log
+    with connected_pair(map, client, server) as sock:
+        sock.send(b"before!", socket.MSG_OOB)  # one segment; its last byte is urgent
+        with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
+            run_until(map, lambda: client.received == b"before")  # the urgent byte has arrived too
+            asyncore.loop(timeout=0.0, map=map, count=3)
+    assert "priority event" not in caplog.text
+    assert client.received == b"before"
 
 
 # -- accept back-off on EMFILE ----------------------------------------------------------------------
