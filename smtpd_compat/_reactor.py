@@ -152,31 +152,60 @@ class _BitsPoller:
 
 
 class _EpollPoller(_BitsPoller):
-    """The poller on Linux: a bare ``epoll`` object."""
+    """The poller on Linux: a bare ``epoll`` object.
+
+    epoll refuses descriptors that never block (regular files, directories:
+    EPERM), which select() and poll() report ready at once.  Such a
+    descriptor is kept in ``_files`` and reported ready on every call, as
+    they would, so a ``file_dispatcher`` on a file is served the same way.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._epoll = select.epoll()
+        self._files: Dict[int, int] = {}  # fd -> the bits it is ready for
+
+    def _watch(self, fd: int, mask: int) -> None:
+        try:
+            self._epoll.register(fd, self._bits(mask))
+        except PermissionError:
+            self._files[fd] = self._bits(mask) & (_IN | _OUT)  # never exceptional
+            # Only while a file is registered does select() take the longer
+            # path; an instance attribute shadows the method meanwhile.
+            self.select = self._select_with_files  # type: ignore[method-assign]
+
+    def _unwatch_file(self, fd: int) -> None:
+        del self._files[fd]
+        if not self._files:
+            del self.select
 
     def register(self, fd: int, mask: int) -> None:
         if fd in self._masks:
             raise KeyError(fd)
-        self._epoll.register(fd, self._bits(mask))
+        self._watch(fd, mask)
         self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
         if fd not in self._masks:
             raise KeyError(fd)
-        try:
-            self._epoll.modify(fd, self._bits(mask))
-        except FileNotFoundError:
-            # The descriptor was closed and reused behind our back; the
-            # kernel forgot the old registration.
-            self._epoll.register(fd, self._bits(mask))
+        if fd in self._files:
+            # Perhaps no longer the same file (closed and reused): ask epoll again.
+            self._unwatch_file(fd)
+            self._watch(fd, mask)
+        else:
+            try:
+                self._epoll.modify(fd, self._bits(mask))
+            except FileNotFoundError:
+                # The descriptor was closed and reused behind our back; the
+                # kernel forgot the old registration.
+                self._watch(fd, mask)
         self._masks[fd] = mask
 
     def unregister(self, fd: int) -> None:
         del self._masks[fd]
+        if fd in self._files:
+            self._unwatch_file(fd)
+            return
         try:
             self._epoll.unregister(fd)
         except OSError:
@@ -184,6 +213,12 @@ class _EpollPoller(_BitsPoller):
 
     def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
         return self._epoll.poll(-1 if timeout is None else timeout, max(len(self._masks), 1))
+
+    def _select_with_files(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        # A file is always ready: look at the rest without waiting.
+        events = self._epoll.poll(0, max(len(self._masks), 1))
+        events.extend(self._files.items())
+        return events
 
     def close(self) -> None:
         self._epoll.close()

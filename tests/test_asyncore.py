@@ -574,6 +574,52 @@ def test_file_dispatcher_reads_a_pipe(map: dict) -> None:
         d.close()
 
 
+def test_file_dispatcher_serves_regular_files(map: dict, poller: str, tmp_path: Any) -> None:
+    """select() and poll() report a regular file ready at once; epoll
+    refuses to watch one.  Under every poller a file_dispatcher on a file
+    is read to its end and written to."""
+    content = os.urandom(20000)
+    source = tmp_path / "source"
+    source.write_bytes(content)
+    got: List[bytes] = []
+    closed: List[bool] = []
+
+    class Reader(asyncore.file_dispatcher):
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            got.append(self.recv(4096))
+
+        def handle_close(self) -> None:  # the read at the end of the file
+            closed.append(True)
+            self.close()
+
+    class Writer(asyncore.file_dispatcher):
+        pending = b"written through the loop\n" * 400
+
+        def readable(self) -> bool:
+            return False
+
+        def writable(self) -> bool:
+            return bool(self.pending)
+
+        def handle_write(self) -> None:
+            self.pending = self.pending[self.send(self.pending[:4096]) :]
+
+    fd = os.open(str(source), os.O_RDONLY)
+    Reader(fd, map=map)
+    os.close(fd)  # the dispatcher holds its own duplicate
+    target = tmp_path / "target"
+    fd = os.open(str(target), os.O_WRONLY | os.O_CREAT)
+    writer = Writer(fd, map=map)
+    os.close(fd)
+    run_until(map, lambda: bool(closed) and not writer.pending)
+    writer.close()
+    assert b"".join(got) == content
+    assert target.read_bytes() == Writer.pending
+
+
 # -- out-of-band data ----------------------------------------------------------------------------
 class UrgentReader(Client):
     """Handles out-of-band data: reads the urgent byte."""
