@@ -27,6 +27,7 @@ import os
 import select
 import selectors
 import socket as _socket
+import sys
 import threading
 import time
 from collections import deque
@@ -60,7 +61,12 @@ def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
 # (about 24.8 days) and raises OverflowError beyond, which a long timer (a
 # command_timeout of a month) or loop(timeout=1e7) would reach.  Waking
 # once an hour to wait again costs nothing.
-MAX_WAIT = 3600.0
+#
+# On Windows Ctrl-C does not interrupt a select() in progress: the
+# KeyboardInterrupt is raised only when the wait ends.  Waits are kept to
+# half a second there, so that Ctrl-C stops a loop in that time whatever
+# timeout it was given (asyncore's loop() waited out its 30 s).
+MAX_WAIT = 0.5 if sys.platform == "win32" else 3600.0
 
 # reactor_of(id(map)): the reactor serving *map*, or None; reactor_for()
 # without creating one, and without a Python call (the fast lane asks once
@@ -623,11 +629,10 @@ class Reactor:
         elif self.timers:
             delay = max(0.0, self.timers[0][0] - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
-        if timeout is not None:
-            if timeout < 0:
-                timeout = 0.0
-            elif timeout > MAX_WAIT:
-                timeout = MAX_WAIT  # epoll refuses waits past ~24 days
+        if timeout is None or timeout > MAX_WAIT:
+            timeout = MAX_WAIT
+        elif timeout < 0:
+            timeout = 0.0
         selector = self.selector
         try:
             events = None
@@ -640,7 +645,7 @@ class Reactor:
                 else:
                     # Busy-poll briefly before sleeping (see busy_poll),
                     # never past a timer that is due sooner.
-                    if timeout is not None and timeout < spin:
+                    if timeout < spin:
                         spin = timeout
                     start = time.monotonic()
                     deadline = start + spin
@@ -648,7 +653,7 @@ class Reactor:
                     while not events and time.monotonic() < deadline:
                         events = selector.select(0)
                     self._spin_missed = not events
-                    if not events and timeout is not None:
+                    if not events:
                         timeout = max(0.0, timeout - (time.monotonic() - start))
             if not events:
                 events = selector.select(timeout)

@@ -175,3 +175,40 @@ def test_cli_runs_where_there_is_no_sigterm(emulate: Any) -> None:
     assert status == 0, err
     assert "Traceback" not in err
     assert "From here on" in out
+
+
+# -- Windows -----------------------------------------------------------------------------------
+WINDOWS_WAIT = r'''
+import importlib, socket, sys, time
+from smtpd_compat import _reactor, asyncore
+
+# _reactor as it is on Windows (it reads the platform when imported; the
+# reload empties its tables, which this idle loop does not mind).
+real, sys.platform = sys.platform, "win32"
+try:
+    importlib.reload(_reactor)
+finally:
+    sys.platform = real
+
+
+class Idle(asyncore.dispatcher):
+    def writable(self):
+        return False
+
+
+a, b = socket.socketpair()
+map = {}
+Idle(a, map=map)
+start = time.monotonic()
+asyncore.loop(timeout=30.0, map=map, count=1)
+print(time.monotonic() - start)
+'''
+
+
+def test_on_windows_each_wait_ends_in_time_for_ctrl_c() -> None:
+    """On Windows Ctrl-C does not interrupt a select() in progress: the
+    KeyboardInterrupt is raised when the wait ends.  There a loop waits at
+    most half a second at a time, whatever its timeout."""
+    result = run_python(WINDOWS_WAIT, timeout=TIMEOUT)  # the loop's own timeout is 30 s
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 5.0
