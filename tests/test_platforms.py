@@ -1,10 +1,11 @@
 """Portability: the poller switch, and platforms that lack what Linux has.
 
-Other platforms are emulated here as far as Linux allows: a child Python
-whose ``sitecustomize`` takes capabilities away before anything is imported
-(no epoll or poll, no Unix sockets, no fork, setuid, SIGTERM or SIGHUP, no
-fcntl, pwd or resource module).  The suite as a whole runs under each
-poller in ``.ci/run`` (``SMTPD_COMPAT_POLLER``).
+Other platforms are emulated here as far as Linux allows (docs/platforms.md
+says what is tested where): a child Python whose ``sitecustomize`` takes
+capabilities away before anything is imported (no epoll or poll, no Unix
+sockets, no fork, setuid, SIGTERM or SIGHUP, no fcntl, pwd or resource
+module), or whose line separator is Windows'.  The suite as a whole runs
+under each poller in ``.ci/run`` (``SMTPD_COMPAT_POLLER``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ socket.socketpair = functools.partial(socket.socketpair, socket.AF_UNIX)
 del socket.AF_UNIX
 for name in ("fcntl", "pwd", "resource"):
     sys.modules[name] = None  # "import fcntl" raises ImportError
+'''
+
+# Windows' line separator: the mailbox module writes it (os.linesep).
+CRLF = r'''
+import os
+os.linesep = "\r\n"
 '''
 
 
@@ -212,3 +219,31 @@ def test_on_windows_each_wait_ends_in_time_for_ctrl_c() -> None:
     result = run_python(WINDOWS_WAIT, timeout=TIMEOUT)  # the loop's own timeout is 30 s
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 5.0
+
+
+def test_mailboxes_have_the_platforms_line_ends(emulate: Any, tmp_path: Any) -> None:
+    """Where os.linesep is CRLF (Windows) the mailbox module writes CRLF,
+    and so does MailboxServer's own mbox append: every line of both files
+    ends the same way, and the mailbox module reads back what was
+    delivered."""
+    emulate(CRLF)
+    result = run_python(textwrap.dedent(r'''
+        import glob, mailbox, os, sys
+        from smtpd_compat import MailboxServer
+        base, data = sys.argv[1], b"Subject: crlf\n\nFrom the start\nto the end\n"
+        for kind in ("maildir", "mbox"):
+            path = os.path.join(base, kind)
+            server = MailboxServer(("127.0.0.1", 0), **{kind: path})
+            for _ in range(2):
+                server.process_message(("127.0.0.1", 1), "a@example.org", ["b@example.org"], data)
+            server.close()
+            box = mailbox.Maildir(path, factory=None) if kind == "maildir" else mailbox.mbox(path)
+            stored = data if kind == "maildir" else data.replace(b"\nFrom ", b"\n>From ")  # mbox quotes it
+            assert len(box) == 2 and all(box.get_bytes(key).endswith(stored) for key in box.keys()), kind
+            for name in glob.glob(os.path.join(path, "new", "*")) if kind == "maildir" else [path]:
+                with open(name, "rb") as f:
+                    raw = f.read()
+                assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), raw
+        print("ok")
+    '''), str(tmp_path))
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
