@@ -4,7 +4,9 @@ The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
 address ``localhost:8025``, remote address ``localhost:25``).  Errors are
 reported as one line on stderr with a non-zero exit status, never a
 traceback; Ctrl-C and SIGTERM end the server with status 0, also while it is
-still being built.
+still being built.  A feature the platform lacks (switching to ``nobody``
+where there is no ``pwd``) is such an error; where there is no SIGTERM the
+server runs without handling it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import signal
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+
+from ._platform import NotAvailable, require
 
 PROG = "smtpd_compat"
 
@@ -212,10 +216,9 @@ def resolve_class(name: str) -> Any:
 
 
 def _become_nobody() -> None:
-    try:
-        import pwd
-    except ImportError:
-        raise UsageError('Cannot import module "pwd"; try running with -n option.') from None
+    require("setuid", hint="run with -n")
+    import pwd
+
     nobody = pwd.getpwnam("nobody")[2]
     try:
         os.setuid(nobody)
@@ -242,6 +245,28 @@ class _StopOnce:
         if not self.raised:
             self.raised = True
             raise _Stop()
+
+
+def _on_sigterm(handler: Any) -> Callable[[], None]:
+    """Install *handler* for SIGTERM; return what puts the previous one back.
+
+    Nothing is installed where there is no SIGTERM to handle: the server
+    then stops on Ctrl-C only.
+    """
+    if not hasattr(signal, "SIGTERM"):
+        return _nothing
+    previous = signal.signal(signal.SIGTERM, handler)
+    if previous is None:  # set outside Python, which signal() cannot put back
+        previous = signal.SIG_DFL
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _nothing() -> None:
+    pass
 
 
 def make_server(ns: argparse.Namespace) -> Any:
@@ -280,7 +305,7 @@ def run(server: Any) -> None:
     graceful = isinstance(server, SMTPServer)
 
     handler = _serving.sigterm_handler(server) if graceful else _StopOnce()
-    previous = signal.signal(signal.SIGTERM, handler)
+    restore = _on_sigterm(handler)
     try:
         if graceful:
             _serving.serve_forever(server)
@@ -289,7 +314,7 @@ def run(server: Any) -> None:
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
         asyncore.close_all(map=server._map, ignore_all=True)
 
 
@@ -318,14 +343,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     # SIGTERM ends the program cleanly from here on: while the server is
     # built (a class may take its time: load data, connect somewhere) this
     # handler interrupts it; run() then installs the graceful one.
-    previous = signal.signal(signal.SIGTERM, _StopOnce())
+    restore = _on_sigterm(_StopOnce())
     server = None
     try:
         try:
             server = make_server(ns)
             if ns.setuid:
                 _become_nobody()
-        except UsageError as err:
+        except (UsageError, NotAvailable) as err:
             if server is not None:
                 server.close()
             print("%s: error: %s" % (PROG, err), file=sys.stderr)
@@ -335,5 +360,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         if server is not None:
             server.close()  # stopped before run() (which closes all it served)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
     return 0

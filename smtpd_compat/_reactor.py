@@ -22,14 +22,18 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import select
 import selectors
 import socket as _socket
+import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from ._platform import NotAvailable
 
 log = logging.getLogger("smtpd_compat")
 
@@ -57,7 +61,12 @@ def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
 # (about 24.8 days) and raises OverflowError beyond, which a long timer (a
 # command_timeout of a month) or loop(timeout=1e7) would reach.  Waking
 # once an hour to wait again costs nothing.
-MAX_WAIT = 3600.0
+#
+# On Windows Ctrl-C does not interrupt a select() in progress: the
+# KeyboardInterrupt is raised only when the wait ends.  Waits are kept to
+# half a second there, so that Ctrl-C stops a loop in that time whatever
+# timeout it was given (asyncore's loop() waited out its 30 s).
+MAX_WAIT = 0.5 if sys.platform == "win32" else 3600.0
 
 # reactor_of(id(map)): the reactor serving *map*, or None; reactor_for()
 # without creating one, and without a Python call (the fast lane asks once
@@ -95,16 +104,27 @@ def _cancelled_callback() -> None:
     pass
 
 
-# Event bits as the pollers below report them (epoll's values; the generic
-# poller translates to them).
+# Event bits as the pollers below report them: epoll's values, which are
+# also poll()'s (the select() poller builds them from its three sets).
 _IN = 0x001
+_PRI = 0x002  # out-of-band data (TCP urgent): select()'s "exceptional" set
 _OUT = 0x004
 
+# A third interest bit beside selectors' EVENT_READ and EVENT_WRITE, for
+# exceptional conditions (out-of-band data): asyncore's handle_expt_event().
+# The pollers below take it; dispatch() receives it in the mask.
+EVENT_EXPT = 4
 
-class _EpollPoller:
-    """``selectors``' register/modify/unregister on a bare ``epoll`` object.
+# The environment variable that chooses the poller (docs/platforms.md).
+POLLER_VARIABLE = "SMTPD_COMPAT_POLLER"
 
-    ``select()`` returns epoll's own ``(fd, events)`` pairs, so a loop
+
+class _BitsPoller:
+    """What the pollers share: ``selectors``' register/modify/unregister
+    interface, the registered masks, and the mapping of unusual event bits
+    back to a mask.
+
+    ``select()`` returns ``(fd, events)`` pairs in the bits above, so a loop
     iteration builds no ``SelectorKey`` list; the reactor maps events to
     dispatchers through the socket map itself.  Errors follow ``selectors``:
     KeyError for an fd registered twice or not registered, OSError from the
@@ -112,32 +132,86 @@ class _EpollPoller:
     """
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
         self._masks: Dict[int, int] = {}
 
     @staticmethod
     def _bits(mask: int) -> int:
-        return (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0)
+        return (
+            (_IN if mask & EVENT_READ else 0)
+            | (_OUT if mask & EVENT_WRITE else 0)
+            | (_PRI if mask & EVENT_EXPT else 0)
+        )
+
+    def mask_of(self, fd: int, events: int) -> int:
+        """The mask for *events* other than a plain read or write: out-of-band
+        data, and errors and hang-ups, which (as ``EpollSelector`` does)
+        wake both directions the fd asked for."""
+        mask = 0
+        if events & _PRI:
+            mask = EVENT_EXPT
+            events &= ~_PRI
+        if events & ~_IN:
+            mask |= EVENT_WRITE
+        if events & ~_OUT:
+            mask |= EVENT_READ
+        return mask & self._masks.get(fd, 0)
+
+
+class _EpollPoller(_BitsPoller):
+    """The poller on Linux: a bare ``epoll`` object.
+
+    epoll refuses descriptors that never block (regular files, directories:
+    EPERM), which select() and poll() report ready at once.  Such a
+    descriptor is kept in ``_files`` and reported ready on every call, as
+    they would, so a ``file_dispatcher`` on a file is served the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoll = select.epoll()
+        self._files: Dict[int, int] = {}  # fd -> the bits it is ready for
+
+    def _watch(self, fd: int, mask: int) -> None:
+        try:
+            self._epoll.register(fd, self._bits(mask))
+        except PermissionError:
+            self._files[fd] = self._bits(mask) & (_IN | _OUT)  # never exceptional
+            # Only while a file is registered does select() take the longer
+            # path; an instance attribute shadows the method meanwhile.
+            self.select = self._select_with_files  # type: ignore[method-assign]
+
+    def _unwatch_file(self, fd: int) -> None:
+        del self._files[fd]
+        if not self._files:
+            del self.select
 
     def register(self, fd: int, mask: int) -> None:
         if fd in self._masks:
             raise KeyError(fd)
-        self._epoll.register(fd, self._bits(mask))
+        self._watch(fd, mask)
         self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
         if fd not in self._masks:
             raise KeyError(fd)
-        try:
-            self._epoll.modify(fd, self._bits(mask))
-        except FileNotFoundError:
-            # The descriptor was closed and reused behind our back; the
-            # kernel forgot the old registration.
-            self._epoll.register(fd, self._bits(mask))
+        if fd in self._files:
+            # Perhaps no longer the same file (closed and reused): ask epoll again.
+            self._unwatch_file(fd)
+            self._watch(fd, mask)
+        else:
+            try:
+                self._epoll.modify(fd, self._bits(mask))
+            except FileNotFoundError:
+                # The descriptor was closed and reused behind our back; the
+                # kernel forgot the old registration.
+                self._watch(fd, mask)
         self._masks[fd] = mask
 
     def unregister(self, fd: int) -> None:
         del self._masks[fd]
+        if fd in self._files:
+            self._unwatch_file(fd)
+            return
         try:
             self._epoll.unregister(fd)
         except OSError:
@@ -146,42 +220,149 @@ class _EpollPoller:
     def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
         return self._epoll.poll(-1 if timeout is None else timeout, max(len(self._masks), 1))
 
-    def mask_of(self, fd: int, events: int) -> int:
-        """selectors' mask for unusual *events* (errors, hang-ups): as
-        ``EpollSelector`` does, they wake both directions the fd asked for."""
-        mask = 0
-        if events & ~_IN:
-            mask |= EVENT_WRITE
-        if events & ~_OUT:
-            mask |= EVENT_READ
-        return mask & self._masks.get(fd, 0)
+    def _select_with_files(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        # A file is always ready: look at the rest without waiting.
+        events = self._epoll.poll(0, max(len(self._masks), 1))
+        events.extend(self._files.items())
+        return events
 
     def close(self) -> None:
         self._epoll.close()
 
 
-class _SelectorsPoller:
-    """The same interface on ``selectors.DefaultSelector`` (no epoll)."""
+class _PollPoller(_BitsPoller):
+    """The poller where there is ``poll()`` but no epoll (macOS, the BSDs)."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self.register = self._selector.register
-        self.modify = self._selector.modify
-        self.unregister = self._selector.unregister
-        self.close = self._selector.close
+        super().__init__()
+        self._poll = select.poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd in self._masks:
+            raise KeyError(fd)
+        self._poll.register(fd, self._bits(mask))
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd not in self._masks:
+            raise KeyError(fd)
+        self._poll.register(fd, self._bits(mask))  # poll's register() also modifies
+        self._masks[fd] = mask
+
+    def unregister(self, fd: int) -> None:
+        del self._masks[fd]
+        self._poll.unregister(fd)
 
     def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        return [
-            (key.fd, (_IN if mask & EVENT_READ else 0) | (_OUT if mask & EVENT_WRITE else 0))
-            for key, mask in self._selector.select(timeout)
-        ]
+        # poll() takes milliseconds; rounding up keeps a timer from being
+        # polled for again just before it is due.
+        return self._poll.poll(None if timeout is None else math.ceil(timeout * 1e3))
 
-    @staticmethod
-    def mask_of(fd: int, events: int) -> int:
-        return (EVENT_READ if events & _IN else 0) | (EVENT_WRITE if events & _OUT else 0)
+    def close(self) -> None:
+        pass
 
 
-_Poller = _EpollPoller if hasattr(select, "epoll") else _SelectorsPoller
+class _SelectPoller(_BitsPoller):
+    """The poller where there is only ``select()`` (Windows).
+
+    Descriptors must be below FD_SETSIZE (1024 on Linux; on Windows at most
+    512 sockets), or select() raises ValueError: see docs/platforms.md.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._readers: Set[int] = set()
+        self._writers: Set[int] = set()
+        # Those waiting to write are watched for exceptional conditions too:
+        # Windows reports a failed connect() there, not as writable.
+        self._exceptional: Set[int] = set()
+
+    def _place(self, fd: int, mask: int) -> None:
+        for wanted, group in (
+            (mask & EVENT_READ, self._readers),
+            (mask & EVENT_WRITE, self._writers),
+            (mask & (EVENT_WRITE | EVENT_EXPT), self._exceptional),
+        ):
+            if wanted:
+                group.add(fd)
+            else:
+                group.discard(fd)
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd in self._masks:
+            raise KeyError(fd)
+        if fd < 0:
+            raise ValueError("invalid file descriptor %d" % fd)
+        self._place(fd, mask)
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if fd not in self._masks:
+            raise KeyError(fd)
+        self._place(fd, mask)
+        self._masks[fd] = mask
+
+    def unregister(self, fd: int) -> None:
+        del self._masks[fd]
+        self._place(fd, 0)
+
+    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        # Never three empty sets (which Windows refuses): the reactor's
+        # wake-up socket is always registered for reading.
+        readable, writable, exceptional = select.select(self._readers, self._writers, self._exceptional, timeout)
+        ready = dict.fromkeys(readable, _IN)
+        for fd in writable:
+            ready[fd] = ready.get(fd, 0) | _OUT
+        for fd in exceptional:
+            mask = self._masks[fd]
+            bits = (_PRI if mask & EVENT_EXPT else 0) | (_OUT if mask & EVENT_WRITE else 0)
+            ready[fd] = ready.get(fd, 0) | bits
+        return list(ready.items())
+
+    def close(self) -> None:
+        pass
+
+
+def _available_pollers() -> Dict[str, Callable[[], Any]]:
+    """The pollers this platform has, best first."""
+    pollers: Dict[str, Callable[[], Any]] = {}
+    if hasattr(select, "epoll"):
+        pollers["epoll"] = _EpollPoller
+    if hasattr(select, "poll"):
+        pollers["poll"] = _PollPoller
+    pollers["select"] = _SelectPoller
+    return pollers
+
+
+def _choose_poller(requested: str) -> Tuple[str, Callable[[], Any]]:
+    """The poller named *requested* (the value of SMTPD_COMPAT_POLLER), or
+    the best one available when it is empty.
+
+    A name that is unknown or not available here is not an error at import:
+    the factory returned raises when the first loop creates its poller.
+    """
+    pollers = _available_pollers()
+    name = requested.strip().lower()
+    if not name:
+        name = next(iter(pollers))
+    if name in pollers:
+        return name, pollers[name]
+    if name in ("epoll", "poll", "select"):
+        error: Exception = NotAvailable(
+            "the %s poller is not available on this platform (%s=%s; available: %s)"
+            % (name, POLLER_VARIABLE, requested, ", ".join(pollers))
+        )
+    else:
+        error = ValueError("%s=%r: expected epoll, poll or select" % (POLLER_VARIABLE, requested))
+
+    def refuse() -> Any:
+        raise error
+
+    return name, refuse
+
+
+# POLLER: the name of the poller every Reactor uses ("epoll" on Linux).
+POLLER, _Poller = _choose_poller(os.environ.get(POLLER_VARIABLE, ""))
 
 
 def _interest(obj: Any) -> int:
@@ -191,6 +372,23 @@ def _interest(obj: Any) -> int:
     if obj.writable() and not obj.accepting:
         mask |= EVENT_WRITE
     return mask
+
+
+# Implementations of handle_expt_event() and handle_expt() that do nothing
+# visible with out-of-band data (asyncore adds its defaults, which only log
+# a warning that is ignored by default).  Out-of-band data is watched only
+# for objects whose class replaces one of them: an urgent byte that nobody
+# reads stays pending, and a poller would report it on every iteration, so
+# one byte from a client would otherwise turn the loop into a busy loop.
+DEFAULT_EXPT_HANDLERS: Set[Any] = set()
+
+
+def _wants_expt(obj: Any) -> bool:
+    cls = type(obj)
+    event = getattr(cls, "handle_expt_event", None)
+    if event is None:
+        return False
+    return event not in DEFAULT_EXPT_HANDLERS or getattr(cls, "handle_expt", None) not in DEFAULT_EXPT_HANDLERS
 
 
 def _cpus() -> int:
@@ -223,6 +421,10 @@ class Reactor:
         self.known: Dict[int, Tuple[Any, int]] = {}
         self.dirty: Set[int] = set()
         self.polled: Set[int] = set()
+        # fds whose dispatcher handles out-of-band data (_wants_expt): they
+        # are watched for it whenever they are readable or writable, as
+        # asyncore's select() loop did.
+        self.expt: Set[int] = set()
         self.suspended: Dict[int, float] = {}
         self.timers: List[Tuple[float, int, TimerHandle]] = []
         self._compact_at = 256
@@ -264,6 +466,7 @@ class Reactor:
         entry = self.known.pop(fd, None)
         self.dirty.discard(fd)
         self.polled.discard(fd)
+        self.expt.discard(fd)
         self.suspended.pop(fd, None)
         self.read_ready.discard(fd)
         if entry is not None and entry[1]:
@@ -388,6 +591,10 @@ class Reactor:
             self.polled.discard(fd)
         else:
             self.polled.add(fd)
+        if _wants_expt(obj):
+            self.expt.add(fd)
+        else:
+            self.expt.discard(fd)
 
     def _update(self, fd: int, obj: Any) -> None:
         try:
@@ -395,6 +602,8 @@ class Reactor:
         except Exception:
             log.exception("readable()/writable() failed for %r", obj)
             mask = 0
+        if mask and fd in self.expt:
+            mask |= EVENT_EXPT
         self._set(fd, obj, mask)
 
     def poll(
@@ -420,11 +629,10 @@ class Reactor:
         elif self.timers:
             delay = max(0.0, self.timers[0][0] - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
-        if timeout is not None:
-            if timeout < 0:
-                timeout = 0.0
-            elif timeout > MAX_WAIT:
-                timeout = MAX_WAIT  # epoll refuses waits past ~24 days
+        if timeout is None or timeout > MAX_WAIT:
+            timeout = MAX_WAIT
+        elif timeout < 0:
+            timeout = 0.0
         selector = self.selector
         try:
             events = None
@@ -437,7 +645,7 @@ class Reactor:
                 else:
                     # Busy-poll briefly before sleeping (see busy_poll),
                     # never past a timer that is due sooner.
-                    if timeout is not None and timeout < spin:
+                    if timeout < spin:
                         spin = timeout
                     start = time.monotonic()
                     deadline = start + spin
@@ -445,7 +653,7 @@ class Reactor:
                     while not events and time.monotonic() < deadline:
                         events = selector.select(0)
                     self._spin_missed = not events
-                    if not events and timeout is not None:
+                    if not events:
                         timeout = max(0.0, timeout - (time.monotonic() - start))
             if not events:
                 events = selector.select(timeout)

@@ -139,11 +139,14 @@ def readwrite(obj: "dispatcher", flags: int) -> None:
 
 
 def _dispatch(obj: "dispatcher", mask: int) -> None:
+    # In readwrite()'s order: read, write, then out-of-band data.
     try:
         if mask & _reactor.EVENT_READ:
             obj.handle_read_event()
         if mask & _reactor.EVENT_WRITE and obj._fileno is not None:
             obj.handle_write_event()
+        if mask & _reactor.EVENT_EXPT and obj._fileno is not None:
+            obj.handle_expt_event()
     except BaseException as exc:
         _event_failed(obj, exc)
 
@@ -495,6 +498,8 @@ class dispatcher:
 
 _TRACKED_READABLE.add(dispatcher.readable)
 _TRACKED_WRITABLE.add(dispatcher.writable)
+# Out-of-band data is watched only for classes that handle it (see _reactor).
+_reactor.DEFAULT_EXPT_HANDLERS.update((dispatcher.handle_expt_event, dispatcher.handle_expt))
 
 
 class dispatcher_with_send(dispatcher):

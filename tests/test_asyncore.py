@@ -37,6 +37,17 @@ def map() -> Any:
     asyncore.close_all(map=m, ignore_all=True)
 
 
+@pytest.fixture(params=["epoll", "poll", "select"])
+def poller(request: Any, monkeypatch: Any) -> str:
+    """The test's loops run under this poller (each map's reactor makes its
+    poller when a loop first runs over it); skipped where it is missing."""
+    factory = _reactor._available_pollers().get(request.param)
+    if factory is None:
+        pytest.skip("no %s() on this platform" % request.param)
+    monkeypatch.setattr(_reactor, "_Poller", factory)
+    return str(request.param)
+
+
 class Server(asyncore.dispatcher):
     """Listens and keeps each accepted (sock, addr)."""
 
@@ -563,6 +574,101 @@ def test_file_dispatcher_reads_a_pipe(map: dict) -> None:
         d.close()
 
 
+def test_file_dispatcher_serves_regular_files(map: dict, poller: str, tmp_path: Any) -> None:
+    """select() and poll() report a regular file ready at once; epoll
+    refuses to watch one.  Under every poller a file_dispatcher on a file
+    is read to its end and written to."""
+    content = os.urandom(20000)
+    source = tmp_path / "source"
+    source.write_bytes(content)
+    got: List[bytes] = []
+    closed: List[bool] = []
+
+    class Reader(asyncore.file_dispatcher):
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            got.append(self.recv(4096))
+
+        def handle_close(self) -> None:  # the read at the end of the file
+            closed.append(True)
+            self.close()
+
+    class Writer(asyncore.file_dispatcher):
+        pending = b"written through the loop\n" * 400
+
+        def readable(self) -> bool:
+            return False
+
+        def writable(self) -> bool:
+            return bool(self.pending)
+
+        def handle_write(self) -> None:
+            self.pending = self.pending[self.send(self.pending[:4096]) :]
+
+    fd = os.open(str(source), os.O_RDONLY)
+    Reader(fd, map=map)
+    os.close(fd)  # the dispatcher holds its own duplicate
+    target = tmp_path / "target"
+    fd = os.open(str(target), os.O_WRONLY | os.O_CREAT)
+    writer = Writer(fd, map=map)
+    os.close(fd)
+    run_until(map, lambda: bool(closed) and not writer.pending)
+    writer.close()
+    assert b"".join(got) == content
+    assert target.read_bytes() == Writer.pending
+
+
+# -- out-of-band data ----------------------------------------------------------------------------
+class UrgentReader(Client):
+    """Handles out-of-band data: reads the urgent byte."""
+
+    def __init__(self, map: dict, address: Tuple[str, int]) -> None:
+        Client.__init__(self, map, address)
+        self.urgent: List[bytes] = []
+
+    def handle_expt(self) -> None:
+        self.urgent.append(self.socket.recv(1, socket.MSG_OOB))
+
+
+def connected_pair(map: dict, client: Client, server: Server) -> socket.socket:
+    """Run the loop until *client* is connected; the server's end of it."""
+    run_until(map, lambda: bool(server.accepted) and client.connected)
+    sock: socket.socket = server.accepted[0][0]
+    return sock
+
+
+def test_out_of_band_data_reaches_handle_expt(map: dict, poller: str) -> None:
+    """As with asyncore's select() and poll() loops: an urgent byte calls
+    handle_expt_event(), which calls handle_expt()."""
+    if sys.platform == "darwin" and poller == "poll":
+        pytest.skip("poll() is unreliable on some macOS versions; CPython skips this case too (bpo-28087)")
+    server = Server(map)
+    client = UrgentReader(map, server.address)
+    with connected_pair(map, client, server) as sock:
+        sock.send(b"!", socket.MSG_OOB)
+        run_until(map, lambda: client.urgent == [b"!"])
+        sock.send(b"ordinary")
+        run_until(map, lambda: client.received == b"ordinary")
+
+
+def test_out_of_band_data_does_not_wake_a_dispatcher_that_ignores_it(map: dict, poller: str, caplog: Any) -> None:
+    """A dispatcher whose class keeps the default handle_expt() is not
+    watched for out-of-band data: nothing would read the urgent byte, and
+    every loop iteration would report it again (a busy loop)."""
+    server = Server(map)
+    client = Client(map, server.address)
+    client.ignore_log_types = frozenset()  # so the default handle_expt() would log
+    with connected_pair(map, client, server) as sock:
+        sock.send(b"before!", socket.MSG_OOB)  # one segment; its last byte is urgent
+        with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
+            run_until(map, lambda: client.received == b"before")  # the urgent byte has arrived too
+            asyncore.loop(timeout=0.0, map=map, count=3)
+    assert "priority event" not in caplog.text
+    assert client.received == b"before"
+
+
 # -- accept back-off on EMFILE ----------------------------------------------------------------------
 class FlakyListener:
     """Wraps a listening socket; its first accept() fails with EMFILE."""
@@ -614,13 +720,15 @@ def _raise_nofile(needed: int) -> Optional[Tuple[int, int]]:
     return soft, hard
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="posix rlimits")
+@pytest.mark.skipif(
+    _reactor.POLLER == "select",
+    reason="the select() poller takes descriptors below FD_SETSIZE (1024) only (docs/platforms.md)",
+)
 def test_more_than_1024_descriptors() -> None:
     """1100 sessions in one loop: a session whose descriptor is above 1024
     (where asyncore's select() loop fails) gets its greeting and delivers a
     message."""
-    import resource
-
+    resource = pytest.importorskip("resource", reason="RLIMIT_NOFILE needs the resource module (POSIX)")
     needed = 2 * N_CLIENTS + 256
     previous = _raise_nofile(needed)
     if previous is None:
