@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
+from . import _mbox
+from ._mbox import mbox_entry
 from .smtpd import SMTPServer
 
 __all__ = ["MailboxServer", "RecordedMessage", "RecordingServer"]
@@ -135,20 +137,6 @@ def trace_headers(peer: Any, mailfrom: str, rcpttos: List[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
-_LINESEP = os.linesep.encode("ascii")  # what the mailbox module writes
-
-
-def mbox_entry(from_line: bytes, message: bytes) -> bytes:
-    """*message* as :meth:`mailbox.mbox.add` writes it after *from_line*
-    (``From sender date``, no line end): lines of the message starting
-    with ``From `` quoted as ``>From ``, a line end at the end, and the
-    blank line that separates messages."""
-    body = message.replace(b"\nFrom ", b"\n>From ").replace(b"\n", _LINESEP)
-    if not body.endswith(_LINESEP):
-        body += _LINESEP
-    return from_line + _LINESEP + body + _LINESEP
-
-
 class MailboxServer(SMTPServer):
     """Deliver every message to a Maildir or to an mbox file.
 
@@ -163,6 +151,9 @@ class MailboxServer(SMTPServer):
     delivery holds the mailbox's lock (``fcntl`` plus dot-lock, as
     :meth:`mailbox.mbox.lock`) while appending and syncing; lines of the
     body beginning with ``From`` are quoted as ``>From``, as mbox requires.
+    An append that fails part-way is cut back off the file, and an entry
+    left unfinished by someone else is closed off before the next one
+    (:mod:`smtpd_compat._mbox`).
 
     A failed delivery (disk full, permissions) is answered ``451`` so that
     the client keeps the message and retries; the error is logged.
@@ -205,16 +196,4 @@ class MailboxServer(SMTPServer):
         assert self.mbox is not None
         sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
         from_line = ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
-        box = mailbox.mbox(self.mbox, create=True)
-        try:
-            # The mailbox module locks as mail readers expect (fcntl and a
-            # dot-lock); the message is appended here, because mbox.add()
-            # first reads the whole file to index it: slower with every
-            # message, on the loop's thread.
-            box.lock()
-            with open(self.mbox, "ab") as target:
-                target.write(mbox_entry(from_line, message))
-                target.flush()
-                os.fsync(target.fileno())
-        finally:
-            box.close()  # also unlocks
+        _mbox.append(self.mbox, mbox_entry(from_line, message))
