@@ -148,8 +148,9 @@ class MailboxServer(SMTPServer):
 
     Maildir delivery is atomic: the message is written in ``tmp/``, synced
     to disk, then moved into ``new/`` (:meth:`mailbox.Maildir.add`).  mbox
-    delivery holds the mailbox's lock (``fcntl`` plus dot-lock, as
-    :meth:`mailbox.mbox.lock`) while appending and syncing; lines of the
+    delivery holds the mailbox's locks (``fcntl`` plus a dot-lock, as
+    :meth:`mailbox.mbox.lock`; a stale dot-lock left by a crash is
+    removed) while appending and syncing; lines of the
     body beginning with ``From`` are quoted as ``>From``, as mbox requires.
     An append that fails part-way is cut back off the file, and an entry
     left unfinished by someone else is closed off before the next one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import mailbox
 import os
+import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,154 @@ def test_a_write_that_fails_part_way_is_cut_back(tmp_path: Path) -> None:
     assert "File too large" in result.stderr  # logged with its reason
     assert subjects(path) == ["old", "small"]
     assert path.read_bytes().startswith(OLD_ENTRY + b"From a@example.com ")
+
+
+# -- locks: respected while held, broken when their holder is gone ---------------------------------
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+HOLDING_CHILD = r"""
+import os, sys
+from smtpd_compat import MailboxServer
+
+def hold(fd):
+    # Called with the entry written and the mbox locked: stay here until
+    # the parent kills this process.
+    print("HOLDING", flush=True)
+    sys.stdin.read()
+
+os.fsync = hold
+server = MailboxServer(("127.0.0.1", 0), map={}, mbox=sys.argv[1])
+server.process_message(("127.0.0.1", 1), "dying@example.com", ["r@example.com"], b"Subject: dying\n\nbody")
+"""
+
+
+def wait_for_line(proc: "subprocess.Popen[str]", expected: str) -> None:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(TIMEOUT), "the child did not get the lock in time"
+    line = proc.stdout.readline()
+    assert line == expected + "\n", line
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_lock_left_by_a_killed_delivery_does_not_stop_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDING_CHILD, str(path)], env=child_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        wait_for_line(proc, "HOLDING")
+        # While its holder lives, the lock holds: 451 for now.
+        with pytest.raises(mailbox.ExternalClashError):
+            deliver(path, "meanwhile")
+        proc.kill()
+        proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+    assert lock_path(path).exists()  # what the crash left behind
+    assert deliver(path, "new") is None  # before: 451 until someone removed it by hand
+    assert not lock_path(path).exists()
+    assert subjects(path) == ["old", "dying", "new"]
+
+
+def test_a_dot_lock_naming_a_live_process_is_respected_until_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        lock_path(path).write_bytes(b"%d\n" % holder.pid)
+        with pytest.raises(mailbox.ExternalClashError):
+            deliver(path, "refused")
+        assert lock_path(path).exists()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(TIMEOUT)
+    assert deliver(path, "new") is None  # its PID no longer runs
+    assert not lock_path(path).exists()
+    assert subjects(path) == ["old", "new"]
+
+
+def test_a_dot_lock_without_a_pid_is_stale_after_five_minutes(tmp_path: Path) -> None:
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    lock = lock_path(path)
+    lock.write_bytes(b"")  # as mailbox.mbox.lock() makes it
+    with pytest.raises(mailbox.ExternalClashError):
+        deliver(path, "refused")
+    assert lock.exists()
+    old = os.stat(lock).st_mtime - 301
+    os.utime(lock, (old, old))
+    assert deliver(path, "new") is None
+    assert not lock.exists()
+    assert subjects(path) == ["old", "new"]
+
+
+def test_a_dot_lock_with_our_own_pid_was_left_by_an_earlier_process(tmp_path: Path) -> None:
+    # A server restarted in a container gets the same PID (often 1): the
+    # lock its predecessor left names a process that does run, this one.
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    lock_path(path).write_bytes(b"%d\n" % os.getpid())
+    assert deliver(path, "new") is None
+    assert subjects(path) == ["old", "new"]
+
+
+def test_two_deliveries_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    # fcntl locks do not exclude each other within a process: the second
+    # delivery must not get in (nor, closing its descriptor, release the
+    # first one's lock).
+    from smtpd_compat import _mbox
+
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    with _mbox.locked(str(path)):
+        with pytest.raises(mailbox.ExternalClashError):
+            deliver(path, "refused")
+    assert deliver(path, "new") is None
+    assert subjects(path) == ["old", "new"]
+
+
+NO_FCNTL_CHILD = r"""
+import os, sys
+sys.modules["fcntl"] = None  # as on Windows: "import fcntl" fails
+import mailbox
+import smtpd_compat
+from smtpd_compat import _mbox, MailboxServer
+assert _mbox.fcntl is None
+path = sys.argv[1]
+server = MailboxServer(("127.0.0.1", 0), map={}, mbox=path)
+try:
+    message = ("127.0.0.1", 1), "s@example.com", ["r@example.com"], b"Subject: new\n\nbody"
+    # The dot-lock still works: a live holder is respected...
+    with open(path + ".lock", "w") as lock:
+        lock.write("%d\n" % os.getppid())
+    try:
+        server.process_message(*message)
+    except mailbox.ExternalClashError:
+        print("locked")
+    os.remove(path + ".lock")
+    # ...and without one the message is delivered.
+    print(server.process_message(*message), os.path.exists(path + ".lock"))
+finally:
+    server.close()
+"""
+
+
+def test_without_fcntl_the_dot_lock_alone_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "mbox"
+    path.write_bytes(OLD_ENTRY)
+    result = subprocess.run([sys.executable, "-c", NO_FCNTL_CHILD, str(path)], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            timeout=3 * TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["locked", "None False"]
+    assert subjects(path) == ["old", "new"]
