@@ -23,6 +23,7 @@ import errno
 import logging
 import mailbox
 import os
+import stat
 import threading
 import time
 from typing import BinaryIO, Iterator, Optional, Set
@@ -64,6 +65,31 @@ def mbox_entry(from_line: bytes, message: bytes) -> bytes:
     if not body.endswith(_LINESEP):
         body += _LINESEP
     return from_line + _LINESEP + body + _LINESEP
+
+
+def problem(path: str) -> Optional[str]:
+    """Create an empty mbox at *path* if nothing is there; what is wrong
+    with *path* otherwise (None: an mbox we can append to)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        return "cannot use it: %s" % (err.strerror or err)
+    if mode is not None and not stat.S_ISREG(mode):
+        # Opening a FIFO or a device for appending could block or worse.
+        return "exists and is a directory" if stat.S_ISDIR(mode) else "exists and is not a regular file"
+    try:
+        with open(path, "a+b") as box:
+            box.seek(0)
+            head = box.read(5)
+    except OSError as err:
+        return "cannot open it for appending: %s" % (err.strerror or err)
+    if head and head != b"From ":
+        # Appending mail to a file that is not an mbox (a typo'd path,
+        # /etc/passwd) would damage it.
+        return 'not empty and not an mbox file (it does not begin with "From ")'
+    return None
 
 
 def append(path: str, entry: bytes) -> None:

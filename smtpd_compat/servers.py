@@ -27,7 +27,7 @@ from . import _mbox
 from ._mbox import mbox_entry
 from .smtpd import SMTPServer
 
-__all__ = ["MailboxServer", "RecordedMessage", "RecordingServer"]
+__all__ = ["MailboxPathError", "MailboxServer", "RecordedMessage", "RecordingServer"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -137,12 +137,63 @@ def trace_headers(peer: Any, mailfrom: str, rcpttos: List[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
+class MailboxPathError(ValueError):
+    """The ``maildir=`` or ``mbox=`` path of a :class:`MailboxServer` is
+    not a mailbox it can deliver to: raised when the server is created.
+
+    ``option`` is the keyword (``"maildir"`` or ``"mbox"``), ``path`` the
+    path given, ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, option: str, path: str, reason: str) -> None:
+        super().__init__("%s=%r: %s" % (option, path, reason))
+        self.option = option
+        self.path = path
+        self.reason = reason
+
+
+_MAILDIR_SUBDIRS = ("tmp", "new", "cur")
+
+
+def _maildir_problem(path: str) -> Optional[str]:
+    """Make *path* a Maildir if it does not exist or is an empty directory;
+    what is wrong with it otherwise (None: a Maildir we can deliver to).
+
+    mailbox.Maildir(create=True) accepted any existing path, even a file,
+    and every message then failed with FileNotFoundError."""
+    if not os.path.lexists(path):
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as err:
+            return "cannot create the directory: %s" % (err.strerror or err)
+    elif not os.path.isdir(path):
+        return "exists and is not a directory"
+    missing = [name for name in _MAILDIR_SUBDIRS if not os.path.isdir(os.path.join(path, name))]
+    try:
+        if missing and os.listdir(path):
+            # Someone else's directory: filling it with subdirectories
+            # would only hide the mistake.
+            return "not a Maildir (no %s/) and not empty" % "/, ".join(missing)
+        for name in missing:
+            os.mkdir(os.path.join(path, name), 0o700)
+    except OSError as err:
+        return "cannot make it a Maildir: %s" % (err.strerror or err)
+    for name in ("tmp", "new"):  # where delivery writes
+        if not os.access(os.path.join(path, name), os.W_OK | os.X_OK):
+            return "%s/ is not writable" % name
+    return None
+
+
 class MailboxServer(SMTPServer):
     """Deliver every message to a Maildir or to an mbox file.
 
     Exactly one of the keyword arguments *maildir* (a directory; it and its
-    ``tmp``/``new``/``cur`` subdirectories are created when missing) or
-    *mbox* (a file, created when missing) must be given.  Each message gets
+    ``tmp``/``new``/``cur`` subdirectories are created when it is missing or
+    empty) or *mbox* (a file, created when missing) must be given.  Any
+    other path (a file as the Maildir, a directory that is not empty and is
+    not a Maildir, an mbox that is not one, a path that cannot be created)
+    raises :class:`MailboxPathError`, a :class:`ValueError` naming the
+    option, before the server listens.  Each message gets
     ``Return-Path``, ``X-Peer`` and ``X-RcptTo`` header lines in front of
     it; the rest is stored as received.
 
@@ -175,13 +226,18 @@ class MailboxServer(SMTPServer):
         self.maildir: Optional[str] = os.fspath(maildir) if maildir is not None else None
         self.mbox: Optional[str] = os.fspath(mbox) if mbox is not None else None
         self._maildir: Optional[mailbox.Maildir] = None
-        # Create the mailbox now: a bad path is an error at start-up, not a
-        # 451 for every message.
+        # Check and create the mailbox now: a bad path is an error at
+        # start-up, not a 451 for every message.
         if self.maildir is not None:
-            self._maildir = mailbox.Maildir(self.maildir, factory=None, create=True)
+            problem = _maildir_problem(self.maildir)
+            if problem is not None:
+                raise MailboxPathError("maildir", self.maildir, problem)
+            self._maildir = mailbox.Maildir(self.maildir, factory=None, create=False)
         else:
             assert self.mbox is not None
-            mailbox.mbox(self.mbox, create=True).close()
+            problem = _mbox.problem(self.mbox)
+            if problem is not None:
+                raise MailboxPathError("mbox", self.mbox, problem)
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
