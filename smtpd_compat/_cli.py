@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
                    help="stop reading a client with more than BYTES of unread replies, "
                         "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
+    p.add_argument("--max-recipients", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="recipients one message may have; a RCPT beyond them is answered 452, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["max_recipients"]))
     p.add_argument("--reply-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
                    help="answer 451 if process_message's deferred reply takes longer, "
                         "or 'none' (default %s)" % _show(DEFAULTS["reply_timeout"]))
