@@ -42,6 +42,13 @@ def connect(server: Any) -> RawClient:
     return client
 
 
+def start_transaction(client: RawClient) -> None:
+    """HELO, MAIL and the first RCPT (b@example.org)."""
+    assert client.command(b"HELO me").startswith(b"250")
+    assert client.command(b"MAIL FROM:<a@example.org>") == b"250 OK\r\n"
+    assert client.command(b"RCPT TO:<b@example.org>") == b"250 OK\r\n"
+
+
 # -- help and bad values ------------------------------------------------------------
 def test_help_lists_the_limit_flags() -> None:
     result = run_cli("-h")
@@ -159,9 +166,7 @@ def test_command_timeout_none_keeps_an_idle_session(cli_server: Any) -> None:
             client.sock.recv(100)
         assert client.command(b"NOOP") == b"250 OK\r\n"
         # ...is closed when it idles inside DATA.
-        client.command(b"HELO me")
-        client.command(b"MAIL FROM:<a@example.org>")
-        client.command(b"RCPT TO:<b@example.org>")
+        start_transaction(client)
         assert client.command(b"DATA").startswith(b"354")
         assert client.read_until_closed() == IDLE
     assert server.messages() == []
@@ -170,9 +175,7 @@ def test_command_timeout_none_keeps_an_idle_session(cli_server: Any) -> None:
 def test_data_timeout_closes_a_session_idle_in_data(cli_server: Any) -> None:
     server = cli_server("--data-timeout", "1")
     with connect(server) as client:
-        assert client.command(b"HELO me").startswith(b"250")
-        assert client.command(b"MAIL FROM:<a@example.org>") == b"250 OK\r\n"
-        assert client.command(b"RCPT TO:<b@example.org>") == b"250 OK\r\n"
+        start_transaction(client)
         assert client.command(b"DATA").startswith(b"354")
         client.send(b"Subject: unfinished\r\n")
         started = time.monotonic()
@@ -211,9 +214,7 @@ def test_max_errors_none_never_closes(cli_server: Any) -> None:
 def test_max_recipients_answers_452_beyond_the_limit(cli_server: Any) -> None:
     server = cli_server("--max-recipients", "2")
     with connect(server) as client:
-        assert client.command(b"HELO me").startswith(b"250")
-        assert client.command(b"MAIL FROM:<a@example.org>") == b"250 OK\r\n"
-        assert client.command(b"RCPT TO:<b@example.org>") == b"250 OK\r\n"
+        start_transaction(client)
         assert client.command(b"RCPT TO:<c@example.org>") == b"250 OK\r\n"
         assert client.command(b"RCPT TO:<d@example.org>") == b"452 4.5.3 Too many recipients\r\n"
 

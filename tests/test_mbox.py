@@ -45,6 +45,14 @@ def child_env() -> Dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
 
 
+def run_child(script: str, path: Path) -> "subprocess.CompletedProcess[str]":
+    """Run *script* with the mbox *path* as its argument; it must succeed."""
+    result = subprocess.run([sys.executable, "-c", script, str(path)], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=3 * TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 # -- entries stay separate ---------------------------------------------------------------------
 @pytest.mark.parametrize("tail", [b"partial", b"partial\n", b"Subject: cut\n\nhalf a li"])
 def test_an_entry_left_unfinished_does_not_swallow_the_next(tmp_path: Path, tail: bytes) -> None:
@@ -101,10 +109,7 @@ print(json.dumps(result))
 def test_a_write_that_fails_part_way_is_cut_back(tmp_path: Path) -> None:
     path = tmp_path / "mbox"
     path.write_bytes(OLD_ENTRY)
-    result = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(path)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                            timeout=3 * TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_child(DISK_FULL_CHILD, path)
     report = json.loads(result.stdout)
     assert report["big"] == 451  # the client keeps the message
     assert report["after_failure"] == report["before"]  # nothing of it stayed
@@ -256,9 +261,6 @@ finally:
 def test_without_fcntl_the_dot_lock_alone_is_used(tmp_path: Path) -> None:
     path = tmp_path / "mbox"
     path.write_bytes(OLD_ENTRY)
-    result = subprocess.run([sys.executable, "-c", NO_FCNTL_CHILD, str(path)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                            timeout=3 * TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_child(NO_FCNTL_CHILD, path)
     assert result.stdout.splitlines() == ["locked", "None False"]
     assert subjects(path) == ["old", "new"]
