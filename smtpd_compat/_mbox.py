@@ -115,7 +115,8 @@ def locked(path: str) -> Iterator[BinaryIO]:
     lock on the file, which the kernel releases when its holder dies, and
     the dot-lock ``<path>.lock``, which holds this process's PID.  A
     dot-lock is stale, and removed, when the PID it records is of no
-    running process, or when it is older than :data:`STALE_AFTER` seconds
+    running process or is this process's own (left by an earlier process
+    that had the same PID), or when it is older than :data:`STALE_AFTER` seconds
     whoever made it (the only rule for a dot-lock without a PID, such as
     :mod:`mailbox` makes).  Removing a stale dot-lock is safe against
     programs that also take the ``fcntl`` lock, which we hold by then.
