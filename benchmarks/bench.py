@@ -213,21 +213,25 @@ def reset_peak_rss(pid: int) -> bool:
 
 
 class RssSampler(threading.Thread):
-    """Fallback peak finder when clear_refs is not writable."""
+    """Fallback peak finder when clear_refs is not writable (and soak.py's
+    once-a-second sampler)."""
 
     def __init__(self, pid: int, interval: float = 0.001) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval
         self.peak_kb = 0
+        self.samples = 0
         self._stop_evt = threading.Event()
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
             v = proc_status_kb(self.pid, "VmRSS")
-            if v is not None and v > self.peak_kb:
-                self.peak_kb = v
-            time.sleep(self.interval)
+            if v is not None:
+                self.samples += 1
+                if v > self.peak_kb:
+                    self.peak_kb = v
+            self._stop_evt.wait(self.interval)
 
     def stop(self) -> int:
         self._stop_evt.set()

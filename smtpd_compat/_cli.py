@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable the SMTPUTF8 extension")
     p.add_argument("-d", "--debug", action="store_true", help="print protocol debugging to stderr")
     p.add_argument("--maildir", metavar="DIR",
-                   help="with -c MailboxServer: deliver to this Maildir (created when missing)")
+                   help="with -c MailboxServer: deliver to this Maildir (created when missing or empty)")
     p.add_argument("--mbox", metavar="FILE",
                    help="with -c MailboxServer: deliver to this mbox file (created when missing)")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: offer STARTTLS with it")
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
                    help="stop reading a client with more than BYTES of unread replies, "
                         "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
+    p.add_argument("--max-recipients", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="recipients one message may have; a RCPT beyond them is answered 452, "
+                        "or 'none' (default %s)" % _show(DEFAULTS["max_recipients"]))
     p.add_argument("--reply-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
                    help="answer 451 if process_message's deferred reply takes longer, "
                         "or 'none' (default %s)" % _show(DEFAULTS["reply_timeout"]))
@@ -272,6 +275,7 @@ def _nothing() -> None:
 def make_server(ns: argparse.Namespace) -> Any:
     """Build the server the options ask for; UsageError on failure."""
     from . import _tls, smtpd
+    from .servers import MailboxPathError
 
     cls = resolve_class(ns.classname)
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
@@ -287,6 +291,9 @@ def make_server(ns: argparse.Namespace) -> Any:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
                    size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options,
                    **limit_options(ns))
+    except MailboxPathError as err:
+        # Named as on the command line; checked before the socket is bound.
+        raise UsageError("--%s %s: %s" % (err.option, err.path, err.reason)) from None
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None

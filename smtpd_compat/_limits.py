@@ -1,4 +1,4 @@
-"""Session limits and timeouts (hardening): bounds on time, errors, connections and memory per session.
+"""Session limits and timeouts (hardening): bounds on time, errors, connections, recipients and memory per session.
 
 Options (keyword-only arguments of ``SMTPServer``, stored as attributes of
 the same name; see ``docs/hardening.md``):
@@ -18,6 +18,12 @@ the same name; see ``docs/hardening.md``):
     ``555``: unknown commands, syntax and sequence errors).  The command
     after the budget is spent is answered ``421`` and the session is
     closed.  ``None``: no limit, as in CPython.
+``max_recipients``
+    Recipients one transaction may have: a ``RCPT`` beyond them is answered
+    ``452 4.5.3 Too many recipients`` (RFC 5321 section 4.5.3.1.10), which
+    tells the client to send the message to the rest in another
+    transaction; it does not count against ``max_errors``.  ``None``: no
+    limit, as in CPython (every recipient is kept in memory).
 ``max_output``
     Bytes of replies that may wait for a client that does not read them.
     Above it the session stops processing that client's input until its
@@ -55,6 +61,10 @@ DEFAULTS: Dict[str, Any] = {
     # 20 rejected commands, while a client speaking another protocol to the
     # port (an HTTP request from a browser, a scanner) is cut off quickly.
     "max_errors": 20,
+    # Postfix's smtpd_recipient_limit.  RFC 5321 4.5.3.1.8 requires at
+    # least 100; without a limit a session could grow by some 70 bytes per
+    # RCPT for as long as it likes (70 MB for a million).
+    "max_recipients": 1000,
     # Replies are tens of bytes: 128 KiB is thousands of pipelined replies
     # that the client has not read, on top of the kernel's socket buffers.
     "max_output": 131072,
@@ -74,7 +84,7 @@ ERROR_CODES = ("500", "501", "502", "503", "504", "555")
 
 # The options in seconds, and the counts (DEFAULTS holds both kinds).
 TIMEOUTS = ("command_timeout", "data_timeout", "reply_timeout")
-COUNTS = ("max_connections", "max_errors", "max_output")
+COUNTS = ("max_connections", "max_errors", "max_output", "max_recipients")
 
 
 def timeout_in_range(value: float) -> bool:
@@ -167,6 +177,7 @@ class SessionGuard:
         "data_timeout",
         "max_errors",
         "errors",
+        "max_recipients",
         "reply_timeout",
         "soonest",
         "last",
@@ -181,6 +192,7 @@ class SessionGuard:
         self.data_timeout: Optional[float] = _option(server, "data_timeout")
         self.reply_timeout: Optional[float] = _option(server, "reply_timeout")
         self.max_errors: Optional[int] = _option(server, "max_errors")
+        self.max_recipients: Optional[int] = _option(server, "max_recipients")
         channel.ac_max_output = _option(server, "max_output")
         timeouts = [t for t in (self.command_timeout, self.data_timeout) if t is not None]
         self.soonest: Optional[float] = min(timeouts) if timeouts else None
@@ -254,6 +266,12 @@ class SessionGuard:
             return False
         self.errors += 1
         return self.errors == self.max_errors + 1
+
+    # -- recipients per transaction -----------------------------------------------
+    def recipients_full(self, count: int) -> bool:
+        """True when a transaction that has *count* recipients may take no
+        more (the next ``RCPT`` is answered ``452``)."""
+        return self.max_recipients is not None and count >= self.max_recipients
 
     # -- end of the session ------------------------------------------------------
     def close(self) -> None:

@@ -99,6 +99,9 @@ TOO_MANY_AUTH_FAILURES = "421 %s Error: too many failed authentication attempts,
 TOO_MANY_ERRORS = "421 %s Error: too many errors, closing connection"
 TOO_MANY_CONNECTIONS = "421 %s Error: too many connections, try again later"
 IDLE_TIMEOUT = "421 %s Error: timeout exceeded, closing connection"
+# max_recipients reached: RFC 5321 4.5.3.1.10's reply, with the enhanced
+# status code Postfix sends (RFC 3463 X.5.3: too many recipients).
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 SHUTTING_DOWN = "421 %s Service shutting down, closing connection"
 
 # PureProxy relay (see _relay): the upstream server could not be reached or

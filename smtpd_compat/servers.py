@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
+from . import _mbox
+from ._mbox import mbox_entry
 from .smtpd import SMTPServer
 
-__all__ = ["MailboxServer", "RecordedMessage", "RecordingServer"]
+__all__ = ["MailboxPathError", "MailboxServer", "RecordedMessage", "RecordingServer"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -135,34 +137,75 @@ def trace_headers(peer: Any, mailfrom: str, rcpttos: List[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
-_LINESEP = os.linesep.encode("ascii")  # what the mailbox module writes
+class MailboxPathError(ValueError):
+    """The ``maildir=`` or ``mbox=`` path of a :class:`MailboxServer` is
+    not a mailbox it can deliver to: raised when the server is created.
+
+    ``option`` is the keyword (``"maildir"`` or ``"mbox"``), ``path`` the
+    path given, ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, option: str, path: str, reason: str) -> None:
+        super().__init__("%s=%r: %s" % (option, path, reason))
+        self.option = option
+        self.path = path
+        self.reason = reason
 
 
-def mbox_entry(from_line: bytes, message: bytes) -> bytes:
-    """*message* as :meth:`mailbox.mbox.add` writes it after *from_line*
-    (``From sender date``, no line end): lines of the message starting
-    with ``From `` quoted as ``>From ``, a line end at the end, and the
-    blank line that separates messages."""
-    body = message.replace(b"\nFrom ", b"\n>From ").replace(b"\n", _LINESEP)
-    if not body.endswith(_LINESEP):
-        body += _LINESEP
-    return from_line + _LINESEP + body + _LINESEP
+_MAILDIR_SUBDIRS = ("tmp", "new", "cur")
+
+
+def _maildir_problem(path: str) -> Optional[str]:
+    """Make *path* a Maildir if it does not exist or is an empty directory;
+    what is wrong with it otherwise (None: a Maildir we can deliver to).
+
+    mailbox.Maildir(create=True) accepted any existing path, even a file,
+    and every message then failed with FileNotFoundError."""
+    if not os.path.lexists(path):
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as err:
+            return "cannot create the directory: %s" % (err.strerror or err)
+    elif not os.path.isdir(path):
+        return "exists and is not a directory"
+    missing = [name for name in _MAILDIR_SUBDIRS if not os.path.isdir(os.path.join(path, name))]
+    try:
+        if missing and os.listdir(path):
+            # Someone else's directory: filling it with subdirectories
+            # would only hide the mistake.
+            return "not a Maildir (no %s/) and not empty" % "/, ".join(missing)
+        for name in missing:
+            os.mkdir(os.path.join(path, name), 0o700)
+    except OSError as err:
+        return "cannot make it a Maildir: %s" % (err.strerror or err)
+    for name in ("tmp", "new"):  # where delivery writes
+        if not os.access(os.path.join(path, name), os.W_OK | os.X_OK):
+            return "%s/ is not writable" % name
+    return None
 
 
 class MailboxServer(SMTPServer):
     """Deliver every message to a Maildir or to an mbox file.
 
     Exactly one of the keyword arguments *maildir* (a directory; it and its
-    ``tmp``/``new``/``cur`` subdirectories are created when missing) or
-    *mbox* (a file, created when missing) must be given.  Each message gets
+    ``tmp``/``new``/``cur`` subdirectories are created when it is missing or
+    empty) or *mbox* (a file, created when missing) must be given.  Any
+    other path (a file as the Maildir, a directory that is not empty and is
+    not a Maildir, an mbox that is not one, a path that cannot be created)
+    raises :class:`MailboxPathError`, a :class:`ValueError` naming the
+    option, before the server listens.  Each message gets
     ``Return-Path``, ``X-Peer`` and ``X-RcptTo`` header lines in front of
     it; the rest is stored as received.
 
     Maildir delivery is atomic: the message is written in ``tmp/``, synced
     to disk, then moved into ``new/`` (:meth:`mailbox.Maildir.add`).  mbox
-    delivery holds the mailbox's lock (``fcntl`` plus dot-lock, as
-    :meth:`mailbox.mbox.lock`) while appending and syncing; lines of the
+    delivery holds the mailbox's locks (``fcntl`` plus a dot-lock, as
+    :meth:`mailbox.mbox.lock`; a stale dot-lock left by a crash is
+    removed) while appending and syncing; lines of the
     body beginning with ``From`` are quoted as ``>From``, as mbox requires.
+    An append that fails part-way is cut back off the file, and an entry
+    left unfinished by someone else is closed off before the next one
+    (:mod:`smtpd_compat._mbox`).
 
     A failed delivery (disk full, permissions) is answered ``451`` so that
     the client keeps the message and retries; the error is logged.
@@ -183,13 +226,18 @@ class MailboxServer(SMTPServer):
         self.maildir: Optional[str] = os.fspath(maildir) if maildir is not None else None
         self.mbox: Optional[str] = os.fspath(mbox) if mbox is not None else None
         self._maildir: Optional[mailbox.Maildir] = None
-        # Create the mailbox now: a bad path is an error at start-up, not a
-        # 451 for every message.
+        # Check and create the mailbox now: a bad path is an error at
+        # start-up, not a 451 for every message.
         if self.maildir is not None:
-            self._maildir = mailbox.Maildir(self.maildir, factory=None, create=True)
+            problem = _maildir_problem(self.maildir)
+            if problem is not None:
+                raise MailboxPathError("maildir", self.maildir, problem)
+            self._maildir = mailbox.Maildir(self.maildir, factory=None, create=False)
         else:
             assert self.mbox is not None
-            mailbox.mbox(self.mbox, create=True).close()
+            problem = _mbox.problem(self.mbox)
+            if problem is not None:
+                raise MailboxPathError("mbox", self.mbox, problem)
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
@@ -205,16 +253,4 @@ class MailboxServer(SMTPServer):
         assert self.mbox is not None
         sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
         from_line = ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
-        box = mailbox.mbox(self.mbox, create=True)
-        try:
-            # The mailbox module locks as mail readers expect (fcntl and a
-            # dot-lock); the message is appended here, because mbox.add()
-            # first reads the whole file to index it: slower with every
-            # message, on the loop's thread.
-            box.lock()
-            with open(self.mbox, "ab") as target:
-                target.write(mbox_entry(from_line, message))
-                target.flush()
-                os.fsync(target.fileno())
-        finally:
-            box.close()  # also unlocks
+        _mbox.append(self.mbox, mbox_entry(from_line, message))

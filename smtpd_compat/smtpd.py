@@ -890,6 +890,12 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if path is None:
             return
         address, params = path
+        guard = self._guard
+        if guard is not None and guard.recipients_full(len(self.rcpttos)):
+            # max_recipients: the client sends to the rest in another
+            # transaction.  Not an error (the budget does not count it).
+            self.push(R.TOO_MANY_RECIPIENTS)
+            return
         self.rcpt_options = params.upper().split()
         parsed = self._getparams(self.rcpt_options)
         if parsed is None:

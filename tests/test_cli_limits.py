@@ -1,5 +1,6 @@
 """The session-limit flags of ``python -m smtpd_compat`` (``--command-timeout``,
-``--data-timeout``, ``--max-connections``, ``--max-errors``, ``--max-output``)
+``--data-timeout``, ``--max-connections``, ``--max-errors``, ``--max-output``,
+``--max-recipients``, ``--reply-timeout``)
 and SIGTERM while the server is still being built.
 
 The servers run as real subprocesses on 127.0.0.1 (``cli_server``: the
@@ -31,13 +32,21 @@ IDLE = (_replies.IDLE_TIMEOUT % FQDN + "\r\n").encode("ascii")
 TOO_MANY_ERRORS = (_replies.TOO_MANY_ERRORS % FQDN + "\r\n").encode("ascii")
 TOO_MANY_CONNECTIONS = (_replies.TOO_MANY_CONNECTIONS % FQDN + "\r\n").encode("ascii")
 UNKNOWN = b'500 Error: command "XYZZY" not recognized\r\n'
-FLAGS = ("--command-timeout", "--data-timeout", "--max-connections", "--max-errors", "--max-output", "--reply-timeout")
+FLAGS = ("--command-timeout", "--data-timeout", "--max-connections", "--max-errors", "--max-output",
+         "--max-recipients", "--reply-timeout")
 
 
 def connect(server: Any) -> RawClient:
     client = RawClient(("127.0.0.1", server.port))
     assert client.read_reply().startswith(b"220 ")
     return client
+
+
+def start_transaction(client: RawClient) -> None:
+    """HELO, MAIL and the first RCPT (b@example.org)."""
+    assert client.command(b"HELO me").startswith(b"250")
+    assert client.command(b"MAIL FROM:<a@example.org>") == b"250 OK\r\n"
+    assert client.command(b"RCPT TO:<b@example.org>") == b"250 OK\r\n"
 
 
 # -- help and bad values ------------------------------------------------------------
@@ -63,6 +72,8 @@ def test_help_lists_the_limit_flags() -> None:
         ("--max-output", "-1"),
         ("--max-output", "1k"),
         ("--reply-timeout", "0"),
+        ("--max-recipients", "-1"),
+        ("--max-recipients", "lots"),
     ],
 )
 def test_bad_values_give_one_line_and_status_2(flag: str, value: str) -> None:
@@ -80,20 +91,21 @@ def build(argv: List[str]) -> Any:
 
 def test_flags_set_the_server_options() -> None:
     server = build(["--command-timeout", "2.5", "--data-timeout", "7", "--max-connections", "3",
-                    "--max-errors", "0", "--max-output", "4096", "--reply-timeout", "60"])
+                    "--max-errors", "0", "--max-output", "4096", "--reply-timeout", "60", "--max-recipients", "100"])
     try:
-        assert (server.command_timeout, server.data_timeout, server.max_connections,
-                server.max_errors, server.max_output, server.reply_timeout) == (2.5, 7.0, 3, 0, 4096, 60.0)
+        assert (server.command_timeout, server.data_timeout, server.max_connections, server.max_errors,
+                server.max_output, server.reply_timeout, server.max_recipients) == (2.5, 7.0, 3, 0, 4096, 60.0, 100)
     finally:
         server.close()
 
 
 def test_none_in_any_case_disables() -> None:
     server = build(["--command-timeout", "none", "--data-timeout", "NONE", "--max-connections", "None",
-                    "--max-errors", "nOnE", "--max-output", "none", "--reply-timeout", "none"])
+                    "--max-errors", "nOnE", "--max-output", "none", "--reply-timeout", "none",
+                    "--max-recipients", "none"])
     try:
-        assert (server.command_timeout, server.data_timeout, server.max_connections,
-                server.max_errors, server.max_output, server.reply_timeout) == (None,) * 6
+        assert (server.command_timeout, server.data_timeout, server.max_connections, server.max_errors,
+                server.max_output, server.reply_timeout, server.max_recipients) == (None,) * 7
     finally:
         server.close()
 
@@ -154,9 +166,7 @@ def test_command_timeout_none_keeps_an_idle_session(cli_server: Any) -> None:
             client.sock.recv(100)
         assert client.command(b"NOOP") == b"250 OK\r\n"
         # ...is closed when it idles inside DATA.
-        client.command(b"HELO me")
-        client.command(b"MAIL FROM:<a@example.org>")
-        client.command(b"RCPT TO:<b@example.org>")
+        start_transaction(client)
         assert client.command(b"DATA").startswith(b"354")
         assert client.read_until_closed() == IDLE
     assert server.messages() == []
@@ -165,9 +175,7 @@ def test_command_timeout_none_keeps_an_idle_session(cli_server: Any) -> None:
 def test_data_timeout_closes_a_session_idle_in_data(cli_server: Any) -> None:
     server = cli_server("--data-timeout", "1")
     with connect(server) as client:
-        assert client.command(b"HELO me").startswith(b"250")
-        assert client.command(b"MAIL FROM:<a@example.org>") == b"250 OK\r\n"
-        assert client.command(b"RCPT TO:<b@example.org>") == b"250 OK\r\n"
+        start_transaction(client)
         assert client.command(b"DATA").startswith(b"354")
         client.send(b"Subject: unfinished\r\n")
         started = time.monotonic()
@@ -201,6 +209,14 @@ def test_max_errors_none_never_closes(cli_server: Any) -> None:
         for _ in range(count):
             assert client.read_reply() == UNKNOWN
         assert client.command(b"NOOP") == b"250 OK\r\n"
+
+
+def test_max_recipients_answers_452_beyond_the_limit(cli_server: Any) -> None:
+    server = cli_server("--max-recipients", "2")
+    with connect(server) as client:
+        start_transaction(client)
+        assert client.command(b"RCPT TO:<c@example.org>") == b"250 OK\r\n"
+        assert client.command(b"RCPT TO:<d@example.org>") == b"452 4.5.3 Too many recipients\r\n"
 
 
 # -- SIGTERM while the server is being built ------------------------------------------------

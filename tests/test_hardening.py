@@ -108,6 +108,23 @@ def test_552_ends_the_transaction_and_memory_stays_bounded():
     assert MeasuringChannel.most_buffered <= limit + 65536
 
 
+# A command line (or a line answering an AUTH challenge) is counted, not
+# kept, beyond the command size limit: docs/hardening.md's table.
+@pytest.mark.parametrize("before", [[], [b"EHLO me", b"AUTH LOGIN"]], ids=["command", "auth-response"])
+def test_an_endless_line_is_counted_not_kept(before: List[bytes]) -> None:
+    MeasuringChannel.most_buffered = 0
+    with running_server(MeasuringServer, authenticator=lambda *args: False, auth_require_tls=False) as st:
+        with RawClient(st.address) as client:
+            assert client.read_reply() == GREETING
+            for line in before:
+                assert client.command(line)[:1] in (b"2", b"3")
+            for _ in range(1000):  # 1 MB without a line end
+                client.send(b"x" * 1000)
+            assert client.command(b"") == b"500 Error: line too long\r\n"
+            assert client.command(b"NOOP") == OK
+    assert 512 < MeasuringChannel.most_buffered <= 548 + 65536
+
+
 def test_552_then_mail_directly():
     with running_server(data_size_limit=100) as st:
         with open_session(st.address) as client:

@@ -1,8 +1,9 @@
-"""Session limits: idle timeouts, max_connections, max_errors, max_output.
+"""Session limits: idle timeouts, max_connections, max_errors, max_output,
+max_recipients.
 
 CPython's smtpd had none of them: a client that connected and said nothing
-held its descriptor forever, any number of sessions and errors were
-allowed, and replies a client never read piled up without bound.
+held its descriptor forever, any number of sessions, errors and recipients
+were allowed, and replies a client never read piled up without bound.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_defaults_are_declared():
         "max_connections": None,
         "max_errors": 20,
         "max_output": 131072,
+        "max_recipients": 1000,
         "reply_timeout": 600.0,
     }
     server = smtpd.SMTPServer(("127.0.0.1", 0), None, map={}, command_timeout=None, max_errors=None)
@@ -61,6 +63,8 @@ def test_defaults_are_declared():
         ({"max_output": "128k"}, TypeError),
         ({"max_errors": False}, TypeError),
         ({"reply_timeout": 0}, ValueError),
+        ({"max_recipients": -1}, ValueError),
+        ({"max_recipients": "1000"}, TypeError),
     ],
 )
 def test_bad_option_values_are_refused_at_creation(options: dict, error: type) -> None:
@@ -281,6 +285,73 @@ def test_message_refusals_do_not_count_as_errors():
                 assert client.command(b"DATA").startswith(b"354 ")
                 assert client.command(b"body\r\n.") == b"550 No thanks\r\n"
             assert client.command(b"NOOP") == b"250 OK\r\n"
+
+
+# -- max_recipients -------------------------------------------------------------------
+TOO_MANY_RECIPIENTS = b"452 4.5.3 Too many recipients\r\n"
+
+
+def rcpts(first: int, count: int) -> bytes:
+    return b"".join(b"RCPT TO:<r%d@example.com>\r\n" % n for n in range(first, first + count))
+
+
+def test_recipients_beyond_the_limit_get_452():
+    with running_server(max_recipients=3) as st:
+        with RawClient(st.address) as client:
+            assert client.read_reply() == GREETING
+            assert client.command(b"EHLO me").startswith(b"250-")
+            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<c@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<d@example.com>") == b"250 OK\r\n"
+            assert client.command(b"RCPT TO:<e@example.com>") == TOO_MANY_RECIPIENTS
+            assert client.command(b"RCPT TO:<f@example.com> NOTIFY=NEVER") == TOO_MANY_RECIPIENTS
+            assert client.command(b"DATA").startswith(b"354 ")
+            assert client.command(b"body\r\n.") == b"250 OK\r\n"
+            # A new transaction starts from none.
+            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+            client.send(rcpts(0, 4))
+            assert [client.read_reply() for _ in range(4)] == [b"250 OK\r\n"] * 3 + [TOO_MANY_RECIPIENTS]
+            assert client.command(b"RSET") == b"250 OK\r\n"
+        (first,) = st.server.wait_for(1)
+        assert first.rcpttos == ["b@example.com", "c@example.com", "d@example.com"]
+        assert first.kwargs["rcpt_options"] == []  # the refused RCPT's parameters were not taken
+
+
+def test_default_limit_is_1000_recipients():
+    # Before: every RCPT was kept, a million of them in 70 MB.
+    with running_server() as st:
+        with RawClient(st.address) as client:
+            open_transaction(client)
+            client.send(rcpts(1, 1000))
+            replies = [client.read_reply() for _ in range(1000)]
+            assert replies == [b"250 OK\r\n"] * 999 + [TOO_MANY_RECIPIENTS]
+            assert client.command(b"DATA").startswith(b"354 ")
+            assert client.command(b".") == b"250 OK\r\n"
+        assert len(st.server.wait_for(1)[0].rcpttos) == 1000
+
+
+def test_too_many_recipients_does_not_count_as_an_error():
+    with running_server(max_recipients=1, max_errors=1) as st:
+        with RawClient(st.address) as client:
+            open_transaction(client)
+            client.send(rcpts(0, 5))
+            assert [client.read_reply() for _ in range(5)] == [TOO_MANY_RECIPIENTS] * 5
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+            assert client.command(b"BOGUS") == UNKNOWN  # the budget is still whole
+            client.send(b"BOGUS\r\n")
+            assert client.read_until_closed() == TOO_MANY_ERRORS
+
+
+def test_recipient_limit_can_be_disabled():
+    with running_server(max_recipients=None) as st:
+        with RawClient(st.address) as client:
+            open_transaction(client)
+            client.send(rcpts(1, 1500))
+            assert [client.read_reply() for _ in range(1500)] == [b"250 OK\r\n"] * 1500
+            assert client.command(b"DATA").startswith(b"354 ")
+            assert client.command(b".") == b"250 OK\r\n"
+        assert len(st.server.wait_for(1)[0].rcpttos) == 1501
 
 
 # -- max_output ---------------------------------------------------------------------

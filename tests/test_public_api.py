@@ -311,6 +311,86 @@ def test_install_aliases_leaves_the_real_modules_alone() -> None:
     assert second == "[]"
 
 
+# A stand-in for PyPI's pyasyncore (or pyasynchat): installed on the path,
+# found by "import asyncore" on 3.12+, with a loop over a map of its own.
+FAKE_MODULE = """
+FAKE = True
+socket_map = {}
+
+def loop(timeout=30.0, use_poll=False, map=None, count=None):
+    pass  # its map is empty: returns at once, as pyasyncore's loop() did
+"""
+
+SHADOW_SCRIPT = r"""
+import json, sys, warnings
+sys.path.append(sys.argv[3])  # where pip installs: after the standard library
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    if sys.argv[2] == "imported":
+        __import__(sys.argv[1])  # legacy code imported it before install_aliases()
+    import smtpd_compat
+    aliased = smtpd_compat.install_aliases()
+import smtpd, asyncore, asynchat
+# What legacy code does next: build a server, then run asyncore.loop().
+server = smtpd.SMTPServer(("127.0.0.1", 0), None)
+served = server._fileno in asyncore.socket_map
+server.close()
+print(json.dumps({
+    "aliased": sorted(aliased),
+    "ours": [m is getattr(smtpd_compat, m.__name__.rpartition(".")[2], None) for m in (smtpd, asyncore, asynchat)],
+    "served": served,
+    "warnings": [(w.category.__name__, str(w.message)) for w in caught],
+}))
+"""
+
+
+def run_shadow_script(python: str, tmp_path: Any, name: str, when: str) -> Any:
+    import json
+
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text(FAKE_MODULE, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([python, "-c", SHADOW_SCRIPT, name, when, str(tmp_path)], cwd=str(REPO_ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["asyncore", "asynchat"])
+@pytest.mark.parametrize("when", ["on-path", "imported"])
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_install_aliases_over_a_third_party_module(tmp_path: Any, version: str, name: str, when: str) -> None:
+    # With pyasyncore installed, only smtpd and asynchat were aliased:
+    # legacy code then ran pyasyncore's loop() over an empty map, and
+    # exited 0 without ever serving.
+    python = interpreter(version)
+    if python is None:
+        pytest.skip("Python %s is not installed" % version)
+    report = run_shadow_script(python, tmp_path, name, when)
+    assert report["aliased"] == ["asynchat", "asyncore", "smtpd"]
+    assert report["ours"] == [True, True, True]
+    assert report["served"] is True
+    ((category, message),) = report["warnings"]
+    assert category == "RuntimeWarning"
+    assert str(tmp_path / name) in message
+    if when == "imported":
+        assert message.startswith("install_aliases() comes too late: %s was already imported from " % name)
+    else:
+        assert message.startswith("install_aliases(): smtpd_compat.%s shadows the %s module found at " % (name, name))
+
+
+def test_install_aliases_never_replaces_the_stdlib(tmp_path: Any) -> None:
+    # Where the interpreter ships smtpd, nothing is aliased, whatever else
+    # is on the path.
+    python = interpreter("3.11") or interpreter("3.9")
+    if python is None:
+        pytest.skip("no Python with smtpd in its standard library")
+    report = run_shadow_script(python, tmp_path, "asyncore", "on-path")
+    assert report["aliased"] == [] and report["ours"] == [False, False, False]
+    assert [w for w in report["warnings"] if "install_aliases" in w[1]] == []
+
+
 # -- runtime: the standard library only -------------------------------------------------------------
 STDLIB_SCRIPT = r"""
 import os, sys, sysconfig

@@ -177,6 +177,89 @@ def test_needs_exactly_one_mailbox(tmp_path: Path) -> None:
         MailboxServer(("127.0.0.1", 0), map={}, maildir=tmp_path / "m", mbox=tmp_path / "f")
 
 
+def deliver_one(server: MailboxServer) -> Any:
+    try:
+        return server.process_message(("127.0.0.1", 1), "s@example.com", ["r@example.com"], b"Subject: one\n\nx")
+    finally:
+        server.close()
+
+
+def test_an_existing_empty_directory_becomes_a_maildir(tmp_path: Path) -> None:
+    # Before, it was taken as it was, and every message got 451
+    # (FileNotFoundError: no tmp/).
+    maildir = tmp_path / "empty"
+    maildir.mkdir()
+    assert deliver_one(MailboxServer(("127.0.0.1", 0), map={}, maildir=maildir)) is None
+    assert sorted(os.listdir(maildir)) == ["cur", "new", "tmp"]
+    assert len(read_maildir(maildir)) == 1
+
+
+def test_an_existing_maildir_with_other_files_is_used(tmp_path: Path) -> None:
+    maildir = tmp_path / "mail"
+    mailbox.Maildir(str(maildir), create=True)
+    (maildir / "dovecot-uidlist").write_text("3 V1 N1\n")
+    assert deliver_one(MailboxServer(("127.0.0.1", 0), map={}, maildir=maildir)) is None
+    assert len(read_maildir(maildir)) == 1
+
+
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "passwd"
+    path.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return path
+
+
+def a_full_directory(tmp_path: Path) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    (path / "notes.txt").write_text("mine\n")
+    (path / "new").mkdir()  # one of the three is not enough
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (a_file, "exists and is not a directory"),
+        (a_full_directory, "not a Maildir (no tmp/, cur/) and not empty"),
+        (lambda tmp_path: tmp_path / "missing" / "mail", "cannot create the directory: No such file or directory"),
+    ],
+    ids=["file", "full-directory", "no-parent"],
+)
+def test_a_path_that_is_not_a_maildir_is_refused_at_start_up(tmp_path: Path, make: Any, reason: str) -> None:
+    path = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError) as info:
+        MailboxServer(("127.0.0.1", 0), map={}, maildir=path)
+    assert isinstance(info.value, servers.MailboxPathError)
+    assert str(info.value) == "maildir=%r: %s" % (str(path), reason)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created in someone else's directory
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (a_file, 'not empty and not an mbox file (it does not begin with "From ")'),
+        (lambda tmp_path: tmp_path, "exists and is a directory"),
+        (lambda tmp_path: tmp_path / "missing" / "mbox", "cannot open it for appending: No such file or directory"),
+    ],
+    ids=["not-an-mbox", "directory", "no-parent"],
+)
+def test_a_path_that_is_not_an_mbox_is_refused_at_start_up(tmp_path: Path, make: Any, reason: str) -> None:
+    path = make(tmp_path)
+    content = path.read_bytes() if path.is_file() else None
+    with pytest.raises(servers.MailboxPathError) as info:
+        MailboxServer(("127.0.0.1", 0), map={}, mbox=path)
+    assert str(info.value) == "mbox=%r: %s" % (str(path), reason)
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+def test_an_empty_or_missing_mbox_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    for name in ("empty", "missing"):
+        assert deliver_one(MailboxServer(("127.0.0.1", 0), map={}, mbox=tmp_path / name)) is None
+
+
 # -- MailboxServer: mbox ----------------------------------------------------------------------
 def test_mbox_delivery(tmp_path: Path) -> None:
     path = tmp_path / "mbox"
@@ -277,6 +360,35 @@ def test_cli_mailbox_option_errors(argv: List[str], expected: str, capsys: pytes
     assert _cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("smtpd_compat: error: ") and expected in err
+
+
+@pytest.mark.parametrize(
+    "option, make, reason",
+    [
+        ("--maildir", lambda tmp_path: tmp_path / "missing" / "mail", "cannot create the directory"),
+        ("--maildir", a_file, "exists and is not a directory"),
+        ("--maildir", a_full_directory, "not a Maildir"),
+        ("--mbox", lambda tmp_path: tmp_path, "exists and is a directory"),
+    ],
+)
+def test_cli_names_the_mailbox_option_and_path(tmp_path: Path, option: str, make: Any, reason: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: "cannot listen on 127.0.0.1:0: No such file or directory",
+    # or a server that started and answered 451 to every message.
+    path = make(tmp_path)
+    argv = ["-n", "-c", "MailboxServer", option, str(path), "127.0.0.1:0"]
+    try:
+        server = _cli.make_server(_cli.parse_args(argv))
+    except _cli.UsageError as err:
+        assert str(err).startswith("%s %s: %s" % (option, path, reason))
+    else:
+        server.close()
+        pytest.fail("the server started")
+    # main() reports it as one line, status 2 (it would serve otherwise).
+    assert _cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smtpd_compat: error: %s %s: %s" % (option, path, reason))
+    assert len(err.splitlines()) == 1 and "listen" not in err
 
 
 def test_servers_resolvable_by_class_name() -> None:
