@@ -1,13 +1,7 @@
-"""SASL for SMTP AUTH (RFC 4954): the PLAIN and LOGIN mechanisms, without I/O.
+"""Password checking for SMTP AUTH: the ``--auth-file`` authenticator.
 
-Nothing here touches a socket.  :class:`AuthExchange` is the server side of
-one ``AUTH`` command: it is given the mechanism and the optional initial
-response, then each line the client sends back; it answers with the next
-challenge or with the :class:`Credentials` the client presented, and raises
-:class:`~smtpd_compat._protocol.ReplyError` (carrying the ``501`` reply) for a
-cancelled exchange or a response that is not valid base64.  The channel glue
-(``smtp_AUTH``, the failure budget, who decides whether a password is right)
-lives in ``_tls``.
+The SASL mechanisms themselves (PLAIN, LOGIN, the exchange) are in
+``_sasl``; the names this module used to define are re-exported here.
 
 :class:`PasswordFile` is the authenticator behind the command line's
 ``--auth-file``: ``user:password`` lines, the password either in clear or as
@@ -23,13 +17,12 @@ import concurrent.futures
 import hashlib
 import hmac
 import os
-import re
 import stat
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _replies as R
-from ._protocol import ReplyError
+from . import _sasl
+from ._sasl import DEFAULT_MECHANISMS, Credentials, decode_base64, mechanism_for, parse_plain
 
 __all__ = [
     "MECHANISMS",
@@ -45,129 +38,15 @@ __all__ = [
     "redact_command",
 ]
 
-# The mechanisms this module implements, in the order EHLO announces them.
-MECHANISMS = ("PLAIN", "LOGIN")
-
-# RFC 4954 section 4: "*" alone cancels the exchange.
-CANCEL = "*"
-# RFC 4954 section 4: "=" alone is an empty initial response (an empty
-# argument would be no initial response at all).
-EMPTY_INITIAL_RESPONSE = "="
-
-# The LOGIN mechanism's prompts, as every client expects them: base64 of
-# "Username:" and "Password:".
-_LOGIN_USERNAME = base64.b64encode(b"Username:").decode("ascii")
-_LOGIN_PASSWORD = base64.b64encode(b"Password:").decode("ascii")
+# The SASL mechanisms live in _sasl; these names are kept for the code and
+# tests that imported them from here.
+MECHANISMS = DEFAULT_MECHANISMS
+Step = _sasl.Step
 
 
-class Credentials(NamedTuple):
-    """What the client presented: checked by the server's authenticator."""
-
-    mechanism: str
-    login: str
-    password: str
-    # PLAIN's authorization identity ("act as"); empty when not given.
-    authzid: str = ""
-
-    def __repr__(self) -> str:
-        # A Credentials may end up in a traceback or a debug print: never
-        # show the password.
-        return "Credentials(mechanism=%r, login=%r, password=<redacted>, authzid=%r)" % (
-            self.mechanism,
-            self.login,
-            self.authzid,
-        )
-
-
-# Canonical base64: whole quanta, padding only at the end.  Checked before
-# decoding because binascii's leniency differs between Python versions
-# (3.9 and 3.10 decode a lone "=" as empty).
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-
-
-def decode_base64(text: str) -> bytes:
-    """Decode one SASL response line; ``501`` if it is not strict base64."""
-    if not _BASE64.fullmatch(text):
-        raise ReplyError(R.AUTH_BAD_BASE64)
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ReplyError(R.AUTH_BAD_BASE64) from None
-
-
-def _text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ReplyError(R.AUTH_BAD_MESSAGE) from None
-
-
-def parse_plain(message: bytes) -> Credentials:
-    """Split a PLAIN message ``authzid NUL authcid NUL passwd`` (RFC 4616)."""
-    parts = message.split(b"\0")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ReplyError(R.AUTH_BAD_MESSAGE)
-    authzid, login, password = (_text(part) for part in parts)
-    return Credentials("PLAIN", login, password, authzid)
-
-
-Step = Union[str, Credentials]
-
-
-class AuthExchange:
-    """The server side of one AUTH exchange (RFC 4954), without I/O.
-
-    Methods for the caller: :meth:`start` once, then :meth:`respond` with each
-    line the client sends, until one of them returns :class:`Credentials`.
-    A ``str`` result is a challenge: send ``"334 " + challenge`` and wait for
-    the next line.  Both raise :class:`ReplyError` with a ``501`` reply when
-    the client cancels (``*``) or sends something that is not base64; the
-    exchange is over then.
-    """
-
-    def __init__(self, mechanism: str, initial_response: Optional[str] = None) -> None:
-        mechanism = mechanism.upper()
-        if mechanism not in MECHANISMS:
-            raise ReplyError(R.AUTH_UNKNOWN_MECHANISM)
-        self.mechanism = mechanism
-        self._initial = initial_response
-        self._login: Optional[str] = None
-        self.done = False
-
-    def start(self) -> Step:
-        """The first step: a challenge, or the credentials when the initial
-        response already holds all of them."""
-        initial = self._initial
-        if initial is None:
-            return "" if self.mechanism == "PLAIN" else _LOGIN_USERNAME
-        if initial == EMPTY_INITIAL_RESPONSE:
-            initial = ""
-        return self._consume(initial)
-
-    def respond(self, line: str) -> Step:
-        """Take the client's answer to the last challenge."""
-        if self.done:
-            raise RuntimeError("the exchange is over")
-        if line == CANCEL:
-            self.done = True
-            raise ReplyError(R.AUTH_CANCELLED)
-        return self._consume(line)
-
-    def _consume(self, text: str) -> Step:
-        try:
-            data = decode_base64(text)
-            if self.mechanism == "PLAIN":
-                self.done = True
-                return parse_plain(data)
-            # LOGIN: the user name, then the password, each on its own line.
-            if self._login is None:
-                self._login = _text(data)
-                return _LOGIN_PASSWORD
-            self.done = True
-            return Credentials("LOGIN", self._login, _text(data))
-        except ReplyError:
-            self.done = True
-            raise
+def AuthExchange(mechanism: str, initial_response: Optional[str] = None) -> _sasl.Mechanism:  # noqa: N802
+    """The server side of one AUTH exchange (see ``_sasl.Mechanism``)."""
+    return mechanism_for(mechanism, initial_response)
 
 
 def redact_command(line: bytes) -> bytes:

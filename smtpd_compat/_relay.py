@@ -324,13 +324,13 @@ def reply_for(refused: Optional[Refusals], rcpttos: Sequence[str]) -> Optional[s
     recipients = set(rcpttos)
     if len(known) == len(entries) and len(set(known)) == 1 and recipients <= set(refused):
         code, text = known[0]
-        return "%d %s" % (code, text) if text else "%d" % code
+        return R.format_reply(code, [text])
     permanent = [code for code, _ in known if code >= 500]
     temporary = [code for code, _ in known if code < 500]
     code = permanent[0] if permanent else temporary[0]
-    lines = []
+    texts = []
     for rcpt, rcode, text in entries:
         said = R.RELAY_UNREACHABLE_DETAIL if rcode is None else ("%d %s" % (rcode, text)).rstrip()
-        lines.append(R.RELAY_REFUSED_RCPT % (code, rcpt, said))
-    lines.append(R.RELAY_NOT_RELAYED % (code, len(refused), len(recipients)))
-    return "\r\n".join(lines)
+        texts.append(R.RELAY_REFUSED_RCPT % (rcpt, said))
+    texts.append(R.RELAY_NOT_RELAYED % (len(refused), len(recipients)))
+    return R.format_reply(code, texts)

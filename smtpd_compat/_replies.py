@@ -1,9 +1,30 @@
-"""Every reply text the server sends, in one place.
+"""Every reply text the server sends, in one place, and one way to build
+a multi-line reply (:func:`reply_lines`, :func:`format_reply`).
 
 The texts of CPython 3.11's smtpd are part of the compatibility contract and
 are reproduced exactly; replies that smtpd never sent (for the defects fixed
 here and the extensions added) follow RFC 5321's wording.
 """
+
+from typing import List, Sequence
+
+
+def reply_lines(code: int, texts: Sequence[str]) -> List[str]:
+    """The lines of one reply (RFC 5321 4.2.1): ``code-text`` for each text
+    but the last, ``code text`` for the last (``code`` alone for an empty
+    last text)."""
+    last = len(texts) - 1
+    return [
+        ("%d-%s" % (code, text)) if i < last else (("%d %s" % (code, text)) if text else "%d" % code)
+        for i, text in enumerate(texts)
+    ]
+
+
+def format_reply(code: int, texts: Sequence[str]) -> str:
+    """A whole reply, its lines joined by CRLF (without the final CRLF, as
+    ``push()`` takes it)."""
+    return "\r\n".join(reply_lines(code, texts))
+
 
 # Greeting: "220 <fqdn> <version>"
 GREETING = "220 %s %s"
@@ -109,9 +130,9 @@ SHUTTING_DOWN = "421 %s Service shutting down, closing connection"
 RELAY_UNAVAILABLE = "451 Requested action aborted: upstream server unavailable"
 # Some recipients refused upstream: one line each (code, recipient, what the
 # upstream server said), then a last line; nothing was relayed to anyone.
-RELAY_REFUSED_RCPT = "%d-<%s>: upstream replied: %s"
+RELAY_REFUSED_RCPT = "<%s>: upstream replied: %s"
 RELAY_UNREACHABLE_DETAIL = "no usable reply"
-RELAY_NOT_RELAYED = "%d Message not relayed: upstream refused %d of %d recipients, relayed to none"
+RELAY_NOT_RELAYED = "Message not relayed: upstream refused %d of %d recipients, relayed to none"
 
 
 # The fixed replies (no %-placeholder) as sent on the wire: push() looks a

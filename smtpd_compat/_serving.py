@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import _options, _protocol, _reactor
+from . import _options, _grammar, _reactor
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults
 # (kept in the server's _options.Options).
@@ -505,7 +505,7 @@ def refuse_command(channel: Any, line: Optional[bytes] = None) -> bool:
 
 
 def _is_quit(line: bytes) -> bool:
-    return _protocol.split_command(line.decode("utf-8", "replace"))[0] == "QUIT"
+    return _grammar.split_command(line.decode("utf-8", "replace"))[0] == "QUIT"
 
 
 def _refuse_handshakes(sock: Any) -> bool:

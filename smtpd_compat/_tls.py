@@ -53,7 +53,7 @@ from typing import Any, Callable, Dict, List, Optional
 from . import _options, _reactor, asynchat, asyncore
 from . import _replies as R
 from ._auth import MECHANISMS, AuthExchange, Credentials, PasswordFile, check_in_worker
-from ._protocol import ReplyError
+from ._grammar import ReplyError
 
 log = logging.getLogger("smtpd_compat")
 

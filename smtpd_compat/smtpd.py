@@ -57,7 +57,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _limits, _options, _protocol, _reactor, _relay, _serving, _tls, asynchat, asyncore
+from . import _auth, _limits, _options, _grammar, _reactor, _relay, _serving, _tls, asynchat, asyncore
 from . import _replies as R
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
@@ -438,12 +438,12 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             simple = (
                 self.smtp_state == self.DATA
                 and not self.received_lines
-                and data.endswith(_protocol.END_OF_DATA)
+                and data.endswith(_grammar.END_OF_DATA)
                 and size > 5
                 and not self.num_bytes
-                and self.terminator == _protocol.END_OF_DATA
+                and self.terminator == _grammar.END_OF_DATA
                 and data[:3] != b".\r\n"
-                and data.find(_protocol.END_OF_DATA) == size - 5
+                and data.find(_grammar.END_OF_DATA) == size - 5
             )
         if not simple:
             self._ac_feed(data)
@@ -579,7 +579,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         except UnicodeDecodeError:
             self.push(R.BAD_ENCODING)
             return
-        command, arg = _protocol.split_command(text)
+        command, arg = _grammar.split_command(text)
         if self.extended_smtp:
             limits = self.command_size_limits
             if command in limits:
@@ -594,7 +594,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         method = getattr(self, "smtp_" + command, None)
         if not method:
-            self.push(R.UNKNOWN_COMMAND % _protocol.reply_safe(command))
+            self.push(R.UNKNOWN_COMMAND % _grammar.reply_safe(command))
             return
         method(arg)
 
@@ -609,7 +609,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._set_post_data_state()
             self.push(R.TOO_MUCH_DATA)
             return
-        data: Union[bytes, str] = _protocol.unstuff_chunks(message)
+        data: Union[bytes, str] = _grammar.unstuff_chunks(message)
         if self._decode_data:
             try:
                 data = data.decode("utf-8")
@@ -718,18 +718,18 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
 
     # -- helpers kept from smtpd for subclasses ----------------------------------
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
-        return _protocol.strip_keyword(keyword, arg)
+        return _grammar.strip_keyword(keyword, arg)
 
     def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
         if not arg:
             return "", ""
         try:
-            return _protocol.parse_path(arg)
-        except _protocol.AddressError:
+            return _grammar.parse_path(arg)
+        except _grammar.AddressError:
             return "", ""
 
     def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
-        return _protocol.parse_params(params)
+        return _grammar.parse_params(params)
 
     # -- extension points for the optional features (TLS, AUTH, limits) -----
     def _extra_ehlo_keywords(self) -> List[str]:
@@ -829,7 +829,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if address:
             self.push(R.VRFY_CANNOT)
         else:
-            self.push(R.VRFY_FAILED % _protocol.reply_safe(arg))
+            self.push(R.VRFY_FAILED % _grammar.reply_safe(arg))
 
     def smtp_MAIL(self, arg: Optional[str]) -> None:
         if not self.seen_greeting:
@@ -856,14 +856,14 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         if parsed:  # most MAIL commands have no parameters: nothing to check
             try:
-                require_smtputf8 = _protocol.check_mail_params(
+                require_smtputf8 = _grammar.check_mail_params(
                     parsed,
                     syntaxerr,
                     decode_data=self._decode_data,
                     enable_smtputf8=self.enable_SMTPUTF8,
                     data_size_limit=self.data_size_limit,
                 )
-            except _protocol.ReplyError as err:
+            except _grammar.ReplyError as err:
                 self.push(err.reply)
                 return
             if require_smtputf8:
@@ -928,10 +928,10 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self.push(R.SYNTAX_DATA)
             return
         self.smtp_state = self.DATA
-        self.set_terminator(_protocol.END_OF_DATA)
+        self.set_terminator(_grammar.END_OF_DATA)
         # The CRLF that ended this command line counts towards the end of
         # data, so a message may be empty ("DATA", then "." at once).
-        self._ac_framer.prefix_seen = _protocol.DATA_START
+        self._ac_framer.prefix_seen = _grammar.DATA_START
         # The message collects in received_lines, as in smtpd, piece by
         # piece; the pieces are joined once, at the end (unstuff_chunks).
         self.push(R.START_DATA)
@@ -1215,7 +1215,7 @@ class PureProxy(SMTPServer):
         super().__init__(*args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
-        data = _protocol.add_peer_header(data, peer[0])
+        data = _grammar.add_peer_header(data, peer[0])
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data)
 
     def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Optional[str]:

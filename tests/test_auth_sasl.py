@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from smtpd_compat import _auth
 from smtpd_compat import _replies as R
 from smtpd_compat._auth import AuthExchange, AuthFileError, Credentials, PasswordFile
-from smtpd_compat._protocol import ReplyError
+from smtpd_compat._grammar import ReplyError
 
 
 def b64(data: bytes) -> str:

@@ -17,20 +17,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpd_compat import _framing, _protocol, _reactor, asynchat, asyncore
-from test_protocol import smtpd_unstuff
+from smtpd_compat import _framing, _grammar, _reactor, asynchat, asyncore
+from test_grammar import smtpd_unstuff
 
 
 _STOP = frozenset(' \t\r\n<>()[],;:@"\\')
 
 
 def _bad(ch: str) -> bool:
-    # The character rule _protocol._run applied before it became a regex.
+    # The character rule _grammar._run applied before it became a regex.
     return ch in _STOP or ch < " " or ch == "\x7f"
 
 
 def _slow_run(text: str, i: int) -> int:
-    # The character loop _protocol._run used before it became a regex.
+    # The character loop _grammar._run used before it became a regex.
     while i < len(text) and not _bad(text[i]):
         i += 1
     return i
@@ -44,13 +44,13 @@ def test_address_run_regex_matches_character_rule() -> None:
         ch = chr(cp)
         for text in (ch, "ab" + ch + "cd", ch * 3):
             for start in (0, 1):
-                assert _protocol._run(text, start) == _slow_run(text, start), (hex(cp), text, start)
+                assert _grammar._run(text, start) == _slow_run(text, start), (hex(cp), text, start)
 
 
 def _parse(parser: Any, text: str) -> Any:
     try:
         return parser(text)
-    except _protocol.AddressError:
+    except _grammar.AddressError:
         return "AddressError"
 
 
@@ -62,7 +62,7 @@ PATH_ALPHABET = 'ab.@<>"\\:,[] \t\r\x00\x7fé'
 @settings(max_examples=3000, deadline=None)
 @given(st.text(alphabet=PATH_ALPHABET, max_size=14))
 def test_common_path_match_agrees_with_the_stepwise_parse(text: str) -> None:
-    assert _parse(_protocol.parse_path, text) == _parse(_protocol._parse_path_stepwise, text.lstrip())
+    assert _parse(_grammar.parse_path, text) == _parse(_grammar._parse_path_stepwise, text.lstrip())
 
 
 @pytest.mark.parametrize(
@@ -70,25 +70,25 @@ def test_common_path_match_agrees_with_the_stepwise_parse(text: str) -> None:
     ["<a@b>", "<a.b@c.d> SIZE=10", "<.a@b>", "<a.@b>", "<...@b>", "<a@.b>", "<a@b.>", "<a@b..c>", "<a@b>>", "<é@b>", "<a@b", "<a@b c>"],
 )
 def test_common_path_edge_cases(text: str) -> None:
-    assert _parse(_protocol.parse_path, text) == _parse(_protocol._parse_path_stepwise, text)
+    assert _parse(_grammar.parse_path, text) == _parse(_grammar._parse_path_stepwise, text)
 
 
 def test_common_path_takes_the_usual_addresses() -> None:
-    assert _protocol._COMMON_PATH.match("<bench.user@mail.example.com>") is not None
-    assert _protocol.parse_path("<bench.user@mail.example.com> SIZE=1000") == ("bench.user@mail.example.com", " SIZE=1000")
+    assert _grammar._COMMON_PATH.match("<bench.user@mail.example.com>") is not None
+    assert _grammar.parse_path("<bench.user@mail.example.com> SIZE=1000") == ("bench.user@mail.example.com", " SIZE=1000")
 
 
 def test_address_run_stops_at_every_delimiter() -> None:
     for delim in ' \t\r\n<>()[],;:@"\\\x00\x1f\x7f':
-        assert _protocol._run("abc" + delim + "def", 0) == 3
-    assert _protocol._run("", 0) == 0
-    assert _protocol._run("abc", 3) == 3
+        assert _grammar._run("abc" + delim + "def", 0) == 3
+    assert _grammar._run("", 0) == 0
+    assert _grammar._run("abc", 3) == 3
 
 
 # -- message text: unstuff_chunks --------------------------------------------------
 def _is_message_text(raw: bytes) -> bool:
-    framed = _protocol.DATA_START + raw + _protocol.END_OF_DATA
-    return framed.find(_protocol.END_OF_DATA) == len(_protocol.DATA_START + raw)
+    framed = _grammar.DATA_START + raw + _grammar.END_OF_DATA
+    return framed.find(_grammar.END_OF_DATA) == len(_grammar.DATA_START + raw)
 
 
 def _cuts(raw: bytes, rnd: random.Random) -> List[bytes]:
@@ -104,7 +104,7 @@ def test_unstuff_chunks_matches_smtpd_on_small_texts() -> None:
         raw = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 10)))
         if not _is_message_text(raw):
             continue
-        result = _protocol.unstuff_chunks(_cuts(raw, rnd))
+        result = _grammar.unstuff_chunks(_cuts(raw, rnd))
         assert result == smtpd_unstuff(raw), raw
         assert type(result) is bytes
         checked += 1
@@ -120,43 +120,43 @@ def test_unstuff_chunks_matches_smtpd_on_large_texts() -> None:
         raw = b"".join(parts)
         if not _is_message_text(raw):
             continue
-        assert _protocol._has_stuffed_line(raw) == (b"\r\n." in raw)
-        assert _protocol.unstuff_chunks(_cuts(raw, rnd)) == smtpd_unstuff(raw)
+        assert _grammar._has_stuffed_line(raw) == (b"\r\n." in raw)
+        assert _grammar.unstuff_chunks(_cuts(raw, rnd)) == smtpd_unstuff(raw)
 
 
 def test_stuffed_line_found_after_many_dots() -> None:
     body = b"a.b.c.d\r\n" * 5000  # 20000 dots, none at a line start
-    assert not _protocol._has_stuffed_line(body)
-    assert _protocol._has_stuffed_line(body + b"\r\n..x")
-    assert _protocol.unstuff_chunks([body, b"\r\n..x"]) == smtpd_unstuff(body + b"\r\n..x")
-    assert _protocol.unstuff_chunks([]) == b""
-    assert _protocol.unstuff_chunks([b".x"]) == b"x"
+    assert not _grammar._has_stuffed_line(body)
+    assert _grammar._has_stuffed_line(body + b"\r\n..x")
+    assert _grammar.unstuff_chunks([body, b"\r\n..x"]) == smtpd_unstuff(body + b"\r\n..x")
+    assert _grammar.unstuff_chunks([]) == b""
+    assert _grammar.unstuff_chunks([b".x"]) == b"x"
 
 
 def test_unstuff_chunks_keeps_bare_carriage_returns() -> None:
     # Without a bare CR every CR is deleted at once; with one, only CRLF
     # becomes LF.
-    assert _protocol.unstuff_chunks([b"a\r\nb\r\n"]) == b"a\nb\n"
-    assert _protocol.unstuff_chunks([b"a\rb\r\nc"]) == b"a\rb\nc"
-    assert _protocol.unstuff_chunks([b"a\r\r\nb\r"]) == b"a\r\nb\r"
-    assert _protocol.unstuff_chunks([b"\r"]) == b"\r"
+    assert _grammar.unstuff_chunks([b"a\r\nb\r\n"]) == b"a\nb\n"
+    assert _grammar.unstuff_chunks([b"a\rb\r\nc"]) == b"a\rb\nc"
+    assert _grammar.unstuff_chunks([b"a\r\r\nb\r"]) == b"a\r\nb\r"
+    assert _grammar.unstuff_chunks([b"\r"]) == b"\r"
 
 
 def test_plain_pieces_judges_each_piece_and_each_junction() -> None:
-    plain = _protocol._plain_pieces
+    plain = _grammar._plain_pieces
     assert plain([b"a\r\n", b"b\r\n"]) and plain([]) and plain([b""])
     assert not plain([b".a"])  # the first line starts with a dot
     assert not plain([b"a\r\n", b".b"])  # CRLF | dot
     assert plain([b"a", b".b"])  # the dot is not at a line start
     assert not plain([b"a\r", b"\nb"])  # a CR ending a piece counts as bare
     assert not plain([b"a\rb"]) and not plain([b"a\r\n.b"])
-    assert _protocol.unstuff_chunks([b"a\r\n", b".b"]) == b"a\nb"
-    assert _protocol.unstuff_chunks([b"a\r", b"\nb"]) == b"a\nb"
+    assert _grammar.unstuff_chunks([b"a\r\n", b".b"]) == b"a\nb"
+    assert _grammar.unstuff_chunks([b"a\r", b"\nb"]) == b"a\nb"
 
 
 def test_unstuff_chunks_empties_the_list() -> None:
     chunks = [b"a\r\n", b"b"]
-    assert _protocol.unstuff_chunks(chunks) == b"a\nb"
+    assert _grammar.unstuff_chunks(chunks) == b"a\nb"
     assert chunks == []
 
 

@@ -1,8 +1,12 @@
-"""The pure core of the SMTP server: grammar and transformations, no I/O.
+"""SMTP's grammar and the message's transformations: pure functions, no I/O.
 
-Nothing here touches a socket, a clock or a global: each function takes text
-or bytes and returns a value or raises :class:`ReplyError`, which carries the
-reply the session should send.  ``SMTPChannel`` calls these functions; tests
+Command lines (:func:`split_command`), paths (:func:`parse_path`, the one
+address parser), ESMTP parameters (:func:`parse_params`,
+:func:`check_mail_params`), dot-unstuffing (:func:`unstuff_chunks`) and the
+reply-safe echo of client text (:func:`reply_safe`).  Nothing here touches a
+socket, a clock or a global: each function takes text or bytes and returns a
+value or raises :class:`ReplyError`, which carries the reply the session
+should send.  The session (``_session``) calls these functions; tests
 exercise them directly.
 """
 

@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure protocol core (``smtpd_compat._protocol``).
+"""Table-driven tests of the pure protocol core (``smtpd_compat._grammar``).
 
 No sockets here: every case is text in, value (or ``AddressError`` /
 ``ReplyError``) out.  Where CPython 3.11's smtpd had defined behaviour, the
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpd_compat import _protocol as P
+from smtpd_compat import _grammar as P
 from smtpd_compat import _replies as R
 
 # -- split_command / strip_keyword ------------------------------------------------

@@ -1,0 +1,227 @@
+"""SASL mechanisms for SMTP AUTH (RFC 4954), as a registry of classes; no I/O.
+
+A mechanism is a small class: it is created for one ``AUTH`` command with
+the optional initial response, :meth:`Mechanism.start` gives the first
+step, :meth:`Mechanism.respond` takes each line the client sends back.  A
+step is either a challenge (``str``: the session answers ``334 <challenge>``
+and waits for the next line) or the :class:`Credentials` the client
+presented, which the server's authenticator then checks.  A cancelled
+exchange or a response that is not valid base64 raises
+:class:`~smtpd_compat._grammar.ReplyError` carrying the ``501`` reply.
+
+Adding a mechanism touches this module only: subclass :class:`Mechanism`,
+decorate it with :func:`register`, and give its :class:`Credentials` a way
+to be checked against a stored secret (:meth:`Credentials.check`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+from typing import Callable, ClassVar, Dict, NamedTuple, Optional, Tuple, Type, Union
+
+from . import _replies as R
+from ._grammar import ReplyError
+
+__all__ = [
+    "CANCEL",
+    "MECHANISMS",
+    "Credentials",
+    "Login",
+    "Mechanism",
+    "Plain",
+    "Step",
+    "decode_base64",
+    "mechanism_for",
+    "parse_plain",
+    "register",
+]
+
+# RFC 4954 section 4: "*" alone cancels the exchange.
+CANCEL = "*"
+# RFC 4954 section 4: "=" alone is an empty initial response (an empty
+# argument would be no initial response at all).
+EMPTY_INITIAL_RESPONSE = "="
+
+
+class Credentials(NamedTuple):
+    """What the client presented: checked by the server's authenticator.
+
+    For mechanisms that send the password (PLAIN, LOGIN) ``password`` holds
+    it; :meth:`check` compares it with a stored secret in constant time.
+    """
+
+    mechanism: str
+    login: str
+    password: str
+    # PLAIN's authorization identity ("act as"); empty when not given.
+    authzid: str = ""
+
+    def check(self, secret: str) -> bool:
+        """Whether the client proved knowledge of *secret* (the password)."""
+        return hmac.compare_digest(self.password.encode("utf-8"), secret.encode("utf-8"))
+
+    def __repr__(self) -> str:
+        # A Credentials may end up in a traceback or a debug print: never
+        # show the password.
+        return "Credentials(mechanism=%r, login=%r, password=<redacted>, authzid=%r)" % (
+            self.mechanism,
+            self.login,
+            self.authzid,
+        )
+
+
+Step = Union[str, Credentials]
+
+# Canonical base64: whole quanta, padding only at the end.  Checked before
+# decoding because binascii's leniency differs between Python versions
+# (3.9 and 3.10 decode a lone "=" as empty).
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode one SASL response line; ``501`` if it is not strict base64."""
+    if not _BASE64.fullmatch(text):
+        raise ReplyError(R.AUTH_BAD_BASE64)
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ReplyError(R.AUTH_BAD_BASE64) from None
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplyError(R.AUTH_BAD_MESSAGE) from None
+
+
+def parse_plain(message: bytes) -> Credentials:
+    """Split a PLAIN message ``authzid NUL authcid NUL passwd`` (RFC 4616)."""
+    parts = message.split(b"\0")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ReplyError(R.AUTH_BAD_MESSAGE)
+    authzid, login, password = (_text(part) for part in parts)
+    return Credentials("PLAIN", login, password, authzid)
+
+
+class Mechanism:
+    """The server side of one exchange of a SASL mechanism.
+
+    Subclasses set :attr:`name` and implement :meth:`first` (the step for
+    the initial response, or the first challenge when there is none) and
+    :meth:`step` (the step for one decoded response).  Either returns a
+    challenge ``str`` (sent base64-encoded by :meth:`challenge`) or the
+    :class:`Credentials`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, initial_response: Optional[str] = None) -> None:
+        self._initial = initial_response
+        self.done = False
+
+    def start(self) -> Step:
+        """The first step: a challenge, or the credentials when the initial
+        response already holds all of them."""
+        initial = self._initial
+        if initial is None:
+            return self.first(None)
+        if initial == EMPTY_INITIAL_RESPONSE:
+            initial = ""
+        return self._consume(initial, self.first)
+
+    def respond(self, line: str) -> Step:
+        """Take the client's answer (one line, as received) to the last challenge."""
+        if self.done:
+            raise RuntimeError("the exchange is over")
+        if line == CANCEL:
+            self.done = True
+            raise ReplyError(R.AUTH_CANCELLED)
+        return self._consume(line, self.step)
+
+    def _consume(self, text: str, handler: Callable[[bytes], Step]) -> Step:
+        try:
+            result = handler(decode_base64(text))
+        except ReplyError:
+            self.done = True
+            raise
+        if isinstance(result, Credentials):
+            self.done = True
+        return result
+
+    # -- for subclasses -----------------------------------------------------------------
+    def first(self, data: Optional[bytes]) -> Step:
+        raise NotImplementedError
+
+    def step(self, data: bytes) -> Step:
+        raise NotImplementedError
+
+    @staticmethod
+    def challenge(text: bytes) -> str:
+        """A challenge as sent after ``334 ``: base64 of *text*."""
+        return base64.b64encode(text).decode("ascii")
+
+
+MECHANISMS: Dict[str, Type[Mechanism]] = {}
+
+
+def register(cls: Type[Mechanism]) -> Type[Mechanism]:
+    """Class decorator: make *cls* available under its ``name``."""
+    MECHANISMS[cls.name] = cls
+    return cls
+
+
+def mechanism_for(name: str, initial_response: Optional[str] = None) -> Mechanism:
+    """A new exchange of the mechanism *name*; ``504`` if there is none."""
+    cls = MECHANISMS.get(name.upper())
+    if cls is None:
+        raise ReplyError(R.AUTH_UNKNOWN_MECHANISM)
+    return cls(initial_response)
+
+
+@register
+class Plain(Mechanism):
+    """PLAIN (RFC 4616): one message, ``authzid NUL login NUL password``."""
+
+    name = "PLAIN"
+
+    def first(self, data: Optional[bytes]) -> Step:
+        if data is None:
+            return ""  # an empty challenge: "send the message"
+        return parse_plain(data)
+
+    def step(self, data: bytes) -> Step:
+        return parse_plain(data)
+
+
+@register
+class Login(Mechanism):
+    """LOGIN (draft-murchison-sasl-login): the user name, then the password,
+    each asked for with the prompts every client expects."""
+
+    name = "LOGIN"
+    USERNAME = Mechanism.challenge(b"Username:")
+    PASSWORD = Mechanism.challenge(b"Password:")
+
+    def __init__(self, initial_response: Optional[str] = None) -> None:
+        super().__init__(initial_response)
+        self._login: Optional[str] = None
+
+    def first(self, data: Optional[bytes]) -> Step:
+        if data is None:
+            return self.USERNAME
+        return self.step(data)
+
+    def step(self, data: bytes) -> Step:
+        if self._login is None:
+            self._login = _text(data)
+            return self.PASSWORD
+        return Credentials("LOGIN", self._login, _text(data))
+
+
+# The mechanisms offered unless the server's auth_mechanisms option says
+# otherwise, in the order EHLO announces them.
+DEFAULT_MECHANISMS: Tuple[str, ...] = ("PLAIN", "LOGIN")
