@@ -35,31 +35,28 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # after the path is set
-from smtpbench.common import HOST, REPO_ROOT, log  # noqa: E402
+from smtpbench.common import HOST, log  # noqa: E402
 from smtpbench.launch import start_server  # noqa: E402
 from smtpbench.loadgen import PyLoadGen  # noqa: E402
 from smtpbench.procfs import RssSampler, proc_status_kb, reset_peak_rss  # noqa: E402
-from smtpbench.servers import COMPAT_SINK, Server, python_env  # noqa: E402
+from smtpbench.servers import COMPAT_SINK, CompatServer, write_sink  # noqa: E402
 
 PHASES = ("messages", "rcpt-unlimited", "rcpt-default")
 
 
-class SoakServer(Server):
-    """``python -m smtpd_compat`` with bench.py's discarding sink and *flags*."""
+class SoakServer(CompatServer):
+    """``python -m smtpd_compat`` with bench.py's discarding sink and *flags*
+    in place of bench's ``-s``: the soak measures the defaults."""
 
     key = "soak"
-    column = "smtpd_compat"
 
     def __init__(self, workdir: str, flags: List[str]) -> None:
         super().__init__(types.SimpleNamespace(workdir=workdir))  # type: ignore[arg-type]
-        self.flags = flags
+        self.python = sys.executable
+        self.soak_flags = flags
 
-    def argv(self, port: int) -> List[str]:
-        return [sys.executable, "-m", "smtpd_compat", "-n", "-c", "bench_sink_compat.Sink", *self.flags,
-                "%s:%d" % (HOST, port)]
-
-    def env(self) -> Dict[str, str]:
-        return python_env([REPO_ROOT, self.ctx.workdir])
+    def flags(self) -> List[str]:
+        return self.soak_flags
 
 
 def rss_kb(pid: int) -> int:
@@ -217,8 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     reports = []
     with tempfile.TemporaryDirectory(prefix="smtpd-soak-") as workdir:
-        with open(os.path.join(workdir, "bench_sink_compat.py"), "w") as f:
-            f.write(COMPAT_SINK)
+        write_sink(workdir, SoakServer.sink_module, COMPAT_SINK)
         for name in args.phases:
             flags = ["--max-recipients", "none"] if name == "rcpt-unlimited" else []
             log("phase %s ..." % name)
