@@ -7,6 +7,8 @@ Servers (each used only where it is available on the machine):
   cpython   the stdlib ``smtpd`` of a CPython <= 3.11 interpreter
   aiosmtpd  aiosmtpd in a cached virtualenv (benchmarks/.venv-aiosmtpd)
   smtp-sink Postfix's C test server
+  floor     benchmarks/floor_sink.py, a minimal Python epoll sink: the
+            reference floor for a Python server (only when named)
 
 Loads:
 

@@ -29,7 +29,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny counts (smoke test, < 60 s)")
     p.add_argument("--loads", default=",".join(LOAD_ORDER), help="comma list of: " + ",".join(LOAD_ORDER))
     p.add_argument("--servers", default=DEFAULT_SERVERS,
-                   help="comma list of: compat,cpython,aiosmtpd,smtp-sink")
+                   help="comma list of: compat,cpython,aiosmtpd,smtp-sink,floor (default: all but floor)")
     p.add_argument("--repeat", type=int, default=1, help="runs per (server, load); the median is reported")
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
     p.add_argument("--loadgen", choices=["auto", "smtp-source", "python"], default="auto",
@@ -47,7 +47,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--aiosmtpd-venv", help="virtualenv for aiosmtpd (default benchmarks/.venv-aiosmtpd)")
     p.add_argument("--aiosmtpd-python", help="interpreter to build the aiosmtpd virtualenv with")
     p.add_argument("--cpython", help="Python <= 3.11 interpreter whose stdlib smtpd is measured")
-    p.add_argument("--compat-python", help="interpreter for smtpd_compat (default: this one)")
+    p.add_argument("--compat-python", help="interpreter for smtpd_compat and floor (default: this one)")
     p.add_argument("--sink-user", default="nobody", help="user smtp-sink switches to when run as root")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -71,7 +71,7 @@ def server_keys(spec: str) -> List[str]:
         if not x:
             continue
         if x not in SERVER_ALIASES:
-            raise UsageError("unknown server %r (choose from compat, cpython, aiosmtpd, smtp-sink)" % x)
+            raise UsageError("unknown server %r (choose from compat, cpython, aiosmtpd, smtp-sink, floor)" % x)
         if SERVER_ALIASES[x] not in keys:
             keys.append(SERVER_ALIASES[x])
     return keys

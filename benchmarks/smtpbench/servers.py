@@ -353,11 +353,35 @@ class SmtpSinkServer(Server):
         return argv
 
 
-SERVER_CLASSES = [CompatServer, CPythonSmtpdServer, AiosmtpdServer, SmtpSinkServer]
-DEFAULT_SERVERS = "compat,cpython,aiosmtpd,smtp-sink"
+class FloorServer(Server):
+    """benchmarks/floor_sink.py: the least a Python sink can do per message."""
+
+    key = "floor"
+    column = "floor"
+    script = os.path.join(BENCH_DIR, "floor_sink.py")
+
+    def prepare(self) -> Optional[str]:
+        # smtpd_compat's interpreter, so the two columns differ only in the
+        # server's own code, not in the Python that runs it.
+        info = python_version_of(self.ctx.args.compat_python or sys.executable)
+        if info is None:
+            return "interpreter %s does not run" % (self.ctx.args.compat_python or sys.executable)
+        ver, self.python = info
+        if not runs_ok([self.python, "-c", "import select; select.epoll"]):
+            return "no select.epoll in Python %s (Linux only)" % version_text(ver)
+        self.label = "minimal epoll sink, benchmarks/floor_sink.py (Python %s)" % version_text(ver)
+        return None
+
+    def argv(self, port: int) -> List[str]:
+        return [self.python, self.script, "%s:%d" % (HOST, port)]
+
+
+SERVER_CLASSES = [CompatServer, CPythonSmtpdServer, AiosmtpdServer, SmtpSinkServer, FloorServer]
+DEFAULT_SERVERS = "compat,cpython,aiosmtpd,smtp-sink"  # floor is an instrument: asked for by name
 SERVER_ALIASES = {
     "compat": "compat", "smtpd_compat": "compat", "smtpd-compat": "compat",
     "cpython": "cpython", "cpython-smtpd": "cpython", "smtpd": "cpython", "stdlib": "cpython",
     "aiosmtpd": "aiosmtpd",
     "smtp-sink": "smtp-sink", "sink": "smtp-sink", "postfix": "smtp-sink",
+    "floor": "floor",
 }
