@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .common import KIB, MIB, Context
 from .loads import Load, human_size
@@ -47,6 +47,9 @@ def cell_text(cell: Optional[Cell], key: str, digits: int = 0, scale: float = 1.
     return txt
 
 
+Row = Tuple[str, List[str]]  # first column, then one cell per server (or peer)
+
+
 class Report:
     """Builds the markdown, one section per method, in report order."""
 
@@ -66,22 +69,32 @@ class Report:
     def cell(self, load: str, server: str) -> Optional[Cell]:
         return self.results.get(load, {}).get(server)
 
+    def cells(self, load: str, key: str, digits: int = 0, scale: float = 1.0) -> List[str]:
+        """One load's *key* across the server columns."""
+        return [cell_text(self.cell(load, s.key), key, digits, scale) for s in self.cols]
+
     def w(self, line: str) -> None:
         self.out.append(line)
 
-    def row(self, title: str, cells: List[str]) -> None:
-        self.w("| %s | %s |" % (title, " | ".join(cells)))
-
-    def table_head(self, first: str, names: List[str]) -> None:
+    def section(self, title: str, first: str, names: List[str], rows: List[Row], intro: str = "") -> None:
+        """A titled table; nothing at all when it has no rows."""
+        if not rows:
+            return
+        self.out += ["## " + title, ""] + ([intro, ""] if intro else [])
         self.w("| %s | %s |" % (first, " | ".join(names)))
         self.w("|---|" + "---:|" * len(names))
+        self.out += ["| %s | %s |" % (head, " | ".join(cells)) for head, cells in rows]
+        self.w("")
 
     def render(self) -> str:
         self.header()
         if self.cols:
-            self.throughput()
-            self.cpu()
-            self.memory()
+            names = [s.column for s in self.cols]
+            self.section("Throughput (messages/s, higher is better)", "load", names, [
+                ("%s (%s)" % (ld.name, ld.describe()), self.cells(ld.name, "msgs_per_s")) for ld in self.tp_loads])
+            self.section("Server CPU time per message (µs, lower is better)", "load", names, self.cpu_rows())
+            self.section("Memory (lower is better)", "metric", names,
+                         [row for ld in self.mem_loads for row in self.memory_rows(ld)])
             self.ratios()
         self.failures()
         return "\n".join(self.out)
@@ -100,83 +113,50 @@ class Report:
                 self.w("- %s: %s" % (s.column, s.label))
         self.w("")
 
-    def throughput(self) -> None:
-        if not self.tp_loads:
-            return
-        self.w("## Throughput (messages/s, higher is better)")
-        self.w("")
-        self.table_head("load", [s.column for s in self.cols])
-        for ld in self.tp_loads:
-            self.row("%s (%s)" % (ld.name, ld.describe()),
-                     [cell_text(self.cell(ld.name, s.key), "msgs_per_s") for s in self.cols])
-        self.w("")
-
-    def cpu(self) -> None:
-        rows = [(ld.name, [cell_text(self.cell(ld.name, s.key), "cpu_us_per_msg") for s in self.cols])
-                for ld in self.tp_loads]
+    def cpu_rows(self) -> List[Row]:
+        rows = [(ld.name, self.cells(ld.name, "cpu_us_per_msg")) for ld in self.tp_loads]
         # Only when some run used enough CPU to be measured (measure.py).
-        if not any(t[0].isdigit() for _, row in rows for t in row):
-            return
-        self.w("## Server CPU time per message (µs, lower is better)")
-        self.w("")
-        self.table_head("load", [s.column for s in self.cols])
-        for name, row in rows:
-            self.row(name, row)
-        self.w("")
+        return rows if any(t[0].isdigit() for _, row in rows for t in row) else []
 
-    def memory(self) -> None:
-        if not self.mem_loads:
-            return
-        self.w("## Memory (lower is better)")
-        self.w("")
-        self.table_head("metric", [s.column for s in self.cols])
-        for ld in self.mem_loads:
-            cells = [self.cell(ld.name, s.key) for s in self.cols]
-
-            def each(key: str, digits: int = 0, scale: float = 1.0) -> List[str]:
-                return [cell_text(c, key, digits, scale) for c in cells]
-
-            if ld.kind == "mem":
-                self.row("mem32: idle RSS (MiB)", each("idle_rss_kb", 1, 1 / KIB))
-                self.row("mem32: peak RSS above idle (MiB) for %s" % human_size(ld.size),
-                         each("peak_delta_bytes", 1, 1 / MIB))
-                self.row("mem32: peak above idle / message size", each("peak_ratio", 2))
-                self.row("mem32: still held after the message (MiB)", each("retained_kb", 1, 1 / KIB))
-            else:
-                self.row("hold: connections held", [
-                    (fmt_num(max((float(r.metrics.get("held", 0)) for r in c.runs), default=0)) if c else "n/a")
-                    for c in cells])
-                self.row("hold: RSS per held connection (KiB)", each("per_conn_bytes", 1, 1 / KIB))
-        self.w("")
+    def memory_rows(self, ld: Load) -> List[Row]:
+        if ld.kind == "mem":
+            return [
+                ("mem32: idle RSS (MiB)", self.cells(ld.name, "idle_rss_kb", 1, 1 / KIB)),
+                ("mem32: peak RSS above idle (MiB) for %s" % human_size(ld.size),
+                 self.cells(ld.name, "peak_delta_bytes", 1, 1 / MIB)),
+                ("mem32: peak above idle / message size", self.cells(ld.name, "peak_ratio", 2)),
+                ("mem32: still held after the message (MiB)", self.cells(ld.name, "retained_kb", 1, 1 / KIB)),
+            ]
+        held = []
+        for s in self.cols:
+            c = self.cell(ld.name, s.key)
+            held.append(fmt_num(max((float(r.metrics.get("held", 0)) for r in c.runs), default=0)) if c else "n/a")
+        return [("hold: connections held", held),
+                ("hold: RSS per held connection (KiB)", self.cells(ld.name, "per_conn_bytes", 1, 1 / KIB))]
 
     def ratios(self) -> None:
         peers = [s for s in self.cols if s.key != "compat"]
         if not peers or not any(s.key == "compat" for s in self.cols):
             return
-        self.w("## smtpd_compat relative to each peer (same run)")
-        self.w("")
-        self.w("Throughput rows: smtpd_compat msgs/s ÷ peer msgs/s (>1: smtpd_compat faster). "
-               "Memory rows: smtpd_compat ÷ peer (<1: smtpd_compat uses less).")
-        self.w("")
-        self.table_head("metric", ["vs " + s.column for s in peers])
 
-        def ratio_row(title: str, load: str, key: str) -> None:
+        def ratio_row(title: str, load: str, key: str) -> Row:
             mine = self.cell(load, "compat")
             a = mine.median(key) if mine else None
             vals = []
             for p in peers:
                 c = self.cell(load, p.key)
                 vals.append(fmt_ratio(a, c.median(key) if c else None))
-            self.row(title, vals)
+            return title, vals
 
-        for ld in self.tp_loads:
-            ratio_row("%s msgs/s" % ld.name, ld.name, "msgs_per_s")
+        rows = [ratio_row("%s msgs/s" % ld.name, ld.name, "msgs_per_s") for ld in self.tp_loads]
         for ld in self.mem_loads:
             if ld.kind == "mem":
-                ratio_row("mem32 peak RSS above idle", ld.name, "peak_delta_bytes")
+                rows.append(ratio_row("mem32 peak RSS above idle", ld.name, "peak_delta_bytes"))
             else:
-                ratio_row("hold RSS per connection", ld.name, "per_conn_bytes")
-        self.w("")
+                rows.append(ratio_row("hold RSS per connection", ld.name, "per_conn_bytes"))
+        self.section("smtpd_compat relative to each peer (same run)", "metric", ["vs " + s.column for s in peers],
+                     rows, intro="Throughput rows: smtpd_compat msgs/s ÷ peer msgs/s (>1: smtpd_compat faster). "
+                     "Memory rows: smtpd_compat ÷ peer (<1: smtpd_compat uses less).")
 
     def failures(self) -> None:
         failures = []
