@@ -19,8 +19,8 @@ in time (--timeout per phase); only loopback is used.  Linux (/proc).
     python benchmarks/soak.py                  # the full run, a few minutes
     python benchmarks/soak.py --messages 2000 --rcpts 20000   # a quick look
 
-Standard library only; reuses bench.py's server start-up, load generator
-and /proc readers.  See benchmarks/README.md.
+Standard library only; reuses bench.py's package (smtpbench) for the
+server start-up, load generator and /proc readers.  See benchmarks/README.md.
 """
 
 import argparse
@@ -34,31 +34,33 @@ import types
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # after the path is set
+# after the path is set
+from smtpbench.common import HOST, log  # noqa: E402
+from smtpbench.launch import start_server  # noqa: E402
+from smtpbench.loadgen import PyLoadGen  # noqa: E402
+from smtpbench.procfs import RssSampler, proc_status_kb, reset_peak_rss  # noqa: E402
+from smtpbench.servers import COMPAT_SINK, CompatServer, write_sink  # noqa: E402
 
 PHASES = ("messages", "rcpt-unlimited", "rcpt-default")
 
 
-class SoakServer(bench.Server):
-    """``python -m smtpd_compat`` with bench.py's discarding sink and *flags*."""
+class SoakServer(CompatServer):
+    """``python -m smtpd_compat`` with bench.py's discarding sink and *flags*
+    in place of bench's ``-s``: the soak measures the defaults."""
 
     key = "soak"
-    column = "smtpd_compat"
 
     def __init__(self, workdir: str, flags: List[str]) -> None:
         super().__init__(types.SimpleNamespace(workdir=workdir))  # type: ignore[arg-type]
-        self.flags = flags
+        self.python = sys.executable
+        self.soak_flags = flags
 
-    def argv(self, port: int) -> List[str]:
-        return [sys.executable, "-m", "smtpd_compat", "-n", "-c", "bench_sink_compat.Sink", *self.flags,
-                "%s:%d" % (bench.HOST, port)]
-
-    def env(self) -> Dict[str, str]:
-        return bench._python_env([bench.REPO_ROOT, self.ctx.workdir])
+    def flags(self) -> List[str]:
+        return self.soak_flags
 
 
 def rss_kb(pid: int) -> int:
-    value = bench.proc_status_kb(pid, "VmRSS")
+    value = proc_status_kb(pid, "VmRSS")
     if value is None:
         raise SystemExit("cannot read /proc/%d/status: this script needs Linux" % pid)
     return value
@@ -70,13 +72,13 @@ class Phase:
     def __init__(self, name: str, workdir: str, flags: List[str]) -> None:
         self.name = name
         self.report: Dict[str, object] = {"phase": name, "server flags": " ".join(flags) or "(defaults)"}
-        self.rs = bench.start_server(SoakServer(workdir, flags), name)
+        self.rs = start_server(SoakServer(workdir, flags), name)
 
     def __enter__(self) -> "Phase":
         time.sleep(0.5)  # let the server settle after bench's readiness probe
         self.report["start_kb"] = rss_kb(self.rs.pid)
-        self.exact_peak = bench.reset_peak_rss(self.rs.pid)
-        self.sampler = bench.RssSampler(self.rs.pid, interval=1.0)
+        self.exact_peak = reset_peak_rss(self.rs.pid)
+        self.sampler = RssSampler(self.rs.pid, interval=1.0)
         self.sampler.start()
         self.started = time.monotonic()
         return self
@@ -94,7 +96,7 @@ class Phase:
             self.report["peak_sampled_kb"] = max([self.sampler.stop()] + readings)
             self.report["samples"] = self.sampler.samples
             if self.exact_peak:
-                self.report["peak_hwm_kb"] = bench.proc_status_kb(self.rs.pid, "VmHWM")
+                self.report["peak_hwm_kb"] = proc_status_kb(self.rs.pid, "VmHWM")
             if not self.rs.alive():
                 self.report["error"] = self.rs.death_note()
         finally:
@@ -102,7 +104,7 @@ class Phase:
 
 
 def run_messages(phase: Phase, sessions: int, messages: int, timeout: float) -> None:
-    gen = bench.PyLoadGen(phase.rs.port, sessions, messages, 1000, True, timeout, stall_timeout=30.0).run()
+    gen = PyLoadGen(phase.rs.port, sessions, messages, 1000, True, timeout, stall_timeout=30.0).run()
     phase.report.update({"sessions": sessions, "messages": messages, "delivered": gen.delivered,
                          "messages/s": round(gen.delivered / gen.elapsed) if gen.elapsed else None})
     if gen.errors:
@@ -142,7 +144,7 @@ def run_rcpts(phase: Phase, count: int, timeout: float, batch: int = 1000) -> No
     deadline = time.monotonic() + timeout
     codes: Dict[str, int] = {}
     sent = 0
-    with socket.create_connection((bench.HOST, phase.rs.port), timeout=30) as sock:
+    with socket.create_connection((HOST, phase.rs.port), timeout=30) as sock:
         replies = Replies(sock, deadline)
         assert replies.reply().startswith(b"220")
         for command in (b"HELO soak.example", b"MAIL FROM:<soak@example.com>"):
@@ -212,18 +214,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     reports = []
     with tempfile.TemporaryDirectory(prefix="smtpd-soak-") as workdir:
-        with open(os.path.join(workdir, "bench_sink_compat.py"), "w") as f:
-            f.write(bench.COMPAT_SINK)
+        write_sink(workdir, SoakServer.sink_module, COMPAT_SINK)
         for name in args.phases:
             flags = ["--max-recipients", "none"] if name == "rcpt-unlimited" else []
-            bench.log("phase %s ..." % name)
+            log("phase %s ..." % name)
             with Phase(name, workdir, flags) as phase:
                 if name == "messages":
                     run_messages(phase, args.sessions, args.messages, args.timeout)
                 else:
                     run_rcpts(phase, args.rcpts, args.timeout)
             reports.append(phase.report)
-            bench.log("  %s" % json.dumps(phase.report))
+            log("  %s" % json.dumps(phase.report))
     print("Python %s, %s" % (sys.version.split()[0], time.strftime("%Y-%m-%d")))
     print(render(reports))
     if args.json:
