@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
 
-__all__ = ["Options", "View", "defaults", "names", "of", "register"]
+__all__ = ["Lazy", "Options", "View", "defaults", "names", "of", "register"]
 
 _TABLES: Dict[str, Dict[str, Any]] = {}
 _defaults: Optional["Options"] = None
@@ -103,6 +103,24 @@ class View(Generic[T]):
         if obj is None:
             return self
         return self._getter(obj)
+
+
+class Lazy(Generic[T]):
+    """An instance attribute made by ``factory(instance)`` the first time it
+    is read, then stored on the instance (a non-data descriptor, so later
+    reads are plain attribute loads)."""
+
+    def __init__(self, factory: Callable[[Any], T]) -> None:
+        self._factory = factory
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self._name] = self._factory(obj)
+        return value
 
 
 def option_view(name: str) -> View[Any]:

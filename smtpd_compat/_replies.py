@@ -31,11 +31,12 @@ GREETING = "220 %s %s"
 
 OK = "250 OK"
 HELO_OK = "250 %s"
-EHLO_FIRST = "250-%s"
-EHLO_SIZE = "250-SIZE %s"
-EHLO_8BITMIME = "250-8BITMIME"
-EHLO_SMTPUTF8 = "250-SMTPUTF8"
-EHLO_LAST = "250 HELP"
+# EHLO's reply: "250-<fqdn>", one line per keyword, "250 HELP" last
+# (see reply_lines).
+EHLO_SIZE = "SIZE %s"
+EHLO_8BITMIME = "8BITMIME"
+EHLO_SMTPUTF8 = "SMTPUTF8"
+EHLO_HELP = "HELP"
 BYE = "221 Bye"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 VRFY_CANNOT = "252 Cannot VRFY user, but will accept message and attempt delivery"

@@ -45,15 +45,12 @@ import functools
 import inspect
 import logging
 import smtplib
-import socket as _socket
 import ssl
 from errno import EAGAIN
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from . import _options, _reactor, asynchat, asyncore
-from . import _replies as R
-from ._auth import MECHANISMS, AuthExchange, Credentials, PasswordFile, check_in_worker
-from ._grammar import ReplyError
+from ._auth import MECHANISMS, Credentials, PasswordFile, check_in_worker
 
 log = logging.getLogger("smtpd_compat")
 
@@ -95,10 +92,6 @@ _options.register(__name__, DEFAULTS)
 
 RELAY_TLS_MODES = ("starttls", "smtps")
 
-# RFC 4954 section 4: an AUTH command line may be up to 12288 octets, so that
-# an initial response of reasonable size fits; the same bound applies to
-# each response line of the exchange.
-AUTH_LINE_LIMIT = 12288
 
 _PLAIN = "plain"
 _FLUSHING = "flushing"
@@ -339,11 +332,11 @@ def _relay_options_from_args(ns: Any) -> Dict[str, Any]:
 
 # -- channel side --------------------------------------------------------------------
 class SecureChannelMixin(asynchat.async_chat):
-    """``SMTPChannel``'s TLS transport, ``STARTTLS`` and ``AUTH``.
+    """``SMTPChannel``'s TLS transport (the STARTTLS and AUTH commands are
+    the session's, see ``_session``).
 
-    Attributes: ``tls_active`` (the session is encrypted), ``auth_login``
-    (the authenticated login, or None).  Commands: ``smtp_STARTTLS``,
-    ``smtp_AUTH``; override them like any other ``smtp_<VERB>`` method.
+    Attribute views: ``tls_active`` (the session is encrypted),
+    ``auth_login`` (the authenticated login, or None).
     """
 
     # Class-level defaults: SMTPChannel.__init__ does not call this class's
@@ -354,18 +347,13 @@ class SecureChannelMixin(asynchat.async_chat):
     _tls_read_needs_write = False
     _tls_write_needs_read = False
     _tls_timer: Optional[_reactor.TimerHandle] = None
-    # The AUTH exchange waiting for the client's next line: while it is set,
-    # that line is a SASL response, not a command.
-    _sasl: Optional[AuthExchange] = None
-    _auth_failures = 0
-    _auth_login: Optional[str] = None
 
     # Views that a subclass may replace with attributes of its own (code
     # written for smtpd that did its own TLS or AUTH used such names);
-    # the package itself reads _tls_phase and _auth_login.
-    tls_active = _options.View(lambda self: self._tls_phase == _ACTIVE,
+    # the package itself asks the session.
+    tls_active = _options.View(lambda self: self._session.tls_active,
                                "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
-    auth_login = _options.View(lambda self: self._auth_login,
+    auth_login = _options.View(lambda self: self._session.auth_login,
                                "The login the client authenticated as, or None.")
 
     def _security_option(self, name: str) -> Any:
@@ -373,62 +361,19 @@ class SecureChannelMixin(asynchat.async_chat):
         # channels around all kinds of objects): of() gives the defaults.
         return getattr(_options.of(getattr(self, "smtp_server", None)), name)
 
-    # -- hooks called by SMTPChannel ------------------------------------------------
-    def _security_ehlo_keywords(self) -> List[str]:
-        keywords = []
-        if self._tls_phase == _PLAIN and self._security_option("tls_context") is not None:
-            keywords.append(R.EHLO_STARTTLS)
-        if self._auth_offered():
-            keywords.append(R.EHLO_AUTH % " ".join(self._security_option("auth_mechanisms")))
-            # Like SIZE raising the MAIL limit: AUTH lines may be long.
-            self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
-        return keywords
-
-    def _security_refuse_mail(self) -> Optional[str]:
-        options = _options.of(getattr(self, "smtp_server", None))
-        if options.require_starttls and self._tls_phase != _ACTIVE:
-            return R.STARTTLS_REQUIRED
-        if options.auth_required and self._auth_login is None:
-            return R.AUTH_REQUIRED
-        return None
-
-    def _security_message_options(self) -> Dict[str, Any]:
-        server = getattr(self, "smtp_server", None)  # _auth_enabled(), inlined (per message)
-        if server is not None and auth_enabled(server):
-            return {"auth_login": self._auth_login}
-        return {}
-
     # -- STARTTLS ---------------------------------------------------------------------
-    def smtp_STARTTLS(self, arg: Optional[str]) -> None:
-        """Switch the session to TLS (RFC 3207)."""
-        if self._tls_phase != _PLAIN:
-            self.push(R.TLS_ALREADY_ACTIVE)
-            return
-        if self._security_option("tls_context") is None:
-            # Not configured: the reply smtpd gave to any unknown command.
-            self.push(R.UNKNOWN_COMMAND % "STARTTLS")
-            return
-        if arg:
-            self.push(R.SYNTAX_STARTTLS)
-            return
-        if not self.seen_greeting:
-            self.push(R.NEED_HELO)
-            return
-        if not isinstance(self.socket, _socket.socket):
-            self.push(R.TLS_NOT_AVAILABLE)  # not a real socket: nothing to wrap
-            return
+    def _tls_begin_starttls(self) -> None:
+        """STARTTLS was accepted: flush the 220, then wrap (_tls_wrap)."""
         self._tls_phase = _FLUSHING
         # What the client pipelined after STARTTLS was sent in clear before
         # the handshake: it must never be read as if it came over TLS.
         # Closed input makes the framing drop the rest of this read, and
         # nothing more is read until the socket is wrapped.
         self._ac_input_closed = True
-        self.received_lines = []
         self._interest_changed()
         # The clock runs from here: a client that does not read the 220
         # is bounded as well as one that stalls in the handshake.
         self._arm_handshake_timer()
-        self.push(R.READY_TLS)
 
     def _tls_wrap(self) -> None:
         """The 220 is out: put TLS under the session and wait for the handshake."""
@@ -492,27 +437,14 @@ class SecureChannelMixin(asynchat.async_chat):
             self._tls_timer = None
         self._tls_phase = _ACTIVE
         self._tls_want = 0
-        if not self._tls_implicit:
-            self._reset_after_starttls()
+        self._session.tls_started()  # after STARTTLS: RFC 3207's reset
+        if not self._tls_implicit and None not in self.producer_fifo:
+            self._ac_input_closed = False
         self._interest_changed()
         # SMTPS: the greeting queued at connection time goes out now.
         self.initiate_send()
         # The client's first command may already sit in the TLS buffers.
         self._read_again()
-
-    def _reset_after_starttls(self) -> None:
-        # RFC 3207 section 4.2: forget everything learnt from the client
-        # before TLS (its EHLO, any envelope, any authentication).
-        self.seen_greeting = ""
-        self.extended_smtp = False
-        self._set_rset_state()
-        self.mail_options = []
-        self.rcpt_options = []
-        self.command_size_limits.clear()
-        self._auth_login = None
-        self._sasl = None
-        if None not in self.producer_fifo:
-            self._ac_input_closed = False
 
     # -- the TLS transport ---------------------------------------------------------------
     def set_socket(self, sock: Any, map: Optional[dict] = None) -> None:
@@ -672,131 +604,52 @@ class SecureChannelMixin(asynchat.async_chat):
                 pass
         super().close()
 
-    # -- AUTH (RFC 4954) ----------------------------------------------------------------
-    def _auth_enabled(self) -> bool:
-        server = getattr(self, "smtp_server", None)
-        return server is not None and auth_enabled(server)
 
-    def _auth_offered(self) -> bool:
-        return self._auth_enabled() and (self._tls_phase == _ACTIVE or not self._security_option("auth_require_tls"))
 
-    def smtp_AUTH(self, arg: Optional[str]) -> None:
-        """Authenticate with SASL PLAIN or LOGIN (RFC 4954)."""
-        if not self._auth_enabled():
-            # Not configured: the reply smtpd gave to any unknown command.
-            self.push(R.UNKNOWN_COMMAND % "AUTH")
-            return
-        if not self.extended_smtp:
-            self.push(R.NEED_EHLO)
-            return
-        if self._auth_login is not None:
-            self.push(R.AUTH_ALREADY)
-            return
-        if self.mailfrom:
-            self.push(R.AUTH_IN_TRANSACTION)
-            return
-        words = arg.split() if arg else []
-        if not 1 <= len(words) <= 2:
-            self.push(R.SYNTAX_AUTH)
-            return
-        mechanism = words[0].upper()
-        if mechanism not in self._security_option("auth_mechanisms"):
-            self.push(R.AUTH_UNKNOWN_MECHANISM)
-            return
-        if self._tls_phase != _ACTIVE and self._security_option("auth_require_tls"):
-            self.push(R.AUTH_ENCRYPTION_REQUIRED)
-            return
-        exchange = AuthExchange(mechanism, words[1] if len(words) == 2 else None)
-        self._auth_step(exchange, exchange.start)
+# -- AUTH: deciding on the credentials a session received --------------------------------
+def check_credentials(channel: Any, credentials: Credentials) -> None:
+    """Ask *channel*'s server whether *credentials* are right and give the
+    session the verdict (at once, or from a worker thread for hashed
+    passwords, during which the session reads no input)."""
+    session = channel._session
+    server = channel.smtp_server
+    passwords = _options.of(server).authenticator
+    reactor = channel._reactor()
+    overridden = _overrides_authenticate(type(server))
+    if isinstance(passwords, PasswordFile) and passwords.hashed and reactor is not None and not overridden:
+        # What the default authenticate() does, in a worker thread
+        # (check_in_worker); the session reads nothing meanwhile.
+        future = check_in_worker(passwords, credentials.login, credentials.password)
+        channel._ac_pause("auth")
 
-    def _auth_response(self, line: bytes, size: int) -> None:
-        """A line answering an AUTH challenge (called instead of a command)."""
-        exchange = self._sasl
-        assert exchange is not None
-        if size > self.max_command_size_limit:
-            self._sasl = None
-            self.push(R.LINE_TOO_LONG)
-            return
-        try:
-            text = line.decode("ascii").strip()
-        except UnicodeDecodeError:
-            self._sasl = None
-            self.push(R.AUTH_BAD_BASE64)
-            return
-        self._auth_step(exchange, lambda: exchange.respond(text))
+        def checked(done: "concurrent.futures.Future[bool]") -> None:
+            if channel._fileno is not None:
+                try:
+                    ok = done.result()
+                except Exception:
+                    _failed_to_check(channel, credentials.login)
+                else:
+                    session.auth_verdict(credentials, ok)
+            channel._ac_resume("auth")  # after the verdict: pipelined input follows it
 
-    def _auth_step(self, exchange: AuthExchange, step: Callable[[], Any]) -> None:
-        try:
-            result = step()
-        except ReplyError as err:
-            self._sasl = None
-            self.push(err.reply)
-            return
-        if isinstance(result, Credentials):
-            self._sasl = None
-            self._auth_check(result)
+        future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: checked(done)))
+        return
+    try:
+        if overridden:
+            ok = server.authenticate(channel, credentials.mechanism, credentials.login, credentials.password)
         else:
-            self._sasl = exchange
-            self.push(R.AUTH_CHALLENGE % result)
+            ok = SecureServerMixin.authenticate(server, channel, credentials.mechanism, credentials.login, credentials.password)
+    except Exception:
+        _failed_to_check(channel, credentials.login)
+        return
+    session.auth_verdict(credentials, ok)
 
-    def _auth_check(self, credentials: Credentials) -> None:
-        mechanism, login, password, authzid = credentials
-        server = self.smtp_server
-        # Acting as another identity (PLAIN's authzid) is not supported.
-        if authzid and authzid != login:
-            self._auth_verdict(credentials, False)
-            return
-        passwords = _options.of(server).authenticator
-        reactor = self._reactor()
-        overridden = _overrides_authenticate(type(server))
-        if isinstance(passwords, PasswordFile) and passwords.hashed and reactor is not None and not overridden:
-            # What the default authenticate() does, in a worker thread
-            # (check_in_worker); the session reads nothing meanwhile.
-            future = check_in_worker(passwords, login, password)
-            self._ac_pause("auth")
-            future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._auth_checked(credentials, done)))
-            return
-        try:
-            if overridden:
-                ok = server.authenticate(self, mechanism, login, password)
-            else:
-                ok = SecureServerMixin.authenticate(server, self, mechanism, login, password)
-        except Exception:
-            self._auth_failed_to_check(login)
-            return
-        self._auth_verdict(credentials, ok)
 
-    def _auth_checked(self, credentials: Credentials, future: "concurrent.futures.Future[bool]") -> None:
-        if self._fileno is not None:
-            try:
-                ok = future.result()
-            except Exception:
-                self._auth_failed_to_check(credentials.login)
-            else:
-                self._auth_verdict(credentials, ok)
-        self._ac_resume("auth")  # after the verdict: pipelined input follows it
-
-    def _auth_failed_to_check(self, login: str) -> None:
-        # The traceback is logged; the password is not (it is neither in
-        # the message nor in a Credentials repr).
-        log.exception("authenticate() failed for login %r from %r", login, getattr(self, "peer", None))
-        self.push(R.AUTH_TEMP_FAILURE)
-
-    def _auth_verdict(self, credentials: Credentials, ok: bool) -> None:
-        mechanism, login = credentials.mechanism, credentials.login
-        if ok:
-            self._auth_login = login
-            log.info("%r authenticated as %r (%s)", getattr(self, "peer", None), login, mechanism)
-            self.push(R.AUTH_OK)
-            return
-        self._auth_failures += 1
-        log.info("authentication failed for login %r from %r", login, getattr(self, "peer", None))
-        limit = self._security_option("max_auth_failures")
-        if limit and self._auth_failures >= limit:
-            self.push(R.TOO_MANY_AUTH_FAILURES % self.fqdn)
-            self.close_when_done()
-            return
-        self.push(R.AUTH_FAILED)
+def _failed_to_check(channel: Any, login: str) -> None:
+    # The traceback is logged; the password is not (it is neither in the
+    # message nor in a Credentials repr).
+    log.exception("authenticate() failed for login %r from %r", login, getattr(channel, "peer", None))
+    channel._session.auth_failed_to_check()
 
 
 # SecureChannelMixin's readable()/writable() only change when it calls

@@ -45,7 +45,7 @@ PureProxy) to localhost:25.
 
 from __future__ import annotations
 
-import collections
+import collections  # noqa: F401  (CPython's smtpd namespace had it)
 import concurrent.futures
 import errno
 import functools
@@ -57,8 +57,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _limits, _options, _grammar, _reactor, _relay, _serving, _tls, asynchat, asyncore
+from . import _auth, _grammar, _limits, _options, _relay, _serving, _session, _tls, asynchat, asyncore
 from . import _replies as R
+from ._session import Session, State
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
 
@@ -148,71 +149,25 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
     return func(*args, **options)
 
 
-# Logger.isEnabledFor() is a Python call, asked on every read.  Its answers
-# are kept in the logger's _cache dict, which logging empties whenever a
-# level changes; a False found there is the same answer without the call.
-_LOG_CACHE_GET = getattr(log, "_cache", {}).get
-
-
 _Future = concurrent.futures.Future
-_monotonic = time.monotonic
-
-# Read by the fast lane on every read: module globals, not module attributes.
-_RealSocket = asynchat._RealSocket
 _PLAIN_TRANSPORT = _tls._PLAIN
-
-# SMTPChannel._ac_batching while the fast lane runs a command (truthy, so
-# replies are collected as usual): push() knows that debug logging was found
-# off for this read and does not ask again.
-_QUIET_BATCH: Any = 2
-
-# The fixed replies that SessionGuard.over_budget() does not count, as bytes.
-_QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startswith(_limits.ERROR_CODES)}
-
-# _CommandSizeLimits.largest of an empty dict (a HELO session): the channel's
-# command_size_limit applies.
-_NO_LIMITS: Any = object()
+_COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
 
 
-class _CommandSizeLimits(collections.defaultdict):
-    """A channel's ``command_size_limits``: a defaultdict that remembers its
-    largest value, which ``max_command_size_limit`` is asked for on every
-    command line.  Every method that changes the dict forgets it."""
+def _session_view(name: str) -> property:
+    """smtpd's attribute *name* on SMTPChannel: the session's of that name."""
 
-    largest: Optional[int] = None
+    def get(self: "SMTPChannel") -> Any:
+        return getattr(self._session, name)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.largest = None
-        super().__setitem__(key, value)
+    def put(self: "SMTPChannel", value: Any) -> None:
+        setattr(self._session, name, value)
 
-    def __delitem__(self, key: Any) -> None:
-        self.largest = None
-        super().__delitem__(key)
-
-    def __ior__(self, other: Any) -> Any:
-        self.largest = None
-        return super().__ior__(other)
-
-    def _forgetting(name: str) -> Any:  # noqa: N805  (builds methods below)
-        method = getattr(collections.defaultdict, name)
-
-        def forget(self: "_CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
-            self.largest = None
-            return method(self, *args, **kwargs)
-
-        forget.__name__ = name
-        return forget
-
-    clear = _forgetting("clear")
-    pop = _forgetting("pop")
-    popitem = _forgetting("popitem")
-    setdefault = _forgetting("setdefault")
-    update = _forgetting("update")
-    del _forgetting
+    return property(get, put, doc="smtpd's %s (kept by the session)" % name)
 
 
 class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
-    """One SMTP session with a client.
+    """One SMTP session with a client: smtpd's API over a :class:`_session.Session`.
 
     Attributes (as in smtpd): ``smtp_server``, ``conn``, ``addr``,
     ``received_lines``, ``smtp_state`` (``COMMAND`` or ``DATA``),
@@ -220,6 +175,13 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     ``peer``.  A command ``VERB`` is handled by the method ``smtp_VERB(arg)``;
     subclasses add or override commands by defining such methods and reply
     with ``self.push(text)``.
+
+    The session's state and rules live in ``_session.Session``; the
+    attributes above that belong to the transaction are views of it, and
+    the ``smtp_<VERB>`` methods call it.  The hooks smtpd called
+    (``push``, ``collect_incoming_data``, ``found_terminator``,
+    ``_getaddr``, ``_getparams``, ``_set_rset_state``...) are called as
+    smtpd called them, so overriding them works as it did.
     """
 
     COMMAND = 0
@@ -228,24 +190,35 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # Idle timeouts, error budget, session count (see _limits); None until
     # the channel is set up.
     _guard: Optional[_limits.SessionGuard] = None
+    # (Future, its reply_timeout timer) while process_message's reply is awaited.
+    _reply_wait: Optional[Tuple[Any, Any]] = None
 
     command_size_limit = 512
-    # Kept for compatibility; each channel has its own copy (smtpd shared
-    # this dict, so one session's EHLO raised the limit for all of them).
-    command_size_limits: Dict[str, int] = collections.defaultdict(lambda x=command_size_limit: x)
+
+    # smtpd's transaction attributes, kept by the session.
+    smtp_state = _session_view("smtp_state")
+    seen_greeting = _session_view("seen_greeting")
+    extended_smtp = _session_view("extended_smtp")
+    mailfrom = _session_view("mailfrom")
+    rcpttos = _session_view("rcpttos")
+    mail_options = _session_view("mail_options")
+    rcpt_options = _session_view("rcpt_options")
+    require_SMTPUTF8 = _session_view("require_SMTPUTF8")
+    num_bytes = _session_view("num_bytes")
+    received_lines = _session_view("received_lines")
+    received_data = _session_view("received_data")
+    # Each channel has its own (smtpd shared one class-level dict, so one
+    # session's EHLO raised the limit for all of them).
+    command_size_limits = _session_view("command_size_limits")
 
     @property
     def max_command_size_limit(self) -> int:
-        limits = self.command_size_limits
-        cached = limits.__class__ is _CommandSizeLimits
-        if cached:
-            largest = limits.largest
-            if largest is not None:
-                return self.command_size_limit if largest is _NO_LIMITS else largest
-        largest = max(limits.values(), default=_NO_LIMITS)
-        if cached:
-            limits.largest = largest
-        return self.command_size_limit if largest is _NO_LIMITS else largest
+        return self._session.max_command_size_limit
+
+    # The channel's Session, made on first use (a subclass may set smtpd's
+    # attributes, which are views of the session, before calling
+    # SMTPChannel.__init__) and then an ordinary instance attribute.
+    _session = _options.Lazy(Session)
 
     def __init__(
         self,
@@ -257,11 +230,11 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
-        # The mixin's class defaults, made instance attributes before the
-        # socket is set (SMTPS changes them there): they are read on every
-        # read and reply, and Python 3.11 specialises only instance loads.
+        # The mixin's class default, made an instance attribute before the
+        # socket is set (SMTPS changes it there): it is read on every read
+        # and reply, and Python 3.11 specialises only instance loads.
         self._tls_phase = _PLAIN_TRANSPORT
-        self._sasl = None
+        session = self._session
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -281,13 +254,11 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             self._linesep = b"\r\n"
             self._dotsep = ord(b".")
             self._newline = b"\n"
-        limit = self.command_size_limit
-        self.command_size_limits = _CommandSizeLimits(lambda: limit)
-        self.mail_options: List[str] = []
-        self.rcpt_options: List[str] = []
+        session.features = _features(server)
         self._set_rset_state()
-        self.seen_greeting = ""
-        self.extended_smtp = False
+        session.seen_greeting = ""
+        session.extended_smtp = False
+        session.command_size_limits.clear()
         self.fqdn = _getfqdn()
         try:
             self.peer = conn.getpeername()
@@ -299,37 +270,21 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         _debug("Peer:", repr(self.peer))
         self._guard = _limits.SessionGuard(self, server)
-        self._fast_lane = self._fast_lane_allowed()
         self.push(R.GREETING % (self.fqdn, __version__))
 
-    # -- state -------------------------------------------------------------------
+    # -- smtpd's state resets ----------------------------------------------------
     def _set_post_data_state(self) -> None:
         """Reset the transaction (envelope and framing) after DATA."""
-        self.smtp_state = self.COMMAND
-        self.mailfrom = None
-        self.rcpttos = []
-        self.require_SMTPUTF8 = False
-        self.num_bytes = 0
-        self.set_terminator(b"\r\n")
+        self._session.post_data_state()
 
     def _set_rset_state(self) -> None:
         """Reset everything but the greeting."""
-        self._set_post_data_state()
-        self.received_data = ""
-        self.received_lines = []
+        self._session.rset_state()
 
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
-        if self._ac_batching is _QUIET_BATCH:
-            # In the fast lane, where debug logging is off, a fixed reply
-            # that the error budget does not count just joins the queue.
-            data = _QUEUED_AS_IS.get(msg)
-            if data is not None:
-                self.producer_fifo.append(data)
-                self._ac_out_queued += len(data)
-                return
-        elif log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(logging.DEBUG):
             _serving.log_reply(self, msg)
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
@@ -339,7 +294,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if data is None:
             line = msg + "\r\n"
             try:
-                data = line.encode("utf-8" if self.require_SMTPUTF8 else "ascii")
+                data = line.encode("utf-8" if self._session.require_SMTPUTF8 else "ascii")
             except UnicodeEncodeError:
                 # An echoed argument may hold non-ASCII text; never fail a reply.
                 data = line.encode("ascii", "backslashreplace")
@@ -351,6 +306,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             asynchat.async_chat.push(self, data)
         if over_budget:
             self.close_when_done()
+            self._session.closing()
 
     def close(self) -> None:
         # Replies pushed before the close go out first (see async_chat.close).
@@ -368,269 +324,79 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if self._fileno is not None:
             _serving.log_closed(self)
         super().close()  # through _tls.SecureChannelMixin: TLS close_notify
+        session = self.__dict__.get("_session")
+        if session is not None:
+            session.detach()
 
     def handle_read(self) -> None:
         super().handle_read()
         if self._guard is not None:
             self._guard.touch()
 
-    # -- the fast lane -------------------------------------------------------------
-    # Most reads hold exactly one command line, or a whole small message,
-    # and arrive while nothing else is going on.  For those the fast lane
-    # does in one method what the read event otherwise does through eight
-    # calls (TLS mixin, dispatcher, handle_read twice, async_chat framing,
-    # collect_incoming_data, found_terminator): same calls into
-    # _command_line()/_end_of_data(), same state afterwards, same bytes
-    # out.  Any other read takes the general path, which stays the
-    # reference (tests/test_fast_lane.py plays both).
-    _fast_lane = False  # set per channel by _fast_lane_allowed()
-    # (Future, its reply_timeout timer) while process_message's reply is awaited.
-    _reply_wait: Optional[Tuple[Any, Any]] = None
-
-    def _fast_lane_allowed(self) -> bool:
-        """True if this channel's class keeps every method the fast lane
-        stands in for (subclasses that override one get the general path)."""
-        cls = type(self)
-        return all(getattr(cls, name) is getattr(SMTPChannel, name) for name in _FAST_LANE_METHODS)
-
-    def handle_read_event(self) -> None:
-        sock = self.socket
-        if not (
-            self._fast_lane
-            and sock.__class__ is _RealSocket
-            and self._tls_phase is _PLAIN_TRANSPORT
-            and self.connected
-            and not self._ac_framer._buf
-            and not self.producer_fifo
-            and not self._ac_paused
-            and not self._ac_input_closed
-            and self._sasl is None
-            and DEBUGSTREAM.__class__ is Devnull
-            and (_LOG_CACHE_GET(logging.DEBUG) is False or not log.isEnabledFor(logging.DEBUG))
-            and ((serving := getattr(self.smtp_server, "_serving_state", None)) is None or not serving.closing)
-        ):
-            super().handle_read_event()
-            return
-        try:
-            data = sock.recv(self.ac_in_buffer_size)
-        except OSError as why:
-            self._ac_recv_failed(why)
-            return
-        if not data:
-            self.handle_close()  # end of stream
-            return
-        size = len(data)
-        command = self.smtp_state == self.COMMAND
-        if command:
-            # One whole command line, nothing after it.
-            simple = (
-                data.find(b"\r\n") == size - 2 >= 0
-                and self.terminator == b"\r\n"
-                and not self._ac_framer.prefix_seen
-                and not self.received_lines
-                and not self.num_bytes
-            )
-        else:
-            # A whole message and its end, nothing after it; not the empty
-            # message (a "." line at once), whose end began with DATA's CRLF.
-            # Cheap tests first: the reads of a large message are neither
-            # whole nor the end, and must not be searched twice.
-            simple = (
-                self.smtp_state == self.DATA
-                and not self.received_lines
-                and data.endswith(_grammar.END_OF_DATA)
-                and size > 5
-                and not self.num_bytes
-                and self.terminator == _grammar.END_OF_DATA
-                and data[:3] != b".\r\n"
-                and data.find(_grammar.END_OF_DATA) == size - 5
-            )
-        if not simple:
-            self._ac_feed(data)
-        else:
-            self._ac_batching = _QUIET_BATCH
-            try:
-                if command:
-                    self._command_line(data[:-2], size - 2)
-                else:
-                    self._ac_framer.prefix_seen = b""
-                    size -= 5
-                    if size and self.data_size_limit:
-                        self.num_bytes = size
-                    self._end_of_data([data[:size]] if size else [])
-                    _serving.after_data(self)
-            except BaseException:
-                # What the handler pushed before raising (asyncore.ExitNow
-                # included) would have been on the wire in smtpd.
-                self._ac_batching = False
-                self._ac_send_held()
-                raise
-            self._ac_batching = False
-            if self.producer_fifo:
-                reactor = _reactor.reactor_of(id(self._map))
-                if reactor is not None:
-                    reactor.after_events.append(self._flush_reply)
-                else:
-                    self.initiate_send()  # no loop: a test driving the channel by hand
-        guard = self._guard
-        if guard is not None:
-            guard.last = _monotonic()  # guard.touch(), inlined (per read)
-            if guard.timer is None:
-                guard._arm()
-
-    def _flush_reply(self) -> None:
-        """Send what the fast lane queued.  One plain reply is sent here;
-        several, a close, STARTTLS, a partial send or an error go through
-        initiate_send()."""
-        fifo = self.producer_fifo
-        if len(fifo) == 1 and self._fileno is not None and self._tls_phase is _PLAIN_TRANSPORT:
-            reply = fifo[0]
-            if reply.__class__ is bytes:
-                try:
-                    sent = self.socket.send(reply)
-                except OSError:
-                    sent = 0  # initiate_send() meets the error again and handles it
-                if sent == len(reply):
-                    fifo.popleft()
-                    self._ac_out_queued -= sent
-                    return
-                if sent:
-                    fifo[0] = memoryview(reply)[sent:]
-                    self._ac_out_queued -= sent
-        if fifo and self._fileno is not None:
-            try:
-                self.initiate_send()
-            except asyncore._reraised_exceptions:
-                raise
-            except Exception:
-                self.handle_error()
-
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
-        state = self.smtp_state
-        if state == self.COMMAND:
-            limit = self.max_command_size_limit
-        elif state == self.DATA:
-            limit = self.data_size_limit
-        else:
-            limit = None
-        if limit:
-            if self.num_bytes > limit:
-                return  # over the limit: keep counting nothing, store nothing
-            self.num_bytes += len(data)
-        if self._decode_data:
-            # smtpd kept str pieces here, and subclasses join them; it
-            # decoded each piece strictly, so a character split between two
-            # reads (or a stray byte) crashed the session.  Undecodable
-            # bytes become lone surrogates, which _raw() turns back into
-            # the very bytes received.
-            self.received_lines.append(str(data, "utf-8", "surrogateescape"))  # type: ignore[arg-type]
-        else:
-            self.received_lines.append(data)
-
-    def _raw_lines(self) -> List[bytes]:
-        """Take received_lines, as the bytes received."""
-        pieces, self.received_lines = self.received_lines, []
-        if self._decode_data:
-            return [piece.encode("utf-8", "surrogateescape") if isinstance(piece, str) else piece for piece in pieces]
-        return pieces
+        self._session.collect(data)
 
     def found_terminator(self) -> None:
-        if self.smtp_state == self.COMMAND:
-            pieces = self._raw_lines()
+        session = self._session
+        state = session.state
+        if state is _COMMAND:
+            pieces = session.raw_lines()
             line = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            if self._sasl is not None:
-                # The answer to an AUTH challenge: not a command, never shown.
-                size, self.num_bytes = self.num_bytes, 0
-                self._auth_response(line, size)
-                return
-            if not isinstance(DEBUGSTREAM, Devnull):  # debug output on
-                shown = _auth.redact_command(line)
-                _debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
-            if log.isEnabledFor(logging.DEBUG):
-                _serving.log_command(self, _auth.redact_command(line))
-            size, self.num_bytes = self.num_bytes, 0
-            if _serving.refuse_command(self, line):
-                return  # the server is shutting down: answered 421
-            self._command_line(line, size)
-        elif self.smtp_state == self.DATA:
-            self._end_of_data(self._raw_lines())
+            size, session.num_bytes = session.num_bytes, 0
+            self._command(line, size)
+        elif state is _DATA:
+            self._message(session.raw_lines())
             _serving.after_data(self)  # a graceful shutdown ends the session here
+        elif state is _AUTH:
+            pieces = session.raw_lines()
+            size, session.num_bytes = session.num_bytes, 0
+            # The answer to an AUTH challenge: not a command, never shown.
+            session.auth_line(b"".join(pieces), size)
+        elif state is _FOREIGN:
+            session.confused()
         else:
-            self.received_lines = []
-            self.push(R.INTERNAL_CONFUSION)
-            self.num_bytes = 0
+            session.received_lines = []  # closing, or switching to TLS: ignored
 
-    def _command_line(self, line: bytes, size: int) -> None:
-        if not line:
-            self.push(R.BAD_SYNTAX)
+    def _command(self, line: bytes, size: int) -> None:
+        session = self._session
+        tracing = DEBUGSTREAM.__class__ is not Devnull
+        session.tracing = tracing
+        if tracing:
+            shown = _auth.redact_command(line)
+            _debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
+        if log.isEnabledFor(logging.DEBUG):
+            _serving.log_command(self, _auth.redact_command(line))
+        if _serving.refuse_command(self, line):
+            return  # the server is shutting down: answered 421
+        command = session.command_line(line, size)
+        if command is None:
             return
-        largest = self.max_command_size_limit
-        if not largest:
-            size = 0  # no limit: collect_incoming_data() counts nothing
-        elif size > largest:
-            # Too long for any command, and cut short while it was read:
-            # where the cut fell (perhaps inside a UTF-8 character) must not
-            # change the reply.
-            self.push(R.LINE_TOO_LONG)
-            return
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self.push(R.BAD_ENCODING)
-            return
-        command, arg = _grammar.split_command(text)
-        if self.extended_smtp:
-            limits = self.command_size_limits
-            if command in limits:
-                max_size = limits[command]
-            else:
-                factory = getattr(limits, "default_factory", None)
-                max_size = factory() if factory else self.command_size_limit
+        verb, arg = command
+        method = getattr(self, "smtp_" + verb, None)
+        if method is None:
+            session.unknown(verb)
         else:
-            max_size = self.command_size_limit
-        if size > max_size:
-            self.push(R.LINE_TOO_LONG)
-            return
-        method = getattr(self, "smtp_" + command, None)
-        if not method:
-            self.push(R.UNKNOWN_COMMAND % _grammar.reply_safe(command))
-            return
-        method(arg)
+            method(arg)
 
-    def _end_of_data(self, message: List[bytes]) -> None:
-        """The message (the raw pieces received, *message*) is complete."""
-        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per message)
-            raw = b"".join(message)
+    # -- the message ------------------------------------------------------------------
+    def _message(self, pieces: List[bytes]) -> None:
+        """The message is complete: hand it to process_message and answer."""
+        session = self._session
+        if DEBUGSTREAM.__class__ is not Devnull:
+            raw = b"".join(pieces)
             _debug("Data:", repr(raw.decode("utf-8", "surrogateescape") if self._decode_data else raw))
-        if self.data_size_limit and self.num_bytes > self.data_size_limit:
-            # The transaction is over: smtpd stayed in DATA state here and
-            # swallowed the next commands as message text.
-            self._set_post_data_state()
-            self.push(R.TOO_MUCH_DATA)
-            return
-        data: Union[bytes, str] = _grammar.unstuff_chunks(message)
-        if self._decode_data:
-            try:
-                data = data.decode("utf-8")
-            except UnicodeDecodeError:
-                # smtpd crashed the session here; refuse the message instead.
-                self._set_post_data_state()
-                self.push(R.DATA_NOT_UTF8)
-                return
-        self.received_data = data
-        args = (self.peer, self.mailfrom, self.rcpttos, data)
-        kwargs: Dict[str, Any] = {}
-        if not self._decode_data:
-            kwargs = {"mail_options": self.mail_options, "rcpt_options": self.rcpt_options}
-        kwargs.update(self._extra_message_options())
+        data = session.end_of_data(pieces)
+        if data is None:
+            return  # refused (too large, not UTF-8): answered
+        args = (self.peer, session.mailfrom, session.rcpttos, data)
         try:
-            status = _call_with_accepted_options(self.smtp_server.process_message, args, kwargs)
+            status = _call_with_accepted_options(self.smtp_server.process_message, args, session.message_options())
         except NotImplementedError:
             # The server class did not implement process_message: a
             # programming error that must stay loud, as in smtpd.
             self._set_post_data_state()
-            self.push(R.PROCESSING_FAILED)
+            session.replied(R.PROCESSING_FAILED)
             raise
         except Exception:
             log.exception("process_message() failed for a message from %r", self.peer)
@@ -639,16 +405,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if isinstance(status, _Future):
             self._await_reply(status)
         else:
-            self._push_status(status)
-
-    def _push_status(self, status: Any) -> None:
-        """Answer the end of data with what process_message returned."""
-        if not status:
-            self.push(R.OK)
-        else:
-            if isinstance(status, bytes):
-                status = status.decode("utf-8", "replace")
-            self.push(status)
+            session.replied(status)
 
     def _await_reply(self, future: "concurrent.futures.Future[Any]") -> None:
         """process_message returned a Future: reply with its result once it
@@ -711,10 +468,28 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
 
     def _end_reply_wait(self, status: Any) -> None:
         """Answer the awaited message with *status* and read input again."""
-        self._push_status(status)
+        self._session.replied(status)
         self._ac_resume("reply")
         if self._guard is not None:
             self._guard.touch()
+
+    # -- what the session asks of its host beyond smtpd (see _session.Host) --------
+    def _session_data_started(self) -> None:
+        # The CRLF that ended the DATA line counts towards the end of data,
+        # so a message may be empty ("DATA", then "." at once).
+        self._ac_framer.prefix_seen = _grammar.DATA_START
+
+    def _session_trace(self, *args: Any) -> None:
+        _debug(*args)
+
+    def _session_can_start_tls(self) -> bool:
+        return isinstance(self.socket, socket.socket)  # not a test double
+
+    def _session_start_tls(self) -> None:
+        self._tls_begin_starttls()
+
+    def _session_check(self, credentials: _auth.Credentials) -> None:
+        _tls.check_credentials(self, credentials)
 
     # -- helpers kept from smtpd for subclasses ----------------------------------
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
@@ -731,226 +506,63 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
         return _grammar.parse_params(params)
 
-    # -- extension points for the optional features (TLS, AUTH, limits) -----
-    def _extra_ehlo_keywords(self) -> List[str]:
-        """EHLO keywords announced before ``HELP`` (none by default, so the
-        reply stays smtpd's byte for byte)."""
-        return self._security_ehlo_keywords()
-
-    def _refuse_mail(self) -> Optional[str]:
-        """A reply refusing MAIL in the current session state, or None."""
-        return self._security_refuse_mail()
-
-    def _extra_message_options(self) -> Dict[str, Any]:
-        """Keyword arguments for process_message beyond smtpd's own; each is
-        passed only to overrides that accept it."""
-        return self._security_message_options()
-
-    def _path_argument(self, keyword: str, arg: Optional[str], syntaxerr: str) -> Optional[Tuple[str, str]]:
-        """Parse ``FROM:<path> params`` / ``TO:<path> params`` as MAIL and RCPT
-        share it: ``(address, params)``, or None after replying *syntaxerr*."""
-        if arg is None:
-            self.push(syntaxerr)
-            return None
-        address, params = self._getaddr(self._strip_command_keyword(keyword, arg))
-        if not address or (params and not self.extended_smtp):
-            self.push(syntaxerr)
-            return None
-        return address, params
-
-    def _syntax_error(self, reply: str) -> str:
-        return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
-
-    # -- SMTP and ESMTP commands ---------------------------------------------------
+    # -- SMTP and ESMTP commands (the session implements them) -------------------
     def smtp_HELO(self, arg: Optional[str]) -> None:
-        if not arg:
-            self.push(R.SYNTAX_HELO)
-            return
-        # A second greeting is refused (smtpd's choice, bpo-21783).
-        if self.seen_greeting:
-            self.push(R.DUPLICATE_HELO)
-            return
-        self._set_rset_state()
-        self.seen_greeting = arg
-        self.push(R.HELO_OK % self.fqdn)
+        self._session.helo(arg)
 
     def smtp_EHLO(self, arg: Optional[str]) -> None:
-        if not arg:
-            self.push(R.SYNTAX_EHLO)
-            return
-        if self.seen_greeting:
-            self.push(R.DUPLICATE_HELO)
-            return
-        self._set_rset_state()
-        self.seen_greeting = arg
-        self.extended_smtp = True
-        self.push(R.EHLO_FIRST % self.fqdn)
-        if self.data_size_limit:
-            self.push(R.EHLO_SIZE % self.data_size_limit)
-            self.command_size_limits["MAIL"] += 26
-        if not self._decode_data:
-            self.push(R.EHLO_8BITMIME)
-        if self.enable_SMTPUTF8:
-            self.push(R.EHLO_SMTPUTF8)
-            self.command_size_limits["MAIL"] += 10
-        for keyword in self._extra_ehlo_keywords():
-            self.push("250-" + keyword)
-        self.push(R.EHLO_LAST)
+        self._session.ehlo(arg)
 
     def smtp_NOOP(self, arg: Optional[str]) -> None:
-        if arg:
-            self.push(R.SYNTAX_NOOP)
-        else:
-            self.push(R.OK)
+        self._session.noop(arg)
 
     def smtp_QUIT(self, arg: Optional[str]) -> None:
-        # The argument is ignored.
-        self.push(R.BYE)
-        self.close_when_done()
+        self._session.quit(arg)
 
     def smtp_HELP(self, arg: Optional[str]) -> None:
-        if not arg:
-            self.push(R.HELP_ALL)
-            return
-        topic = arg.upper()
-        reply = R.HELP_SYNTAX.get(topic)
-        if reply is None:
-            self.push(R.HELP_UNKNOWN)
-        elif topic in ("MAIL", "RCPT"):
-            self.push(self._syntax_error(reply))
-        else:
-            self.push(reply)
+        self._session.help(arg)
 
     def smtp_VRFY(self, arg: Optional[str]) -> None:
-        if not arg:
-            self.push(R.SYNTAX_VRFY)
-            return
-        address, _ = self._getaddr(arg)
-        if address:
-            self.push(R.VRFY_CANNOT)
-        else:
-            self.push(R.VRFY_FAILED % _grammar.reply_safe(arg))
+        self._session.vrfy(arg)
 
     def smtp_MAIL(self, arg: Optional[str]) -> None:
-        if not self.seen_greeting:
-            self.push(R.NEED_HELO)
-            return
-        refusal = self._refuse_mail()
-        if refusal:
-            self.push(refusal)
-            return
-        if not isinstance(DEBUGSTREAM, Devnull):  # debug output on (per MAIL)
-            _debug("===> MAIL", arg)
-        syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
-        path = self._path_argument("FROM:", arg, syntaxerr)
-        if path is None:
-            return
-        address, params = path
-        if self.mailfrom:
-            self.push(R.NESTED_MAIL)
-            return
-        self.mail_options = params.upper().split()
-        parsed = self._getparams(self.mail_options)
-        if parsed is None:
-            self.push(syntaxerr)
-            return
-        if parsed:  # most MAIL commands have no parameters: nothing to check
-            try:
-                require_smtputf8 = _grammar.check_mail_params(
-                    parsed,
-                    syntaxerr,
-                    decode_data=self._decode_data,
-                    enable_smtputf8=self.enable_SMTPUTF8,
-                    data_size_limit=self.data_size_limit,
-                )
-            except _grammar.ReplyError as err:
-                self.push(err.reply)
-                return
-            if require_smtputf8:
-                self.require_SMTPUTF8 = True
-            if parsed:
-                self.push(R.MAIL_PARAMS_UNKNOWN)
-                return
-        self.mailfrom = address
-        if not isinstance(DEBUGSTREAM, Devnull):
-            _debug("sender:", self.mailfrom)
-        self.push(R.OK)
+        self._session.mail(arg)
 
     def smtp_RCPT(self, arg: Optional[str]) -> None:
-        if not self.seen_greeting:
-            self.push(R.NEED_HELO)
-            return
-        if not isinstance(DEBUGSTREAM, Devnull):
-            _debug("===> RCPT", arg)
-        if not self.mailfrom:
-            self.push(R.NEED_MAIL)
-            return
-        syntaxerr = self._syntax_error(R.SYNTAX_RCPT)
-        path = self._path_argument("TO:", arg, syntaxerr)
-        if path is None:
-            return
-        address, params = path
-        guard = self._guard
-        if guard is not None and guard.recipients_full(len(self.rcpttos)):
-            # max_recipients: the client sends to the rest in another
-            # transaction.  Not an error (the budget does not count it).
-            self.push(R.TOO_MANY_RECIPIENTS)
-            return
-        self.rcpt_options = params.upper().split()
-        parsed = self._getparams(self.rcpt_options)
-        if parsed is None:
-            self.push(syntaxerr)
-            return
-        # No RCPT parameter is known to this server.
-        if parsed:
-            self.push(R.RCPT_PARAMS_UNKNOWN)
-            return
-        self.rcpttos.append(address)
-        if not isinstance(DEBUGSTREAM, Devnull):
-            _debug("recips:", self.rcpttos)
-        self.push(R.OK)
+        self._session.rcpt(arg)
 
     def smtp_RSET(self, arg: Optional[str]) -> None:
-        if arg:
-            self.push(R.SYNTAX_RSET)
-            return
-        self._set_rset_state()
-        self.push(R.OK)
+        self._session.rset(arg)
 
     def smtp_DATA(self, arg: Optional[str]) -> None:
-        if not self.seen_greeting:
-            self.push(R.NEED_HELO)
-            return
-        if not self.rcpttos:
-            self.push(R.NEED_RCPT)
-            return
-        if arg:
-            self.push(R.SYNTAX_DATA)
-            return
-        self.smtp_state = self.DATA
-        self.set_terminator(_grammar.END_OF_DATA)
-        # The CRLF that ended this command line counts towards the end of
-        # data, so a message may be empty ("DATA", then "." at once).
-        self._ac_framer.prefix_seen = _grammar.DATA_START
-        # The message collects in received_lines, as in smtpd, piece by
-        # piece; the pieces are joined once, at the end (unstuff_chunks).
-        self.push(R.START_DATA)
+        self._session.data(arg)
 
     def smtp_EXPN(self, arg: Optional[str]) -> None:
-        self.push(R.EXPN_UNSUPPORTED)
+        self._session.expn(arg)
+
+    def smtp_STARTTLS(self, arg: Optional[str]) -> None:
+        """Switch the session to TLS (RFC 3207), when the server offers it."""
+        self._session.starttls(arg)
+
+    def smtp_AUTH(self, arg: Optional[str]) -> None:
+        """Authenticate (RFC 4954), when the server offers it."""
+        self._session.auth(arg)
 
 
-# What SMTPChannel.handle_read_event's fast lane does instead of calling.
-_FAST_LANE_METHODS = (
-    "handle_read_event",
-    "handle_read",
-    "recv",
-    "collect_incoming_data",
-    "found_terminator",
-    "initiate_send",
-    "send",
-    "_ac_feed",
-)
+def _features(server: Any) -> _session.Features:
+    """What *server*'s options offer beyond smtpd, for its sessions."""
+    options = _options.of(server)
+    auth = server is not None and _tls.auth_enabled(server)
+    return _session.Features(
+        max_recipients=options.max_recipients,
+        starttls=options.tls_context is not None,
+        require_starttls=options.require_starttls,
+        auth=auth,
+        auth_mechanisms=tuple(options.auth_mechanisms),
+        auth_require_tls=options.auth_require_tls,
+        auth_required=options.auth_required,
+        max_auth_failures=options.max_auth_failures,
+    )
 
 
 def _deprecated_alias(old: str, new: str) -> property:
@@ -988,8 +600,6 @@ for _old, _new in (
 ):
     setattr(SMTPChannel, "_SMTPChannel__" + _old, _deprecated_alias(_old, _new))
 del _old, _new
-
-
 
 
 class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):

@@ -1,14 +1,14 @@
-"""SMTPChannel's fast lane against the general read path.
+"""Every transcript with each read holding a chosen piece of the input.
 
-``SMTPChannel.handle_read_event`` handles a read holding exactly one command
-line, or a whole small message, without the framing layers; anything else
-goes through ``async_chat``'s framing.  These tests play every transcript of
-``test_transcripts`` with each read holding a chosen piece of the input
-(the loop is pumped here, one ``poll()`` per piece, so the pieces the
-server reads are exactly the pieces sent) through a channel that uses the
-fast lane and one that cannot (it overrides ``handle_read``), and require
-the same bytes out and the same messages delivered, equal to the expected
-transcript.
+The loop is pumped here, one ``poll()`` per piece, so the pieces the server
+reads are exactly the pieces sent: one command per read (an interactive
+client), one byte per read, everything at once, and random cuts.  Each is
+played through a plain channel and through one whose class overrides
+``handle_read`` (so that no shortcut can depend on the class keeping
+smtpd's methods), and both must give the expected bytes and messages.
+
+(These tests once compared a "fast lane" with the general read path; there
+is one read path now, and the path-counting assertions went with the lane.)
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from test_transcripts import CONFIGS, TRANSCRIPTS, Transcript, check_messages, f
 
 
 class GeneralChannel(RecordingSMTPServer.channel_class):  # type: ignore[misc,valid-type]
-    """Overrides a method the fast lane stands in for: every read takes the
-    general path."""
+    """Overrides one of smtpd's read hooks (and calls it)."""
 
     def handle_read(self) -> None:
         super().handle_read()
@@ -50,21 +49,12 @@ class Session:
         self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.setblocking(False)
         self.output = bytearray()
-        self.fallbacks = 0  # reads framed by async_chat (not the fast lane)
         self.channel = None
         deadline = time.monotonic() + 5
         while len(self.output) < len(GREETING) and time.monotonic() < deadline:
             self.pump()
         assert bytes(self.output) == GREETING
         self.channel = next(o for o in self.map.values() if isinstance(o, GeneralChannel.__mro__[1]))
-        general_feed = self.channel._ac_feed
-
-        def counting_feed(data: bytes) -> None:
-            # Called when a read did not qualify for the fast lane.
-            self.fallbacks += 1
-            general_feed(data)
-
-        self.channel._ac_feed = counting_feed
 
     def pump(self, timeout: float = 0.05) -> bool:
         """One loop iteration, then read what the client got; False once
@@ -107,12 +97,12 @@ def pieces(t: Transcript, how: str) -> List[bytes]:
     return [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
 
 
-def play(server_class: Any, t: Transcript, how: str) -> Tuple[bytes, Any, int]:
+def play(server_class: Any, t: Transcript, how: str) -> Tuple[bytes, Any]:
     session = Session(server_class, **CONFIGS[t.config])
     for piece in pieces(t, how):
         session.feed(piece)
     output = session.finish()
-    return output, session.server.messages, session.fallbacks
+    return output, session.server.messages
 
 
 def _names(t: Transcript) -> str:
@@ -121,22 +111,17 @@ def _names(t: Transcript) -> str:
 
 @pytest.mark.parametrize("how", ["steps", "bytes", "whole", "cuts"])
 @pytest.mark.parametrize("t", TRANSCRIPTS, ids=_names)
-def test_fast_lane_and_general_path_agree(t: Transcript, how: str) -> None:
+def test_every_split_into_reads_gives_the_transcript(t: Transcript, how: str) -> None:
     expected = GREETING + b"".join(reply for _, reply in full_steps(t))
-    fast, fast_messages, fast_framed = play(RecordingSMTPServer, t, how)
-    general, general_messages, general_framed = play(GeneralServer, t, how)
-    assert fast == expected
+    plain, plain_messages = play(RecordingSMTPServer, t, how)
+    general, general_messages = play(GeneralServer, t, how)
+    assert plain == expected
     assert general == expected
-    check_messages(fast_messages, t)
+    check_messages(plain_messages, t)
     check_messages(general_messages, t)
-    # Every read of GeneralChannel is framed; the fast lane takes some of
-    # them whenever a client sends one command per write.
-    assert fast_framed <= general_framed
-    if how == "steps":
-        assert fast_framed < general_framed
 
 
-def test_an_interactive_session_stays_in_the_fast_lane() -> None:
+def test_an_interactive_session() -> None:
     body = b"Subject: hi\r\n\r\n" + b"x" * 900 + b"\r\n..dot-stuffed\r\n.\r\n"
     script = [b"EHLO client.example\r\n"]
     for _ in range(3):
@@ -146,18 +131,17 @@ def test_an_interactive_session_stays_in_the_fast_lane() -> None:
     for piece in script:
         session.feed(piece)
     output = session.finish()
-    assert session.fallbacks == 0, "a read left the fast lane"
     assert output.count(b"250 OK\r\n") == 9 and output.endswith(b"221 Bye\r\n")
     assert [m.data for m in session.server.messages] == [b"Subject: hi\n\n" + b"x" * 900 + b"\n.dot-stuffed"] * 3
 
 
-def run_reads(server_class: Any, reads: List[bytes]) -> Tuple[bytes, List[Any], int]:
+def run_reads(server_class: Any, reads: List[bytes]) -> Tuple[bytes, List[Any]]:
     session = Session(server_class)
     for piece in reads:
         session.feed(piece)
     session.feed(b"QUIT\r\n")
     output = session.finish()
-    return output, [(m.mailfrom, m.rcpttos, m.data) for m in session.server.messages], session.fallbacks
+    return output, [(m.mailfrom, m.rcpttos, m.data) for m in session.server.messages]
 
 
 ENVELOPE = [b"HELO c\r\n", b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<c@d.example>\r\n", b"DATA\r\n"]
@@ -180,7 +164,7 @@ ENVELOPE = [b"HELO c\r\n", b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<c@d.exampl
         ENVELOPE + [b"x\r\n.\r", b"\n"],
     ],
 )
-def test_reads_off_the_fast_lane_match_the_general_path(reads: List[bytes]) -> None:
+def test_unusual_reads_give_the_same_result_through_both_classes(reads: List[bytes]) -> None:
     fast = run_reads(RecordingSMTPServer, reads)
     general = run_reads(GeneralServer, reads)
     assert fast[:2] == general[:2]
@@ -188,27 +172,22 @@ def test_reads_off_the_fast_lane_match_the_general_path(reads: List[bytes]) -> N
 
 
 def test_partial_reads_are_framed() -> None:
-    output, _, framed = run_reads(RecordingSMTPServer, [b"\r", b"\n", b"NO", b"OP\r\n"])
+    output, _ = run_reads(RecordingSMTPServer, [b"\r", b"\n", b"NO", b"OP\r\n"])
     assert output == GREETING + b"500 Error: bad syntax\r\n250 OK\r\n221 Bye\r\n"
-    assert framed == 4
 
 
 def test_message_split_over_reads_and_empty_message() -> None:
-    output, messages, _ = run_reads(RecordingSMTPServer, ENVELOPE + [b"part one\r\npart", b" two\r\n.\r\n"] + ENVELOPE[1:] + [b".\r\n"])
+    output, messages = run_reads(RecordingSMTPServer, ENVELOPE + [b"part one\r\npart", b" two\r\n.\r\n"] + ENVELOPE[1:] + [b".\r\n"])
     assert [m[2] for m in messages] == [b"part one\npart two", b""]
 
 
-def test_fast_lane_under_serve_forever() -> None:
+def test_under_serve_forever() -> None:
     server = RecordingSMTPServer(("127.0.0.1", 0), None, map={})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        framed = []
         with RawClient(server.address) as client:
             assert client.read_reply() == GREETING
-            (channel,) = [o for o in server._map.values() if o is not server]
-            general_feed = channel._ac_feed
-            channel._ac_feed = lambda data: (framed.append(data), general_feed(data))
             assert client.command(b"HELO c").startswith(b"250 ")
             assert client.command(b"MAIL FROM:<a@b.example>") == b"250 OK\r\n"
             assert client.command(b"RCPT TO:<c@d.example>") == b"250 OK\r\n"
@@ -216,7 +195,6 @@ def test_fast_lane_under_serve_forever() -> None:
             assert client.command(b"hello\r\n.") == b"250 OK\r\n"
             assert client.command(b"QUIT") == b"221 Bye\r\n"
         assert server.wait_for(1)[0].data == b"hello"
-        assert framed == []
     finally:
         server.shutdown()
         thread.join(5)
@@ -240,7 +218,7 @@ class UnlimitedGeneralServer(RecordingSMTPServer):
     channel_class = UnlimitedGeneralChannel
 
 
-def test_command_size_limit_zero_counts_nothing_on_both_paths() -> None:
+def test_command_size_limit_zero_counts_nothing_through_both_classes() -> None:
     reads = [b"HELO " + b"h" * 600 + b"\r\n", b"NOOP\r\n"]
     fast = run_reads(UnlimitedServer, reads)
     general = run_reads(UnlimitedGeneralServer, reads)

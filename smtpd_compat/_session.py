@@ -1,0 +1,863 @@
+"""One SMTP session's rules and state: the protocol core, with no I/O.
+
+:class:`Session` holds everything a session knows (the greeting, the
+envelope, the message being received, TLS and AUTH facts) and implements
+every command smtpd had, plus STARTTLS and AUTH, exactly as CPython 3.11's
+``smtpd.SMTPChannel`` answered them.  It never touches a socket, a clock or
+a thread: what it decides goes out through its *host* (:class:`Host`), the
+object that owns the connection — ``SMTPChannel`` in the package, a plain
+recorder in the tests.
+
+Replies go out through ``host.push()``, so a subclass that overrides
+``push()`` sees each line, as it did.  The hooks smtpd's methods called
+(``_getaddr``, ``_getparams``, ``_strip_command_keyword``, ``_set_rset_state``,
+``_set_post_data_state``, ``set_terminator``, ``close_when_done``) are the
+host's, so overrides of those keep working too.  What smtpd did not have is
+asked of the host through methods starting with ``_session_`` (start TLS,
+check credentials, hand a message over, show a debug trace).
+
+The phase of the session is one :class:`State`; every change of phase goes
+through :meth:`Session._move`, and :data:`TRANSITIONS` lists them all.  The
+``smtp_state`` of smtpd (``COMMAND`` = 0, ``DATA`` = 1, or a value of a
+subclass's own) is a view of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from . import _grammar
+from . import _replies as R
+from ._sasl import Credentials, Mechanism, Step, mechanism_for
+
+log = logging.getLogger("smtpd_compat")
+
+__all__ = ["AUTH_LINE_LIMIT", "Event", "Features", "Host", "Session", "State", "TRANSITIONS"]
+
+# RFC 4954 section 4: an AUTH command line may be up to 12288 octets, so that
+# an initial response of reasonable size fits; the same bound applies to
+# each response line of the exchange.
+AUTH_LINE_LIMIT = 12288
+
+
+class State(enum.Enum):
+    """The phase of a session."""
+
+    COMMAND = "command"  # reading commands
+    DATA = "data"  # reading a message (after 354)
+    AUTH = "auth"  # an AUTH exchange: lines are SASL responses
+    AWAIT_REPLY = "await reply"  # the message was handed over; its reply is pending
+    STARTTLS = "starttls"  # 220 Ready to start TLS sent; TLS not up yet
+    CLOSING = "closing"  # the session ends once its last reply is sent
+    FOREIGN = "foreign"  # smtp_state holds a value a subclass defined
+
+
+class Event(enum.Enum):
+    """What moves a session from one phase to another."""
+
+    DATA = "DATA accepted"
+    MESSAGE = "message complete"
+    REFUSED = "message refused"
+    REPLIED = "message answered"
+    AUTH = "AUTH challenge sent"
+    AUTH_DONE = "AUTH exchange over"
+    STARTTLS = "STARTTLS accepted"
+    TLS_UP = "TLS handshake done"
+    CLOSE = "closing"
+
+
+S, E = State, Event
+# Every change of phase: (phase, event) -> next phase.  Anything else is a
+# bug (Session._move raises).  CLOSE is allowed from every phase.
+TRANSITIONS: Dict[Tuple[State, Event], State] = {
+    (S.COMMAND, E.DATA): S.DATA,
+    (S.DATA, E.MESSAGE): S.AWAIT_REPLY,
+    (S.DATA, E.REFUSED): S.COMMAND,
+    (S.AWAIT_REPLY, E.REPLIED): S.COMMAND,
+    (S.COMMAND, E.AUTH): S.AUTH,
+    (S.AUTH, E.AUTH): S.AUTH,
+    (S.COMMAND, E.AUTH_DONE): S.COMMAND,  # decided at once (initial response)
+    (S.AUTH, E.AUTH_DONE): S.COMMAND,
+    (S.COMMAND, E.STARTTLS): S.STARTTLS,
+    (S.STARTTLS, E.TLS_UP): S.COMMAND,
+}
+for _state in State:
+    TRANSITIONS[_state, E.CLOSE] = S.CLOSING
+del _state, S, E
+
+# smtpd's smtp_state values.
+COMMAND, DATA = 0, 1
+
+
+class Features:
+    """What the server offers beyond smtpd (from its options), fixed for a
+    session.  The defaults are smtpd's: nothing extra."""
+
+    __slots__ = (
+        "max_recipients",
+        "starttls",
+        "require_starttls",
+        "auth",
+        "auth_mechanisms",
+        "auth_require_tls",
+        "auth_required",
+        "max_auth_failures",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        self.max_recipients: Optional[int] = None
+        self.starttls = False  # a tls_context is configured
+        self.require_starttls = False
+        self.auth = False  # AUTH is offered (an authenticator exists)
+        self.auth_mechanisms: Tuple[str, ...] = ()
+        self.auth_require_tls = True
+        self.auth_required = False
+        self.max_auth_failures: Optional[int] = None
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+class Host:
+    """What a :class:`Session` needs of the object that owns the connection.
+
+    ``SMTPChannel`` is the host in the package; this class documents the
+    interface (and is the base of the tests' recording host).  The first
+    group are smtpd's own attributes and hooks, which subclasses override.
+    """
+
+    fqdn: str = "localhost"
+    data_size_limit: Optional[int] = 33554432
+    enable_SMTPUTF8 = False
+    _decode_data = False
+    command_size_limit = 512
+
+    def push(self, msg: str) -> None:
+        raise NotImplementedError
+
+    def close_when_done(self) -> None:
+        raise NotImplementedError
+
+    def set_terminator(self, term: Any) -> None:
+        raise NotImplementedError
+
+    def _set_rset_state(self) -> None:
+        raise NotImplementedError
+
+    def _set_post_data_state(self) -> None:
+        raise NotImplementedError
+
+    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
+        raise NotImplementedError
+
+    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
+        raise NotImplementedError
+
+    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
+        raise NotImplementedError
+
+    # -- beyond smtpd ---------------------------------------------------------------
+    def _session_data_started(self) -> None:
+        """DATA was accepted: the CRLF that ended its line starts the end of data."""
+
+    def _session_can_start_tls(self) -> bool:
+        return False
+
+    def _session_start_tls(self) -> None:
+        """STARTTLS was accepted: read nothing more in clear, and wrap the
+        connection once the 220 is sent."""
+
+    def _session_check(self, credentials: Credentials) -> None:
+        """Decide on *credentials*; answer through Session.auth_verdict()
+        (at once or later) or Session.auth_failed_to_check()."""
+        raise NotImplementedError
+
+    def _session_trace(self, *args: Any) -> None:
+        """smtpd's debug output (DEBUGSTREAM); called only when tracing."""
+
+
+class _Detached(Host):
+    """The host of a session whose connection is closed: it keeps the
+    settings the rules read and ignores what they ask."""
+
+    def __init__(self, host: Host) -> None:
+        for name in ("fqdn", "data_size_limit", "enable_SMTPUTF8", "_decode_data", "command_size_limit", "peer"):
+            if hasattr(host, name):
+                setattr(self, name, getattr(host, name))
+
+    def push(self, msg: str) -> None:
+        pass
+
+    def close_when_done(self) -> None:
+        pass
+
+    def set_terminator(self, term: Any) -> None:
+        pass
+
+    def _set_rset_state(self) -> None:
+        pass
+
+    def _set_post_data_state(self) -> None:
+        pass
+
+    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
+        return "", ""
+
+    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
+        return None
+
+    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
+        return ""
+
+    def _session_check(self, credentials: Credentials) -> None:
+        pass
+
+
+class _CommandSizeLimits(collections.defaultdict):  # type: ignore[type-arg]
+    """A session's ``command_size_limits``: a defaultdict that remembers its
+    largest value, which ``max_command_size_limit`` is asked for on every
+    command line.  Every method that changes the dict forgets it."""
+
+    largest: Optional[int] = None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.largest = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.largest = None
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Any:
+        self.largest = None
+        return super().__ior__(other)
+
+    def _forgetting(name: str) -> Any:  # noqa: N805  (builds methods below)
+        method = getattr(collections.defaultdict, name)
+
+        def forget(self: "_CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
+            self.largest = None
+            return method(self, *args, **kwargs)
+
+        forget.__name__ = name
+        return forget
+
+    clear = _forgetting("clear")
+    pop = _forgetting("pop")
+    popitem = _forgetting("popitem")
+    setdefault = _forgetting("setdefault")
+    update = _forgetting("update")
+    del _forgetting
+
+
+# _CommandSizeLimits.largest of an empty dict (a HELO session): the host's
+# command_size_limit applies.
+_NO_LIMITS: Any = object()
+
+
+class Session:
+    """The state and rules of one SMTP session (see the module docstring).
+
+    Attributes with smtpd's names (``seen_greeting``, ``extended_smtp``,
+    ``mailfrom``, ``rcpttos``, ``mail_options``, ``rcpt_options``,
+    ``require_SMTPUTF8``, ``num_bytes``, ``received_lines``,
+    ``received_data``, ``command_size_limits``, ``smtp_state``) are what
+    ``SMTPChannel`` shows under those names.
+    """
+
+    def __init__(self, host: Host, features: Optional[Features] = None) -> None:
+        self.host = host
+        self.features = features if features is not None else Features()
+        self.state = State.COMMAND
+        self.foreign: Any = None  # smtp_state while FOREIGN
+        # smtpd's transaction state.
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self.mailfrom: Optional[str] = None
+        self.rcpttos: List[str] = []
+        self.mail_options: List[str] = []
+        self.rcpt_options: List[str] = []
+        self.require_SMTPUTF8 = False
+        self.num_bytes = 0
+        self.received_lines: List[Any] = []
+        self.received_data: Union[str, bytes] = ""
+        limit = host.command_size_limit
+        self.command_size_limits: Any = _CommandSizeLimits(lambda: limit)
+        # Beyond smtpd.
+        self.tls_active = False
+        self.auth_login: Optional[str] = None
+        self.auth_failures = 0
+        self.sasl: Optional[Mechanism] = None
+        # Whether to call host._session_trace() (smtpd's DEBUGSTREAM).
+        self.tracing = False
+
+    # -- the phase -------------------------------------------------------------------
+    def _move(self, event: Event) -> None:
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise RuntimeError("SMTP session: %s while in %s" % (event.value, self.state.value)) from None
+
+    @property
+    def smtp_state(self) -> Any:
+        """smtpd's view of the phase: DATA (1), COMMAND (0) for every phase
+        of this package's own, or the value a subclass set."""
+        state = self.state
+        if state is State.DATA:
+            return DATA
+        if state is State.FOREIGN:
+            return self.foreign
+        return COMMAND
+
+    @smtp_state.setter
+    def smtp_state(self, value: Any) -> None:
+        # A subclass (or smtpd's own code) sets the phase by hand.
+        if value == DATA:
+            self.state = State.DATA
+        elif value == COMMAND:
+            if self.state in (State.DATA, State.FOREIGN):
+                self.state = State.COMMAND
+        else:
+            self.state, self.foreign = State.FOREIGN, value
+
+    @property
+    def max_command_size_limit(self) -> int:
+        limits = self.command_size_limits
+        cached = limits.__class__ is _CommandSizeLimits
+        if cached:
+            largest = limits.largest
+            if largest is not None:
+                return self.host.command_size_limit if largest is _NO_LIMITS else largest  # type: ignore[no-any-return]
+        largest = max(limits.values(), default=_NO_LIMITS)
+        if cached:
+            limits.largest = largest
+        return self.host.command_size_limit if largest is _NO_LIMITS else largest  # type: ignore[no-any-return]
+
+    # -- smtpd's state resets (the host's hooks of those names call these) -------
+    def post_data_state(self) -> None:
+        """Reset the transaction after a message (smtpd's _set_post_data_state)."""
+        if self.state in (State.DATA, State.FOREIGN):
+            self.state = State.COMMAND
+        self.mailfrom = None
+        self.rcpttos = []
+        self.require_SMTPUTF8 = False
+        self.num_bytes = 0
+        self.host.set_terminator(b"\r\n")
+
+    def rset_state(self) -> None:
+        """Reset everything but the greeting (smtpd's _set_rset_state)."""
+        self.host._set_post_data_state()
+        self.received_data = ""
+        self.received_lines = []
+
+    # -- input -------------------------------------------------------------------------
+    def collect(self, data: Any) -> None:
+        """A piece of the line or message being received (smtpd's
+        collect_incoming_data): counted against its limit, kept unless
+        over it."""
+        state = self.state
+        if state is State.DATA:
+            limit = self.host.data_size_limit
+        elif state is State.FOREIGN:
+            limit = None
+        else:
+            limit = self.max_command_size_limit
+        if limit:
+            if self.num_bytes > limit:
+                return  # over the limit: keep counting nothing, store nothing
+            self.num_bytes += len(data)
+        if self.host._decode_data:
+            # smtpd kept str pieces here, and subclasses join them; it
+            # decoded each piece strictly, so a character split between two
+            # reads (or a stray byte) crashed the session.  Undecodable
+            # bytes become lone surrogates: raw_lines() gives the very bytes.
+            data = str(data, "utf-8", "surrogateescape")
+        self.received_lines.append(data)
+
+    def raw_lines(self) -> List[bytes]:
+        """Take received_lines, as the bytes received."""
+        pieces, self.received_lines = self.received_lines, []
+        if self.host._decode_data:
+            return [p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p for p in pieces]
+        return pieces
+
+    def command_line(self, line: bytes, size: int) -> Optional[Tuple[str, Optional[str]]]:
+        """A complete command line: ``(VERB, argument)`` for the host to
+        dispatch, or None when it was answered here (empty, too long, not
+        UTF-8).  *size* is what was counted of it (num_bytes)."""
+        if not line:
+            self.host.push(R.BAD_SYNTAX)
+            return None
+        largest = self.max_command_size_limit
+        if not largest:
+            size = 0  # no limit: collect() counted nothing
+        elif size > largest:
+            # Too long for any command, and cut short while it was read:
+            # where the cut fell (perhaps inside a UTF-8 character) must not
+            # change the reply.
+            self.host.push(R.LINE_TOO_LONG)
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.host.push(R.BAD_ENCODING)
+            return None
+        command, arg = _grammar.split_command(text)
+        if self.extended_smtp:
+            limits = self.command_size_limits
+            if command in limits:
+                max_size = limits[command]
+            else:
+                factory = getattr(limits, "default_factory", None)
+                max_size = factory() if factory else self.host.command_size_limit
+        else:
+            max_size = self.host.command_size_limit
+        if size > max_size:
+            self.host.push(R.LINE_TOO_LONG)
+            return None
+        return command, arg
+
+    def unknown(self, verb: str) -> None:
+        """No smtp_<VERB> method: smtpd's 500."""
+        self.host.push(R.UNKNOWN_COMMAND % _grammar.reply_safe(verb))
+
+    def confused(self) -> None:
+        """A line ended in a phase that expects none (smtpd's 451)."""
+        self.received_lines = []
+        self.host.push(R.INTERNAL_CONFUSION)
+        self.num_bytes = 0
+
+    # -- the message -------------------------------------------------------------------
+    def end_of_data(self, pieces: List[bytes]) -> Optional[Union[bytes, str]]:
+        """The message is complete (*pieces*: the raw bytes received).
+
+        Returns the message as ``process_message`` takes it (the phase is
+        then AWAIT_REPLY: the host hands it over, calls its
+        ``_set_post_data_state()`` and answers with :meth:`replied`), or
+        None when it was refused here (too large, not UTF-8 with
+        decode_data).
+        """
+        host = self.host
+        if host.data_size_limit and self.num_bytes > host.data_size_limit:
+            # The transaction is over: smtpd stayed in DATA state here and
+            # swallowed the next commands as message text.
+            host._set_post_data_state()
+            self._move_if(State.DATA, Event.REFUSED)
+            host.push(R.TOO_MUCH_DATA)
+            return None
+        data: Union[bytes, str] = _grammar.unstuff_chunks(pieces)
+        if host._decode_data:
+            try:
+                data = data.decode("utf-8")  # type: ignore[union-attr]
+            except UnicodeDecodeError:
+                # smtpd crashed the session here; refuse the message instead.
+                host._set_post_data_state()
+                self._move_if(State.DATA, Event.REFUSED)
+                host.push(R.DATA_NOT_UTF8)
+                return None
+        self.received_data = data
+        self._move_if(State.DATA, Event.MESSAGE)
+        return data
+
+    def _move_if(self, state: State, event: Event) -> None:
+        # A subclass may have set smtp_state by hand (or a handler changed
+        # it meanwhile): move only from the phase the event belongs to.
+        if self.state is state:
+            self._move(event)
+
+    def message_options(self) -> Dict[str, Any]:
+        """The keyword arguments for process_message: smtpd's
+        (``mail_options``, ``rcpt_options``, unless decode_data) and ours."""
+        options: Dict[str, Any] = {}
+        if not self.host._decode_data:
+            options = {"mail_options": self.mail_options, "rcpt_options": self.rcpt_options}
+        if self.features.auth:
+            options["auth_login"] = self.auth_login
+        return options
+
+    def replied(self, status: Any) -> None:
+        """Answer the message with what process_message returned (None or
+        a false value: ``250 OK``)."""
+        if self.state is State.AWAIT_REPLY:
+            self._move(Event.REPLIED)
+        if not status:
+            self.host.push(R.OK)
+        else:
+            if isinstance(status, bytes):
+                status = status.decode("utf-8", "replace")
+            self.host.push(status)
+
+    # -- smtpd's commands ------------------------------------------------------------
+    def helo(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not arg:
+            host.push(R.SYNTAX_HELO)
+            return
+        # A second greeting is refused (smtpd's choice, bpo-21783).
+        if self.seen_greeting:
+            host.push(R.DUPLICATE_HELO)
+            return
+        host._set_rset_state()
+        self.seen_greeting = arg
+        host.push(R.HELO_OK % host.fqdn)
+
+    def ehlo(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not arg:
+            host.push(R.SYNTAX_EHLO)
+            return
+        if self.seen_greeting:
+            host.push(R.DUPLICATE_HELO)
+            return
+        host._set_rset_state()
+        self.seen_greeting = arg
+        self.extended_smtp = True
+        keywords = [host.fqdn]
+        if host.data_size_limit:
+            keywords.append(R.EHLO_SIZE % host.data_size_limit)
+            self.command_size_limits["MAIL"] += 26
+        if not host._decode_data:
+            keywords.append(R.EHLO_8BITMIME)
+        if host.enable_SMTPUTF8:
+            keywords.append(R.EHLO_SMTPUTF8)
+            self.command_size_limits["MAIL"] += 10
+        keywords.extend(self._extension_keywords())
+        keywords.append(R.EHLO_HELP)
+        for line in R.reply_lines(250, keywords):
+            host.push(line)
+
+    def _extension_keywords(self) -> List[str]:
+        """EHLO keywords beyond smtpd's (none by default, so the reply stays
+        smtpd's byte for byte)."""
+        features = self.features
+        keywords = []
+        if features.starttls and not self.tls_active:
+            keywords.append(R.EHLO_STARTTLS)
+        if self._auth_offered():
+            keywords.append(R.EHLO_AUTH % " ".join(features.auth_mechanisms))
+            # Like SIZE raising the MAIL limit: AUTH lines may be long.
+            self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
+        return keywords
+
+    def noop(self, arg: Optional[str]) -> None:
+        self.host.push(R.SYNTAX_NOOP if arg else R.OK)
+
+    def quit(self, arg: Optional[str]) -> None:
+        # The argument is ignored.
+        self.host.push(R.BYE)
+        self.host.close_when_done()
+        self._move(Event.CLOSE)
+
+    def help(self, arg: Optional[str]) -> None:
+        if not arg:
+            self.host.push(R.HELP_ALL)
+            return
+        topic = arg.upper()
+        reply = R.HELP_SYNTAX.get(topic)
+        if reply is None:
+            self.host.push(R.HELP_UNKNOWN)
+        elif topic in ("MAIL", "RCPT"):
+            self.host.push(self._syntax_error(reply))
+        else:
+            self.host.push(reply)
+
+    def vrfy(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not arg:
+            host.push(R.SYNTAX_VRFY)
+            return
+        address, _ = host._getaddr(arg)
+        if address:
+            host.push(R.VRFY_CANNOT)
+        else:
+            host.push(R.VRFY_FAILED % _grammar.reply_safe(arg))
+
+    def expn(self, arg: Optional[str]) -> None:
+        self.host.push(R.EXPN_UNSUPPORTED)
+
+    def rset(self, arg: Optional[str]) -> None:
+        if arg:
+            self.host.push(R.SYNTAX_RSET)
+            return
+        self.host._set_rset_state()
+        self.host.push(R.OK)
+
+    def mail(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not self.seen_greeting:
+            host.push(R.NEED_HELO)
+            return
+        refusal = self._refuse_mail()
+        if refusal:
+            host.push(refusal)
+            return
+        if self.tracing:
+            host._session_trace("===> MAIL", arg)
+        syntaxerr = self._syntax_error(R.SYNTAX_MAIL)
+        path = self._path("FROM:", arg, syntaxerr)
+        if path is None:
+            return
+        address, params = path
+        if self.mailfrom:
+            host.push(R.NESTED_MAIL)
+            return
+        self.mail_options = params.upper().split()
+        parsed = host._getparams(self.mail_options)
+        if parsed is None:
+            host.push(syntaxerr)
+            return
+        if parsed:  # most MAIL commands have no parameters: nothing to check
+            try:
+                require_smtputf8 = _grammar.check_mail_params(
+                    parsed,
+                    syntaxerr,
+                    decode_data=host._decode_data,
+                    enable_smtputf8=host.enable_SMTPUTF8,
+                    data_size_limit=host.data_size_limit,
+                )
+            except _grammar.ReplyError as err:
+                host.push(err.reply)
+                return
+            if require_smtputf8:
+                self.require_SMTPUTF8 = True
+            if parsed:
+                host.push(R.MAIL_PARAMS_UNKNOWN)
+                return
+        self.mailfrom = address
+        if self.tracing:
+            host._session_trace("sender:", address)
+        host.push(R.OK)
+
+    def rcpt(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not self.seen_greeting:
+            host.push(R.NEED_HELO)
+            return
+        if self.tracing:
+            host._session_trace("===> RCPT", arg)
+        if not self.mailfrom:
+            host.push(R.NEED_MAIL)
+            return
+        syntaxerr = self._syntax_error(R.SYNTAX_RCPT)
+        path = self._path("TO:", arg, syntaxerr)
+        if path is None:
+            return
+        address, params = path
+        limit = self.features.max_recipients
+        if limit is not None and len(self.rcpttos) >= limit:
+            # max_recipients: the client sends to the rest in another
+            # transaction.  Not an error (the budget does not count it).
+            host.push(R.TOO_MANY_RECIPIENTS)
+            return
+        self.rcpt_options = params.upper().split()
+        parsed = host._getparams(self.rcpt_options)
+        if parsed is None:
+            host.push(syntaxerr)
+            return
+        # No RCPT parameter is known to this server.
+        if parsed:
+            host.push(R.RCPT_PARAMS_UNKNOWN)
+            return
+        self.rcpttos.append(address)
+        if self.tracing:
+            host._session_trace("recips:", self.rcpttos)
+        host.push(R.OK)
+
+    def data(self, arg: Optional[str]) -> None:
+        host = self.host
+        if not self.seen_greeting:
+            host.push(R.NEED_HELO)
+            return
+        if not self.rcpttos:
+            host.push(R.NEED_RCPT)
+            return
+        if arg:
+            host.push(R.SYNTAX_DATA)
+            return
+        self._move(Event.DATA)
+        host.set_terminator(_grammar.END_OF_DATA)
+        host._session_data_started()
+        host.push(R.START_DATA)
+
+    def _syntax_error(self, reply: str) -> str:
+        return reply + R.PARAMS_SUFFIX if self.extended_smtp else reply
+
+    def _path(self, keyword: str, arg: Optional[str], syntaxerr: str) -> Optional[Tuple[str, str]]:
+        """Parse ``FROM:<path> params`` / ``TO:<path> params`` as MAIL and
+        RCPT share it: ``(address, params)``, or None after replying
+        *syntaxerr*."""
+        host = self.host
+        if arg is None:
+            host.push(syntaxerr)
+            return None
+        address, params = host._getaddr(host._strip_command_keyword(keyword, arg))
+        if not address or (params and not self.extended_smtp):
+            host.push(syntaxerr)
+            return None
+        return address, params
+
+    def _refuse_mail(self) -> Optional[str]:
+        features = self.features
+        if features.require_starttls and not self.tls_active:
+            return R.STARTTLS_REQUIRED
+        if features.auth_required and self.auth_login is None:
+            return R.AUTH_REQUIRED
+        return None
+
+    # -- STARTTLS (RFC 3207) ---------------------------------------------------------
+    def starttls(self, arg: Optional[str]) -> None:
+        host = self.host
+        if self.tls_active:
+            host.push(R.TLS_ALREADY_ACTIVE)
+        elif not self.features.starttls:
+            # Not configured: the reply smtpd gave to any unknown command.
+            host.push(R.UNKNOWN_COMMAND % "STARTTLS")
+        elif arg:
+            host.push(R.SYNTAX_STARTTLS)
+        elif not self.seen_greeting:
+            host.push(R.NEED_HELO)
+        elif not host._session_can_start_tls():
+            host.push(R.TLS_NOT_AVAILABLE)
+        else:
+            self._move(Event.STARTTLS)
+            # What the client pipelined after STARTTLS was sent in clear
+            # before the handshake: it is never read as if it came over TLS.
+            self.received_lines = []
+            host._session_start_tls()
+            host.push(R.READY_TLS)
+
+    def tls_started(self) -> None:
+        """TLS is up (after STARTTLS, or at once for implicit TLS)."""
+        self.tls_active = True
+        if self.state is not State.STARTTLS:
+            return  # SMTPS: nothing was said in clear
+        # RFC 3207 section 4.2: forget everything learnt from the client
+        # before TLS (its EHLO, any envelope, any authentication).
+        self._move(Event.TLS_UP)
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self.host._set_rset_state()
+        self.mail_options = []
+        self.rcpt_options = []
+        self.command_size_limits.clear()
+        self.auth_login = None
+        self.sasl = None
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------------------
+    def _auth_offered(self) -> bool:
+        features = self.features
+        return features.auth and (self.tls_active or not features.auth_require_tls)
+
+    def auth(self, arg: Optional[str]) -> None:
+        host = self.host
+        features = self.features
+        if not features.auth:
+            # Not configured: the reply smtpd gave to any unknown command.
+            host.push(R.UNKNOWN_COMMAND % "AUTH")
+            return
+        if not self.extended_smtp:
+            host.push(R.NEED_EHLO)
+            return
+        if self.auth_login is not None:
+            host.push(R.AUTH_ALREADY)
+            return
+        if self.mailfrom:
+            host.push(R.AUTH_IN_TRANSACTION)
+            return
+        words = arg.split() if arg else []
+        if not 1 <= len(words) <= 2:
+            host.push(R.SYNTAX_AUTH)
+            return
+        mechanism = words[0].upper()
+        if mechanism not in features.auth_mechanisms:
+            host.push(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        if not self.tls_active and features.auth_require_tls:
+            host.push(R.AUTH_ENCRYPTION_REQUIRED)
+            return
+        try:
+            exchange = mechanism_for(mechanism, words[1] if len(words) == 2 else None)
+        except _grammar.ReplyError as err:
+            host.push(err.reply)
+            return
+        self._auth_step(exchange, exchange.start)
+
+    def auth_line(self, line: bytes, size: int) -> None:
+        """A line answering an AUTH challenge (the phase is AUTH)."""
+        exchange = self.sasl
+        assert exchange is not None
+        if size > self.max_command_size_limit:
+            self._auth_over()
+            self.host.push(R.LINE_TOO_LONG)
+            return
+        try:
+            text = line.decode("ascii").strip()
+        except UnicodeDecodeError:
+            self._auth_over()
+            self.host.push(R.AUTH_BAD_BASE64)
+            return
+        self._auth_step(exchange, lambda: exchange.respond(text))
+
+    def _auth_over(self) -> None:
+        self.sasl = None
+        if self.state in (State.AUTH, State.COMMAND):
+            self._move(Event.AUTH_DONE)
+
+    def _auth_step(self, exchange: Mechanism, step: Callable[[], Step]) -> None:
+        try:
+            result = step()
+        except _grammar.ReplyError as err:
+            self._auth_over()
+            self.host.push(err.reply)
+            return
+        if isinstance(result, Credentials):
+            self.sasl = None
+            # Acting as another identity (PLAIN's authzid) is not supported.
+            if result.authzid and result.authzid != result.login:
+                self.auth_verdict(result, False)
+            else:
+                self.host._session_check(result)
+            return
+        self.sasl = exchange
+        self._move(Event.AUTH)
+        self.host.push(R.AUTH_CHALLENGE % result)
+
+    def auth_verdict(self, credentials: Credentials, ok: bool) -> None:
+        """The authenticator's decision on *credentials*."""
+        if self.state in (State.AUTH, State.COMMAND):
+            self._move(Event.AUTH_DONE)
+        host = self.host
+        if ok:
+            self.auth_login = credentials.login
+            log.info("%r authenticated as %r (%s)", getattr(host, "peer", None), credentials.login, credentials.mechanism)
+            host.push(R.AUTH_OK)
+            return
+        self.auth_failures += 1
+        log.info("authentication failed for login %r from %r", credentials.login, getattr(host, "peer", None))
+        limit = self.features.max_auth_failures
+        if limit and self.auth_failures >= limit:
+            host.push(R.TOO_MANY_AUTH_FAILURES % host.fqdn)
+            host.close_when_done()
+            self._move(Event.CLOSE)
+            return
+        host.push(R.AUTH_FAILED)
+
+    def auth_failed_to_check(self) -> None:
+        """The authenticator raised: a temporary failure (454)."""
+        if self.state in (State.AUTH, State.COMMAND):
+            self._move(Event.AUTH_DONE)
+        self.host.push(R.AUTH_TEMP_FAILURE)
+
+    def closing(self) -> None:
+        """The session ends once its last reply is sent (QUIT, a 421)."""
+        self._move(Event.CLOSE)
+
+    def detach(self) -> None:
+        """The connection is closed: let go of the host.  The host keeps
+        the session (its attributes are views of it), so this breaks the
+        cycle that would keep a closed session, and its last message,
+        alive until the cyclic collector runs.  What is asked of the host
+        afterwards goes nowhere."""
+        self.host = _Detached(self.host)
