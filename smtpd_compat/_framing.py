@@ -38,7 +38,8 @@ class Framer:
 
     Methods for the caller: :meth:`feed` with what was read, then
     :meth:`next` until it returns None (nothing more can be handed out
-    until more input arrives); :meth:`compact` when done for now.
+    until more input arrives).  The input handed out is dropped from the
+    buffer when :meth:`next` returns None, or by :meth:`compact`.
     """
 
     __slots__ = ("_buf", "_pos", "_src", "prefix_seen")
@@ -88,6 +89,29 @@ class Framer:
         self.replace(b"")
 
     # -- output -----------------------------------------------------------------
+    def whole(self, data: bytes, term: Terminator) -> Optional[bytes]:
+        """If nothing is buffered and *data* is exactly one record under the
+        delimiter *term* (the usual read: one command line, or one small
+        message), the record, which is then consumed; else None, and
+        *data* is left for :meth:`feed`.
+
+        The same result as feeding *data* and taking one step; a read
+        larger than LARGE is not looked at here, so that no byte of a large
+        message is searched twice.
+        """
+        if self._buf or term.__class__ is not bytes or not term or len(data) > LARGE:
+            return None
+        size = len(data) - len(term)  # type: ignore[arg-type]
+        # The delimiter's first place is at the end: one record, nothing after.
+        if size < 0 or data.find(term) != size:  # type: ignore[arg-type]
+            return None
+        prefix = self.prefix_seen
+        if prefix:
+            if data.startswith(term[len(prefix) :]):  # type: ignore[index]
+                return None  # the terminator completes at once (an empty message)
+            self.prefix_seen = b""
+        return data[:size]
+
     def next(self, term: Terminator) -> Optional[Step]:
         """The next step under *term*, or None when more input is needed.
 
@@ -101,6 +125,11 @@ class Framer:
         pos = self._pos
         end = len(buf)
         if pos >= end:
+            if pos:
+                # All handed out: forget it (the common end of a read).
+                buf.clear()
+                self._pos = 0
+                self._src = None
             return None
         if term.__class__ is bytes and term and not self.prefix_seen:
             # The usual case, a delimiter.
@@ -110,11 +139,18 @@ class Framer:
                 index = _find_large(buf, term, pos)  # type: ignore[arg-type]
             if index >= 0:
                 self._pos = index + len(term)  # type: ignore[arg-type]
+                src = self._src
+                if src is not None:
+                    # A whole read ending with the delimiter (a command
+                    # line): one slice, no copy of the buffer.
+                    return src[pos:index], True
                 return self._slice(pos, index), True
             cut = end - _partial_at_end(buf, pos, term)  # type: ignore[arg-type]
             if cut > pos:
                 self._pos = cut
                 return self._slice(pos, cut), False
+            if pos:
+                self.compact()
             return None
         if not term:
             self._pos = end

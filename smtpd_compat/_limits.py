@@ -164,7 +164,8 @@ class SessionGuard:
     """The limits of one session: idle timer, error budget, session count.
 
     One timer per session, re-armed lazily: reading input only records the
-    time (``touch()``).  The timer is set for the shorter of the two
+    time (``async_chat`` keeps it in ``_ac_last_read``; ``touch()`` records
+    a reply the client waited for).  The timer is set for the shorter of the two
     timeouts after the last input, so it never fires late whatever the
     state becomes meanwhile; when it fires early it is armed again for the
     real deadline.  Entering DATA (once per message) then needs no new timer.
@@ -219,16 +220,19 @@ class SessionGuard:
         if reactor is None:
             return  # no loop runs this channel (yet): see touch()
         if deadline is None:
-            deadline = self.last + self.soonest
+            deadline = self._heard() + self.soonest
         self.timer = reactor.call_later(deadline - time.monotonic(), self._fire)
 
-    def touch(self) -> None:
-        """The client was heard from (or a reply it waited for was sent).
+    def _heard(self) -> float:
+        """When the session last saw activity: input read, or a touch()."""
+        read = self.channel._ac_last_read
+        return read if read > self.last else self.last
 
-        The fast lane of SMTPChannel.handle_read_event() does the same inline."""
+    def touch(self) -> None:
+        """A reply the client waited for was sent: count the idle time from now."""
         self.last = _monotonic()
         if self.timer is None:
-            self._arm()  # a channel first run by a loop, or after a pause
+            self._arm()  # after a pause
 
     def _fire(self) -> None:
         self.timer = None
@@ -240,15 +244,19 @@ class SessionGuard:
             # not idle.  The reply re-arms the timer through touch().
             return
         timeout = self._timeout()
-        if timeout is None:
-            return
         now = time.monotonic()
-        if self.last + timeout > now:
+        if timeout is None:
+            # No timeout in this state, but the session may enter one that
+            # has one (DATA) without a timer being armed: look again then.
+            self._arm(now + self.soonest)  # type: ignore[operator]
+            return
+        last = self._heard()
+        if last + timeout > now:
             # Early: there was input since, or this state has the longer
             # timeout.  Input arriving later may enter a state with the
             # shorter one, and touch() will not move the timer: so look
             # again after at most the shorter timeout.
-            self._arm(min(self.last + timeout, now + self.soonest))
+            self._arm(min(last + timeout, now + self.soonest))
             return
         log.info("session from %r idle for %.0fs, closing", getattr(channel, "peer", None), timeout)
         try:

@@ -438,6 +438,9 @@ class Reactor:
         # reply, which on a small machine costs the server more than the
         # sends themselves.
         self.after_events: List[Callable[[], Any]] = []
+        # True while the events of an iteration are being handled: output
+        # made then may wait for after_events.
+        self.dispatching = False
         # fds owed a read event although the selector may not report one:
         # their dispatcher holds input above the socket (TLS, see read_again).
         self.read_ready: Set[int] = set()
@@ -662,6 +665,7 @@ class Reactor:
         map = self.map
         wake_fd = self._wake_fd
         self._active = False
+        self.dispatching = True
         try:
             for fd, bits in events:
                 if fd == wake_fd:
@@ -685,12 +689,16 @@ class Reactor:
                     mask = selector.mask_of(fd, bits)
                     if mask:
                         dispatch(obj, mask)
+            if self.read_ready:
+                self._dispatch_read_again(dispatch)
         except BaseException:
             # A handler ended the loop (asyncore.ExitNow): replies queued
             # earlier in this iteration are still sent, as a push() in
             # asyncore would have sent them at once.
+            self.dispatching = False
             self._run_after_events()
             raise
+        self.dispatching = False
         if self.after_events:
             callbacks, self.after_events = self.after_events, []
             for callback in callbacks:  # _run(), inlined: once per reply
@@ -698,8 +706,6 @@ class Reactor:
                     callback()
                 except Exception as exc:
                     self._failed(callback, exc)
-        if self.read_ready:
-            self._dispatch_read_again(dispatch)
         if self.timers:
             self._run_timers()
         if self.calls:

@@ -390,7 +390,12 @@ class Session:
         if not line:
             self.host.push(R.BAD_SYNTAX)
             return None
-        largest = self.max_command_size_limit
+        limits = self.command_size_limits
+        largest = limits.largest if limits.__class__ is _CommandSizeLimits else None
+        if largest is _NO_LIMITS:
+            largest = self.host.command_size_limit  # no per-command limits (HELO)
+        elif largest is None:
+            largest = self.max_command_size_limit
         if not largest:
             size = 0  # no limit: collect() counted nothing
         elif size > largest:
@@ -404,9 +409,11 @@ class Session:
         except UnicodeDecodeError:
             self.host.push(R.BAD_ENCODING)
             return None
-        command, arg = _grammar.split_command(text)
+        # _grammar.split_command(), inlined: once per command.
+        verb, space, rest = text.partition(" ")
+        command = verb.upper()
+        arg = rest.strip() if space else None
         if self.extended_smtp:
-            limits = self.command_size_limits
             if command in limits:
                 max_size = limits[command]
             else:

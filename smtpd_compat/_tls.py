@@ -1,41 +1,19 @@
-"""STARTTLS (RFC 3207), implicit TLS (RFC 8314) and AUTH (RFC 4954) on the selectors loop.
+"""The server's TLS and AUTH settings: STARTTLS (RFC 3207), implicit TLS
+(RFC 8314) and AUTH (RFC 4954), and PureProxy's secured upstream session.
 
 Everything is opt-in through keyword-only ``SMTPServer`` options (the
-``DEFAULTS`` table below); with none of them the channel behaves, and its
+``DEFAULTS`` table below); with none of them a session behaves, and its
 EHLO reply reads, exactly as CPython's smtpd.
 
-:class:`SecureChannelMixin` is a base class of ``SMTPChannel``.  It gives the
-channel a small TLS state machine below the SMTP framing:
-
-``plain``
-    an ordinary connection;
-``flushing``
-    ``220 Ready to start TLS`` was queued: input is no longer read (the next
-    bytes are the client's TLS handshake) and whatever the client pipelined
-    after ``STARTTLS`` has been dropped; once the reply is sent the socket is
-    wrapped with ``ssl`` (``do_handshake_on_connect=False``);
-``handshaking``
-    ``do_handshake()`` is driven by read/write events, a timer bounds how
-    long it may take; replies queued meanwhile (the SMTPS greeting) wait;
-``active``
-    TLS is up: ``recv``/``send`` go through the ``SSLSocket``, whose "want
-    read"/"want write" conditions become read/write interest, and decrypted
-    bytes held inside the ``SSLSocket`` (``pending()``, invisible to the
-    selector) are picked up through the reactor's ``read_again()``.
-
-It also implements ``smtp_STARTTLS`` and ``smtp_AUTH`` as ordinary
-``smtp_<VERB>`` methods that subclasses may override, and the hooks
-``SMTPChannel`` calls for EHLO keywords, MAIL refusal and ``process_message``
-keyword arguments.  The SASL mechanics (base64, PLAIN and LOGIN) are in the
-pure module ``_auth``.
-
-:class:`SecureServerMixin` is a base class of ``SMTPServer``: its
-:meth:`~SecureServerMixin.authenticate` is the override point deciding
-whether a login and password are right.
-
-:func:`relay_client` and :func:`secure_relay_session` are the client side,
-for PureProxy's upstream connection (``_relay.connect``): STARTTLS or SMTPS
-with a verified certificate, then AUTH.
+Where the pieces live: the TLS transport and its handshake are in
+``_transport`` (driven by ``async_chat``); the STARTTLS and AUTH commands
+and the SASL exchange are the session's (``_session``, ``_sasl``).  This
+module holds what the server decides: :func:`check_options`,
+:func:`auth_enabled`, :func:`wrap_accepted` (SMTPS), the
+:meth:`SecureServerMixin.authenticate` override point and
+:func:`check_credentials`, which asks it; and the client side of
+PureProxy's upstream connection (:func:`relay_client`,
+:func:`secure_relay_session`, used by ``_relay.connect``).
 """
 
 from __future__ import annotations
@@ -46,10 +24,9 @@ import inspect
 import logging
 import smtplib
 import ssl
-from errno import EAGAIN
 from typing import Any, Dict, Optional
 
-from . import _options, _reactor, asynchat, asyncore
+from . import _options
 from ._auth import MECHANISMS, Credentials, PasswordFile, check_in_worker
 
 log = logging.getLogger("smtpd_compat")
@@ -93,13 +70,6 @@ _options.register(__name__, DEFAULTS)
 RELAY_TLS_MODES = ("starttls", "smtps")
 
 
-_PLAIN = "plain"
-_FLUSHING = "flushing"
-_HANDSHAKING = "handshaking"
-_ACTIVE = "active"
-
-_READ = _reactor.EVENT_READ
-_WRITE = _reactor.EVENT_WRITE
 
 
 # -- server side ---------------------------------------------------------------------
@@ -330,282 +300,6 @@ def _relay_options_from_args(ns: Any) -> Dict[str, Any]:
     return options
 
 
-# -- channel side --------------------------------------------------------------------
-class SecureChannelMixin(asynchat.async_chat):
-    """``SMTPChannel``'s TLS transport (the STARTTLS and AUTH commands are
-    the session's, see ``_session``).
-
-    Attribute views: ``tls_active`` (the session is encrypted),
-    ``auth_login`` (the authenticated login, or None).
-    """
-
-    # Class-level defaults: SMTPChannel.__init__ does not call this class's
-    # __init__, and most sessions never leave the plain state.
-    _tls_phase = _PLAIN
-    _tls_implicit = False
-    _tls_want = 0  # what do_handshake() waits for: _READ or _WRITE
-    _tls_read_needs_write = False
-    _tls_write_needs_read = False
-    _tls_timer: Optional[_reactor.TimerHandle] = None
-
-    # Views that a subclass may replace with attributes of its own (code
-    # written for smtpd that did its own TLS or AUTH used such names);
-    # the package itself asks the session.
-    tls_active = _options.View(lambda self: self._session.tls_active,
-                               "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
-    auth_login = _options.View(lambda self: self._session.auth_login,
-                               "The login the client authenticated as, or None.")
-
-    def _security_option(self, name: str) -> Any:
-        # The server may be a stand-in without options (tests build
-        # channels around all kinds of objects): of() gives the defaults.
-        return getattr(_options.of(getattr(self, "smtp_server", None)), name)
-
-    # -- STARTTLS ---------------------------------------------------------------------
-    def _tls_begin_starttls(self) -> None:
-        """STARTTLS was accepted: flush the 220, then wrap (_tls_wrap)."""
-        self._tls_phase = _FLUSHING
-        # What the client pipelined after STARTTLS was sent in clear before
-        # the handshake: it must never be read as if it came over TLS.
-        # Closed input makes the framing drop the rest of this read, and
-        # nothing more is read until the socket is wrapped.
-        self._ac_input_closed = True
-        self._interest_changed()
-        # The clock runs from here: a client that does not read the 220
-        # is bounded as well as one that stalls in the handshake.
-        self._arm_handshake_timer()
-
-    def _tls_wrap(self) -> None:
-        """The 220 is out: put TLS under the session and wait for the handshake."""
-        context = self._security_option("tls_context")
-        try:
-            tls_socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        except (OSError, ValueError) as err:
-            log.warning("STARTTLS with %r failed: %s", getattr(self, "peer", None), err)
-            self.handle_close()
-            return
-        # Same descriptor, so the socket map entry stays valid.
-        self.socket = tls_socket
-        self.conn = tls_socket
-        self._ac_framer.clear()
-        self._begin_handshake(implicit=False)
-
-    def _begin_handshake(self, implicit: bool) -> None:
-        self._tls_phase = _HANDSHAKING
-        self._tls_implicit = implicit
-        self._tls_want = _READ  # the client speaks first in TLS
-        self._interest_changed()
-        if implicit:
-            # The server is not known yet when the socket is set (see
-            # set_socket); read the timeout once the channel is built.
-            _reactor.reactor_for(self._map).call_later(0, self._arm_handshake_timer)
-
-    def _arm_handshake_timer(self) -> None:
-        timeout = self._security_option("tls_handshake_timeout")
-        if timeout and self._tls_phase in (_FLUSHING, _HANDSHAKING) and self._fileno is not None:
-            self._tls_timer = _reactor.reactor_for(self._map).call_later(timeout, self._handshake_timed_out)
-
-    def _handshake_timed_out(self) -> None:
-        self._tls_timer = None
-        if self._tls_phase in (_FLUSHING, _HANDSHAKING) and self._fileno is not None:
-            log.info("TLS handshake with %r timed out", getattr(self, "peer", None))
-            self.handle_close()
-
-    def _handshake_step(self) -> None:
-        try:
-            self.socket.do_handshake()
-        except ssl.SSLWantReadError:
-            want = _READ
-        except ssl.SSLWantWriteError:
-            want = _WRITE
-        except (OSError, ValueError) as err:
-            # A client that is not speaking TLS, or disagrees on versions or
-            # ciphers, or went away; not the server's error.
-            log.info("TLS handshake with %r failed: %s", getattr(self, "peer", None), err)
-            self.handle_close()
-            return
-        else:
-            self._handshake_done()
-            return
-        if want != self._tls_want:
-            self._tls_want = want
-            self._interest_changed()
-
-    def _handshake_done(self) -> None:
-        if self._tls_timer is not None:
-            self._tls_timer.cancel()
-            self._tls_timer = None
-        self._tls_phase = _ACTIVE
-        self._tls_want = 0
-        self._session.tls_started()  # after STARTTLS: RFC 3207's reset
-        if not self._tls_implicit and None not in self.producer_fifo:
-            self._ac_input_closed = False
-        self._interest_changed()
-        # SMTPS: the greeting queued at connection time goes out now.
-        self.initiate_send()
-        # The client's first command may already sit in the TLS buffers.
-        self._read_again()
-
-    # -- the TLS transport ---------------------------------------------------------------
-    def set_socket(self, sock: Any, map: Optional[dict] = None) -> None:
-        super().set_socket(sock, map)
-        # A server-side SSLSocket that has not been through its handshake
-        # (SMTPS, see wrap_accepted): do it in the loop before anything is
-        # sent.  version() is None until the handshake has completed.
-        if isinstance(sock, ssl.SSLSocket) and sock.server_side and sock.version() is None:
-            self._begin_handshake(implicit=True)
-
-    def readable(self) -> bool:
-        phase = self._tls_phase
-        if phase == _PLAIN:
-            return super().readable()
-        if phase == _HANDSHAKING:
-            return self._tls_want == _READ
-        if phase == _FLUSHING:
-            return False
-        if self._tls_write_needs_read:
-            return True
-        if self._tls_read_needs_write:
-            return False  # the socket may be readable, but TLS must write first
-        return super().readable()
-
-    def writable(self) -> bool:
-        phase = self._tls_phase
-        if phase == _HANDSHAKING:
-            return self._tls_want == _WRITE
-        if phase == _ACTIVE:
-            if self._tls_read_needs_write:
-                return True
-            if self._tls_write_needs_read:
-                return False  # the socket may be writable, but TLS must read first
-        return super().writable()
-
-    def handle_read_event(self) -> None:
-        phase = self._tls_phase
-        if phase == _PLAIN:
-            super().handle_read_event()
-        elif phase == _HANDSHAKING:
-            self._handshake_step()
-        elif phase == _ACTIVE:
-            if self._tls_write_needs_read:
-                self._tls_write_needs_read = False
-                self._interest_changed()
-                self.initiate_send()
-                if self._fileno is None:
-                    return
-            if super().readable():
-                super().handle_read_event()
-        # _FLUSHING: nothing is read until the socket is wrapped.
-
-    def handle_write_event(self) -> None:
-        phase = self._tls_phase
-        if phase == _HANDSHAKING:
-            self._handshake_step()
-            return
-        if phase == _ACTIVE and self._tls_read_needs_write:
-            self._tls_read_needs_write = False
-            self._interest_changed()
-            self.handle_read()
-            if self._fileno is None:
-                return
-        super().handle_write_event()
-
-    def initiate_send(self) -> None:
-        phase = self._tls_phase
-        if phase == _HANDSHAKING:
-            return  # replies wait for the handshake (the SMTPS greeting)
-        if self._tls_write_needs_read:
-            return  # TLS must read first; the next read event retries
-        super().initiate_send()
-        if phase == _FLUSHING and not self.producer_fifo and self._fileno is not None:
-            self._tls_wrap()
-
-    def recv(self, buffer_size: int) -> bytes:
-        if self._tls_phase != _ACTIVE:
-            return super().recv(buffer_size)
-        sock = self.socket
-        chunks = []
-        total = 0
-        # One SSL read returns at most one TLS record (16 KiB): read until
-        # the buffer size or until TLS has nothing more.
-        while total < buffer_size:
-            try:
-                data = sock.recv(buffer_size - total)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLWantWriteError:
-                self._tls_read_needs_write = True
-                self._interest_changed()
-                break
-            except (OSError, ValueError) as err:
-                log.info("TLS connection with %r failed: %s", getattr(self, "peer", None), err)
-                self.handle_close()
-                return b""
-            if not data:
-                if chunks:
-                    break  # deliver what came before the end; it is seen again next time
-                self.handle_close()
-                return b""
-            chunks.append(data)
-            total += len(data)
-        if not chunks:
-            raise BlockingIOError(EAGAIN, "no application data yet")
-        if total >= buffer_size and sock.pending():
-            # Decrypted bytes left inside the SSLSocket: the selector will
-            # not report them, so ask the loop for another read.
-            self._read_again()
-        return b"".join(chunks)
-
-    def send(self, data: bytes) -> int:
-        if self._tls_phase != _ACTIVE:
-            return super().send(data)
-        try:
-            return self.socket.send(data)
-        except ssl.SSLWantWriteError:
-            return 0
-        except ssl.SSLWantReadError:
-            self._tls_write_needs_read = True
-            self._interest_changed()
-            return 0
-        except (OSError, ValueError) as err:
-            log.info("TLS connection with %r failed: %s", getattr(self, "peer", None), err)
-            self.handle_close()
-            return 0
-
-    def _interest_changed(self) -> None:
-        super()._interest_changed()
-        # Reading resumed (after a pause) with decrypted input still inside
-        # the SSLSocket: no read event would announce it.
-        if self._tls_phase == _ACTIVE and self._fileno is not None:
-            try:
-                pending = self.socket.pending()
-            except (OSError, ValueError):
-                pending = 0
-            if pending:
-                self._read_again()
-
-    def _read_again(self) -> None:
-        reactor = _reactor.reactor_for(self._map, create=False)
-        if reactor is not None and self._fileno is not None:
-            reactor.read_again(self._fileno)
-
-    def close(self) -> None:
-        self._ac_send_held()  # before close_notify, not after (async_chat.close)
-        if self._tls_timer is not None:
-            self._tls_timer.cancel()
-            self._tls_timer = None
-        if self._tls_phase == _ACTIVE and self._fileno is not None:
-            self._tls_phase = _PLAIN
-            # Send our close_notify (best effort, never waiting for the
-            # client's): clients tell a clean end from a truncation by it.
-            try:
-                self.socket.unwrap()
-            except (OSError, ValueError):
-                pass
-        super().close()
-
-
-
 # -- AUTH: deciding on the credentials a session received --------------------------------
 def check_credentials(channel: Any, credentials: Credentials) -> None:
     """Ask *channel*'s server whether *credentials* are right and give the
@@ -650,15 +344,3 @@ def _failed_to_check(channel: Any, login: str) -> None:
     # message nor in a Credentials repr).
     log.exception("authenticate() failed for login %r from %r", login, getattr(channel, "peer", None))
     channel._session.auth_failed_to_check()
-
-
-# SecureChannelMixin's readable()/writable() only change when it calls
-# _interest_changed(), like async_chat's: keep such channels off the
-# every-iteration poll.
-asyncore._TRACKED_READABLE.add(SecureChannelMixin.readable)
-asyncore._TRACKED_WRITABLE.add(SecureChannelMixin.writable)
-# On a plain socket its send() is dispatcher.send: keep sendmsg() batching.
-asynchat._PLAIN_SENDS.add(SecureChannelMixin.send)
-# Likewise its recv() is dispatcher.recv on a plain socket: handle_read() may
-# read the socket directly (asynchat._PLAIN_RECVS).
-asynchat._PLAIN_RECVS.add(SecureChannelMixin.recv)

@@ -4,6 +4,14 @@ Drop-in for the ``asynchat`` module removed from Python 3.12.  Subclass
 :class:`async_chat`, call ``set_terminator()``, and implement
 ``collect_incoming_data()`` and ``found_terminator()``.
 
+Underneath, a channel is composed of a transport (``_transport``: the socket,
+or TLS over it), which alone reads and writes, and a framer (``_framing``),
+which splits the input by the terminator.  One read takes one path: the read
+event reads through the transport, the framer hands the pieces to
+``collect_incoming_data()``/``found_terminator()``, and the replies pushed
+meanwhile leave together.  A subclass that overrides ``handle_read()`` or
+``recv()`` is called as asynchat called it (detected once per class).
+
 Differences from the original (listed with their reasons in
 docs/differences.md):
 
@@ -11,8 +19,9 @@ docs/differences.md):
   ``bytes`` object re-built for every terminator found; ``ac_in_buffer`` is
   a property over it;
 * ``push()`` made while input is being processed is sent once the whole
-  read has been handled, so replies to pipelined commands leave in one
-  system call (``sendmsg``) instead of one ``send()`` per reply.  A
+  read has been handled (inside a running loop, once every socket event of
+  the loop iteration has been), so replies to pipelined commands leave in
+  one system call (``sendmsg``) instead of one ``send()`` per reply.  A
   subclass sees the difference only in timing: whatever ends the
   processing early (``close()``, an exception, ``asyncore.ExitNow``) sends
   the queued output first, in order, as asynchat's immediate sends had;
@@ -25,30 +34,30 @@ docs/differences.md):
 
 from __future__ import annotations
 
-import socket as _real_socket
+import logging
+import ssl
+import time
 from collections import deque
 from typing import Any, Deque, List, Optional, Set, Tuple, Union
 
-from . import asyncore
+from . import _reactor, asyncore
 from ._framing import Framer, find_prefix_at_end
+from ._transport import HANDSHAKE_DONE, PlainTransport, TLSTransport
 
 __all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
 # CPython's asynchat had no __all__: "from asynchat import *" also gave
 # the asyncore module and deque, which code written against it may use.
 __all__ += ["asyncore", "deque"]
 
+log = logging.getLogger("smtpd_compat")
+
 Terminator = Union[bytes, int, None]
 
 # sendmsg() takes at most IOV_MAX buffers; stay well below it.
 _MAX_IOV = 64
-_RealSocket = _real_socket.socket
-# send() implementations that are dispatcher.send on a plain socket (the TLS
-# channel's send only differs once its socket is an SSLSocket): a class using
-# one of these may have its chunks gathered into one sendmsg().
-_PLAIN_SENDS = {asyncore.dispatcher.send}
-# The same for recv(): a class using one of these on a plain socket may have
-# handle_read() call the socket directly, with dispatcher.recv's handling.
-_PLAIN_RECVS = {asyncore.dispatcher.recv}
+_monotonic = time.monotonic
+_reactor_of = _reactor.reactor_of
+_DISCONNECTED = asyncore._DISCONNECTED
 
 
 class async_chat(asyncore.dispatcher):
@@ -66,14 +75,40 @@ class async_chat(asyncore.dispatcher):
     # wait to be sent (a client that never reads its replies); None: no bound.
     ac_max_output: Optional[int] = None
 
-    # Set while _ac_send_held() runs: a close() from inside it (a send
-    # error calls handle_close()) must not start it again.
-    _ac_flushing = False
-
     # The input delimiter (see set_terminator()).  A class default, not set
     # in __init__: code may call set_terminator() before async_chat.__init__,
     # or run __init__ twice (TLS wrappers do), and asynchat kept it then.
     terminator: Terminator = None
+
+    # The transport over the socket (see socket below); None until one is set.
+    _ac_transport: Any = None
+    # Set while _ac_send_held() runs: a close() from inside it (a send
+    # error calls handle_close()) must not start it again.
+    _ac_flushing = False
+    # Output waits for the reactor's after-events pass (see _ac_consume).
+    _ac_flush_due = False
+    # An SSLContext while STARTTLS waits for its reply to be sent.
+    _ac_tls_upgrade: Optional[ssl.SSLContext] = None
+    # When input was last read (monotonic seconds): idle timeouts read it.
+    _ac_last_read = 0.0
+
+    # Per class (see __init_subclass__): whether the read event may read
+    # through the transport itself (handle_read() and recv() are asynchat's),
+    # and whether output may be written through it (send() is asyncore's).
+    _ac_own_reads = True
+    _ac_own_sends = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._ac_own_reads = cls.handle_read is async_chat.handle_read and cls.recv is async_chat.recv
+        cls._ac_own_sends = cls.send is async_chat.send
+        # Whole records go to _ac_record only while the class that defines
+        # it also defines the hooks it stands for: a subclass overriding
+        # either gets them called for every record.
+        owner = next((c for c in cls.__mro__ if "_ac_record" in c.__dict__), async_chat)
+        cls._ac_records = owner is not async_chat and all(
+            getattr(cls, name) is getattr(owner, name) for name in ("collect_incoming_data", "found_terminator")
+        )
 
     def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
         # The input read and not handed out yet (see _framing).
@@ -89,6 +124,28 @@ class async_chat(asyncore.dispatcher):
         # counted): what ac_max_output bounds.
         self._ac_out_queued = 0
         asyncore.dispatcher.__init__(self, sock, map)
+
+    # -- the socket and its transport ----------------------------------------------
+    @property
+    def socket(self) -> Any:
+        return self.__dict__.get("_ac_socket")
+
+    @socket.setter
+    def socket(self, sock: Any) -> None:
+        # Whatever sets the socket (set_socket(), or code assigning it)
+        # also sets the transport that reads and writes it.
+        self.__dict__["_ac_socket"] = sock
+        transport = self._ac_transport
+        if transport is not None and transport.sock is sock:
+            return  # the transport's own socket (TLS started here)
+        if sock is None:
+            self._ac_transport = None
+        elif isinstance(sock, ssl.SSLSocket) and sock.server_side and sock.version() is None:
+            # Implicit TLS: the handshake is driven by the loop.
+            self._ac_transport = TLSTransport.adopt(sock)
+            self._ac_tls_starting()
+        else:
+            self._ac_transport = PlainTransport(sock)
 
     # -- compatibility view of the input buffer ---------------------------------
     @property
@@ -131,20 +188,31 @@ class async_chat(asyncore.dispatcher):
         return self.terminator
 
     # -- input --------------------------------------------------------------------
-    def handle_read(self) -> None:
-        sock = self.socket
-        if type(sock) is _RealSocket and type(self).recv in _PLAIN_RECVS:
-            # dispatcher.recv inlined: this runs once per command.
-            try:
-                data = sock.recv(self.ac_in_buffer_size)
-            except OSError as why:
-                self._ac_recv_failed(why)
-                return
-            if data:
-                self._ac_feed(data)
-            else:
-                self.handle_close()  # end of stream
+    def handle_read_event(self) -> None:
+        transport = self._ac_transport
+        if transport is not None and transport.tls and not self._ac_tls_read_event(transport):
             return
+        if not (self._ac_own_reads and self.connected):
+            asyncore.dispatcher.handle_read_event(self)  # asyncore's rules and hooks
+            return
+        # handle_read(), without the calls in between: the read path.
+        try:
+            data = transport.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            self._ac_tls_blocked(transport)
+            return
+        except OSError as why:
+            self._ac_recv_failed(why)
+            return
+        if data:
+            self._ac_last_read = _monotonic()
+            self._ac_consume(data)
+            if transport.tls and transport.pending():
+                self._ac_read_again()
+        else:
+            self.handle_close()  # end of stream
+
+    def handle_read(self) -> None:
         try:
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
@@ -155,76 +223,137 @@ class async_chat(asyncore.dispatcher):
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
         if data:
-            self._ac_feed(data)
+            self._ac_last_read = _monotonic()
+            self._ac_consume(data)
+
+    def recv(self, buffer_size: int) -> bytes:
+        transport = self._ac_transport
+        if transport is None or not transport.tls:
+            return asyncore.dispatcher.recv(self, buffer_size)
+        # asyncore's rules, over TLS.
+        try:
+            data = transport.recv(buffer_size)
+        except BlockingIOError:
+            raise
+        except OSError as why:
+            self._ac_tls_failed(why)
+            return b""
+        if not data:
+            self.handle_close()
+        elif transport.pending():
+            self._ac_read_again()
+        return data
+
+    def send(self, data: bytes) -> int:
+        transport = self._ac_transport
+        if transport is None or not transport.tls:
+            return asyncore.dispatcher.send(self, data)
+        try:
+            return transport.send(data)  # type: ignore[no-any-return]
+        except OSError as why:
+            self._ac_tls_failed(why)
+            return 0
 
     def _ac_recv_failed(self, why: OSError) -> None:
-        """A plain socket's recv() raised *why* (dispatcher.recv's handling)."""
-        if isinstance(why, BlockingIOError):
-            return  # a spurious wake-up: nothing to read after all
-        if why.errno in asyncore._DISCONNECTED:
+        """The transport's recv() raised *why* (asyncore's recv() rules)."""
+        if self._ac_transport.tls:
+            self._ac_tls_failed(why)
+        elif why.errno in _DISCONNECTED:
             self.handle_close()
         else:
             self.handle_error()
 
-    def _ac_feed(self, data: bytes) -> None:
-        """Frame *data* (plus what is buffered) and flush the replies once."""
-        # Each pass consumes input or ends: framing stops early only when the
-        # output is over ac_max_output, and then either the send brings it
-        # back under the bound or reading is paused.
-        while True:
-            self._ac_batching = True
-            try:
-                over_output = self._ac_frame(data)
-            except BaseException:
-                # A handler raised (asyncore.ExitNow included): what it
-                # pushed before would have been sent at once by asynchat.
-                self._ac_batching = False
-                self._ac_send_held()
-                raise
-            self._ac_batching = False
-            data = b""
-            if self.producer_fifo:
-                self.initiate_send()
-            if not over_output or self._fileno is None:
-                return
-            if self._ac_out_queued > (self.ac_max_output or 0):
-                self._ac_pause("output")
-                return
+    def _ac_tls_failed(self, why: OSError) -> None:
+        # The client broke the TLS session or went away: not the server's
+        # error, so no traceback.
+        log.info("TLS connection with %r failed: %s", getattr(self, "addr", None), why)
+        self.handle_close()
 
-    def _ac_frame(self, data: bytes) -> bool:
-        """Hand the input to collect_incoming_data()/found_terminator(), one
-        framing step at a time under the terminator set at that moment;
-        True if it stopped because output is over the bound."""
+    def _ac_consume(self, data: bytes) -> None:
+        """Frame *data* (plus what is buffered) and get the replies out.
+
+        The input is handed to collect_incoming_data()/found_terminator()
+        one framing step at a time, under the terminator set at that
+        moment.  A class that passes whole records through _ac_record (see
+        __init_subclass__) gets a record that arrived in one piece there,
+        in one call instead of the two hooks'.
+        """
         framer = self._ac_framer
-        framer.feed(data)
+        record = self._ac_record if self._ac_records else None
+        self._ac_batching = True
+        try:
+            piece = framer.whole(data, self.terminator) if record is not None else None
+            if piece is not None:
+                record(piece)  # the usual read: one line, or one small message
+            else:
+                framer.feed(data)
+                self._ac_steps(framer, record)
+        except BaseException:
+            # A handler raised (asyncore.ExitNow included): what it pushed
+            # before would have been sent at once by asynchat.
+            self._ac_batching = False
+            self._ac_send_held()
+            raise
+        self._ac_batching = False
+        if self.producer_fifo and not self._ac_flush_due:
+            reactor = _reactor_of(id(self._map))
+            if reactor is None or not reactor.dispatching:
+                # Not inside a loop iteration (a test driving the channel by
+                # hand, resumed input): nothing to wait for.
+                self.initiate_send()
+            else:
+                # Sent once the iteration has handled all its socket events:
+                # the replies of one iteration then reach the clients
+                # together, and a client process serving many sessions is
+                # woken once for them, not once per reply.
+                self._ac_flush_due = True
+                reactor.after_events.append(self.initiate_send)
+
+    def _ac_steps(self, framer: Framer, record: Any) -> None:
+        """Hand out what the framer holds, step by step, until it needs more
+        input or the channel stops taking it (closed, paused)."""
         max_output = self.ac_max_output
         # Looked up once per read, not once per line.
         collect = self.collect_incoming_data
         found = self.found_terminator
-        try:
-            while True:
-                if self._ac_input_closed or self._fileno is None:
-                    framer.clear()
+        while not self._ac_input_closed and self._fileno is not None and not self._ac_paused:
+            if max_output is not None and self._ac_out_queued > max_output:
+                # A client that does not read its replies: send what it
+                # takes, and go on only if that brought the output back
+                # under the bound.
+                self._ac_batching = False
+                self.initiate_send()
+                self._ac_batching = True
+                if self._ac_out_queued > max_output:
+                    self._ac_pause("output")
                     break
-                if self._ac_paused:
-                    break  # keep the rest for _ac_resume()
-                if max_output is not None and self._ac_out_queued > max_output:
-                    return True
-                term = self.terminator
-                step = framer.next(term)
-                if step is None:
-                    break
-                piece, done = step
-                if piece:
-                    collect(piece)
-                if term.__class__ is int and term:
-                    # A byte count: asynchat counted it down in place.
-                    self.terminator = 0 if done else term - len(piece)  # type: ignore[operator]
-                if done:
-                    found()
-        finally:
-            framer.compact()
-        return False
+                continue
+            term = self.terminator
+            step = framer.next(term)
+            if step is None:
+                break
+            piece, done = step
+            if done and record is not None:
+                record(piece)
+                continue
+            if piece:
+                collect(piece)
+            if term.__class__ is int and term:
+                # A byte count: asynchat counted it down in place.
+                self.terminator = 0 if done else term - len(piece)  # type: ignore[operator]
+            if done:
+                found()
+        if self._ac_input_closed or self._fileno is None:
+            framer.clear()  # nothing after QUIT (or a close) is read
+
+    # A class that sets _ac_records (see __init_subclass__) gets the records
+    # that arrived whole here, instead of collect_incoming_data() then
+    # found_terminator().
+    _ac_records = False
+
+    def _ac_record(self, piece: bytes) -> None:
+        self.collect_incoming_data(piece)
+        self.found_terminator()
 
     def pause_reading(self, reason: str = "") -> None:
         """Stop reading and processing input until ``resume_reading(reason)``.
@@ -265,6 +394,8 @@ class async_chat(asyncore.dispatcher):
                 reactor.call_soon_threadsafe(self._ac_resume_input)
             else:
                 self._ac_resume_input()
+        elif self._ac_transport is not None and self._ac_transport.pending():
+            self._ac_read_again()  # input decrypted before the pause
 
     def _ac_resume_input(self) -> None:
         if self._ac_batching:
@@ -273,7 +404,14 @@ class async_chat(asyncore.dispatcher):
             # would re-read the line being handled.
             return
         if not self._ac_paused and self._fileno is not None and len(self._ac_framer):
-            self._ac_feed(b"")
+            self._ac_consume(b"")
+
+    def _ac_read_again(self) -> None:
+        """Input is held above the socket (TLS): read again without waiting
+        for the socket to be readable."""
+        reactor = self._reactor()
+        if reactor is not None and self._fileno is not None:
+            reactor.read_again(self._fileno)
 
     # -- output -------------------------------------------------------------------
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -292,16 +430,26 @@ class async_chat(asyncore.dispatcher):
             self.initiate_send()
 
     def readable(self) -> bool:
-        return not self._ac_paused
+        wanted = not self._ac_paused and self._ac_tls_upgrade is None
+        transport = self._ac_transport
+        return wanted if transport is None else transport.readable(wanted)
 
     def writable(self) -> bool:
-        return bool(self.producer_fifo) or (not self.connected)
+        wanted = bool(self.producer_fifo) or (not self.connected)
+        transport = self._ac_transport
+        return wanted if transport is None else transport.writable(wanted)
 
     def close_when_done(self) -> None:
         """Close once everything queued has been sent; ignore further input."""
         self._ac_input_closed = True
         self.producer_fifo.append(None)
         self._ac_interest()
+
+    def handle_write_event(self) -> None:
+        transport = self._ac_transport
+        if transport is not None and transport.tls and not self._ac_tls_write_event(transport):
+            return
+        asyncore.dispatcher.handle_write_event(self)
 
     def handle_write(self) -> None:
         self.initiate_send()
@@ -317,6 +465,9 @@ class async_chat(asyncore.dispatcher):
         they are sent now, as far as the socket takes them without waiting.
         """
         self._ac_send_held()
+        transport = self._ac_transport
+        if transport is not None and transport.tls and not transport.handshaking and self._fileno is not None:
+            transport.close_notify()
         asyncore.dispatcher.close(self)
 
     def _ac_send_held(self) -> None:
@@ -375,65 +526,83 @@ class async_chat(asyncore.dispatcher):
         return chunks, size
 
     def _ac_send(self, chunks: List[Any]) -> int:
-        sock = self.socket
-        if type(sock) is _RealSocket and type(self).send in _PLAIN_SENDS:
-            # dispatcher.send inlined for one chunk (one reply: the usual
-            # case), sendmsg() for several.
-            try:
-                if len(chunks) == 1:
-                    return sock.send(chunks[0])
-                return sock.sendmsg(chunks)
-            except OSError as why:
-                if why.errno == asyncore.EWOULDBLOCK:
-                    return 0
-                if why.errno in asyncore._DISCONNECTED:
-                    self.handle_close()
-                    return 0
-                raise
-        if len(chunks) == 1:
-            return self.send(chunks[0])
-        if hasattr(sock, "do_handshake"):
-            return self.send(b"".join(chunks))  # TLS: one record, not many
-        # Socket-like objects (test doubles) get one send() per chunk, as
-        # asynchat did.
-        total = 0
-        for chunk in chunks:
-            sent = self.send(chunk)
-            total += sent
-            if sent < len(chunk):
-                break
-        return total
+        """Write *chunks* (in order); the number of bytes taken.  Where the
+        transport write fails for good, handle_close() is called (and 0
+        returned), as asyncore's send() did."""
+        if not self._ac_own_sends:
+            # send() is overridden: call it as asynchat did, once per chunk.
+            total = 0
+            for chunk in chunks:
+                sent = self.send(chunk)
+                total += sent
+                if sent < len(chunk):
+                    break
+            return total
+        transport = self._ac_transport
+        try:
+            return transport.send(chunks[0]) if len(chunks) == 1 else transport.sendmsg(chunks)  # type: ignore[no-any-return]
+        except BlockingIOError:
+            return 0
+        except OSError as why:
+            if transport.tls or why.errno in _DISCONNECTED:
+                self._ac_write_failed(why)
+                return 0
+            raise
+
+    def _ac_write_failed(self, why: OSError) -> None:
+        """The transport's send() raised *why* (asyncore's send() rules)."""
+        if self._ac_transport.tls:
+            self._ac_tls_failed(why)
+        elif why.errno in _DISCONNECTED:
+            self.handle_close()
+        else:
+            self.handle_error()
 
     def initiate_send(self) -> None:
+        self._ac_flush_due = False  # when called from the after-events pass
         fifo = self.producer_fifo
+        transport = self._ac_transport
+        if transport.__class__ is not PlainTransport:
+            if transport is not None and (transport.handshaking or transport.write_needs_read):
+                return  # replies wait for TLS (the SMTPS greeting; a read first)
+            if fifo:
+                self._ac_send_queue(fifo)
+        elif len(fifo) == 1 and fifo[0].__class__ is bytes and self._ac_own_sends and self.connected:
+            # One reply queued on a plain socket, the usual case: written
+            # without the queue walk of _ac_send_queue(), same outcome.
+            first = fifo[0]
+            try:
+                sent = transport.send(first)
+            except BlockingIOError:
+                sent = 0
+            except OSError as why:
+                self._ac_write_failed(why)
+                return
+            if sent == len(first):
+                fifo.popleft()
+            else:  # the socket is full: the rest waits for it
+                fifo[0] = memoryview(first)[sent:]
+            self._ac_out_queued -= sent
+        elif fifo:
+            self._ac_send_queue(fifo)
+        # What the write changed: the write interest, the output pause, and
+        # STARTTLS once its reply is out.
+        if self._ac_want_write != bool(fifo):
+            self._ac_interest()
+        if self._ac_paused and "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
+            self._ac_resume("output")
+        if self._ac_tls_upgrade is not None and not fifo and self._fileno is not None:
+            self._ac_tls_wrap()
+
+    def _ac_send_queue(self, fifo: Deque[Any]) -> None:
+        """Write the queue until it is empty, the socket is full, or a
+        close_when_done() mark is reached."""
         while fifo and self.connected:
             first = fifo[0]
             if first is None:
                 fifo.popleft()
                 self.handle_close()
                 return
-            if len(fifo) == 1 and first.__class__ is bytes and type(self.socket) is _RealSocket and type(self).send in _PLAIN_SENDS:
-                # One reply queued, the usual case: what _ac_gather() and
-                # _ac_send() would do for it, without their loop and calls.
-                fifo.popleft()
-                size = len(first)
-                self._ac_out_queued -= size
-                try:
-                    sent = self.socket.send(first)
-                except OSError as why:
-                    if why.errno == asyncore.EWOULDBLOCK:
-                        sent = 0
-                    elif why.errno in asyncore._DISCONNECTED:
-                        self.handle_close()
-                        sent = 0
-                    else:
-                        self.handle_error()
-                        return
-                if sent < size:
-                    fifo.appendleft(memoryview(first)[sent:] if sent else first)
-                    self._ac_out_queued += size - sent
-                    break
-                continue
             chunks, size = self._ac_gather()
             if not chunks:
                 continue  # a producer ran dry; look at what follows it
@@ -457,10 +626,7 @@ class async_chat(asyncore.dispatcher):
             for chunk in reversed(unsent):
                 fifo.appendleft(chunk)
                 self._ac_out_queued += len(chunk)
-            break
-        self._ac_interest()
-        if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
-            self._ac_resume("output")
+            return
 
     def discard_buffers(self) -> None:
         """Drop unprocessed input and unsent output."""
@@ -469,6 +635,90 @@ class async_chat(asyncore.dispatcher):
         self.producer_fifo.clear()
         self._ac_out_queued = 0
         self._ac_interest()
+
+    # -- TLS (the transport's phases, as seen from the loop) --------------------------
+    def _ac_start_tls(self, context: ssl.SSLContext) -> None:
+        """Switch to TLS once what is queued (the reply to STARTTLS) is sent.
+
+        Input is not read meanwhile: the next bytes are the client's
+        handshake, and what it pipelined in clear must never be read as if
+        it came over TLS.
+        """
+        self._ac_tls_upgrade = context
+        self._ac_input_closed = True
+        self._interest_changed()
+        self._ac_tls_starting()
+
+    def _ac_tls_wrap(self) -> None:
+        context, self._ac_tls_upgrade = self._ac_tls_upgrade, None
+        assert context is not None
+        try:
+            transport = TLSTransport.start(self.socket, context)
+        except (OSError, ValueError) as err:
+            log.warning("STARTTLS with %r failed: %s", getattr(self, "addr", None), err)
+            self.handle_close()
+            return
+        self._ac_transport = transport
+        self.socket = transport.sock  # same descriptor: the map entry stays valid
+        self._ac_framer.clear()
+        self._interest_changed()
+
+    def _ac_tls_read_event(self, transport: Any) -> bool:
+        """TLS steps before a read; True when the read may go on."""
+        if transport.handshaking:
+            self._ac_handshake(transport)
+            return False
+        if transport.write_needs_read:
+            transport.write_needs_read = False
+            self._interest_changed()
+            self.initiate_send()
+            if self._fileno is None:
+                return False
+        return not self._ac_paused
+
+    def _ac_tls_write_event(self, transport: Any) -> bool:
+        """TLS steps before a write; True when the write may go on."""
+        if transport.handshaking:
+            self._ac_handshake(transport)
+            return False
+        if transport.read_needs_write:
+            transport.read_needs_write = False
+            self._interest_changed()
+            self.handle_read()
+            if self._fileno is None:
+                return False
+        return True
+
+    def _ac_tls_blocked(self, transport: Any) -> None:
+        # A TLS read found no application data; it may need a write first.
+        if transport.read_needs_write:
+            self._interest_changed()
+
+    def _ac_handshake(self, transport: TLSTransport) -> None:
+        try:
+            state = transport.handshake()
+        except (OSError, ValueError) as err:
+            # A client that is not speaking TLS, or disagrees on versions or
+            # ciphers, or went away; not the server's error.
+            log.info("TLS handshake with %r failed: %s", getattr(self, "addr", None), err)
+            self.handle_close()
+            return
+        self._interest_changed()
+        if state == HANDSHAKE_DONE:
+            self._ac_tls_ready()
+            self._ac_input_closed = None in self.producer_fifo
+            self._interest_changed()
+            # What was queued meanwhile (the SMTPS greeting) goes out now.
+            self.initiate_send()
+            # The client's first command may already sit in the TLS buffers.
+            self._ac_read_again()
+
+    # Hooks for subclasses that start TLS (SMTPChannel).
+    def _ac_tls_starting(self) -> None:
+        """A TLS handshake is about to be awaited (STARTTLS or implicit TLS)."""
+
+    def _ac_tls_ready(self) -> None:
+        """The TLS handshake completed."""
 
 
 asyncore._TRACKED_READABLE.add(async_chat.readable)

@@ -57,7 +57,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
-from . import _auth, _grammar, _limits, _options, _relay, _serving, _session, _tls, asynchat, asyncore
+from . import _auth, _grammar, _limits, _options, _relay, _serving, _session, _tls, _transport, asynchat, asyncore
 from . import _replies as R
 from ._session import Session, State
 
@@ -150,7 +150,14 @@ def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: 
 
 
 _Future = concurrent.futures.Future
-_PLAIN_TRANSPORT = _tls._PLAIN
+
+# The fixed replies that SessionGuard.over_budget() does not count, as bytes.
+_QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startswith(_limits.ERROR_CODES)}
+
+# Logger.isEnabledFor() is a Python call, asked for every command and reply.
+# Its answers are kept in the logger's _cache dict, which logging empties
+# whenever a level changes: an answer found there is the same without the call.
+_log_cache_get = getattr(log, "_cache", {}).get
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
 
 
@@ -166,7 +173,7 @@ def _session_view(name: str) -> property:
     return property(get, put, doc="smtpd's %s (kept by the session)" % name)
 
 
-class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
+class SMTPChannel(asynchat.async_chat):
     """One SMTP session with a client: smtpd's API over a :class:`_session.Session`.
 
     Attributes (as in smtpd): ``smtp_server``, ``conn``, ``addr``,
@@ -187,11 +194,28 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     COMMAND = 0
     DATA = 1
 
+    # verb -> Session rule, for the smtp_<VERB> methods the class keeps (see
+    # _verbs_of; computed for each subclass when it is defined).
+    _smtp_verbs: Dict[str, Callable[..., Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._smtp_verbs = _verbs_of(cls)
+
     # Idle timeouts, error budget, session count (see _limits); None until
     # the channel is set up.
     _guard: Optional[_limits.SessionGuard] = None
     # (Future, its reply_timeout timer) while process_message's reply is awaited.
     _reply_wait: Optional[Tuple[Any, Any]] = None
+    # The timer bounding a TLS handshake (tls_handshake_timeout).
+    _tls_timer: Any = None
+
+    # Views that a subclass may replace with attributes of its own (code
+    # written for smtpd that did its own TLS or AUTH used such names).
+    tls_active = _options.View(lambda self: self._session.tls_active,
+                               "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
+    auth_login = _options.View(lambda self: self._session.auth_login,
+                               "The login the client authenticated as, or None.")
 
     command_size_limit = 512
 
@@ -230,10 +254,6 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
-        # The mixin's class default, made an instance attribute before the
-        # socket is set (SMTPS changes it there): it is read on every read
-        # and reply, and Python 3.11 specialises only instance loads.
-        self._tls_phase = _PLAIN_TRANSPORT
         session = self._session
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
@@ -270,6 +290,8 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             return
         _debug("Peer:", repr(self.peer))
         self._guard = _limits.SessionGuard(self, server)
+        if self._ac_transport is not None and self._ac_transport.handshaking:
+            self._arm_handshake_timer()  # SMTPS: the greeting waits for it
         self.push(R.GREETING % (self.fqdn, __version__))
 
     # -- smtpd's state resets ----------------------------------------------------
@@ -284,8 +306,16 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
-        if log.isEnabledFor(logging.DEBUG):
+        debug = _log_cache_get(logging.DEBUG)
+        if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
             _serving.log_reply(self, msg)
+        data = _QUEUED_AS_IS.get(msg)
+        if data is not None and self._ac_batching:
+            # A fixed reply that no budget counts, while input is being
+            # processed (the usual case): it joins the queue.
+            self.producer_fifo.append(data)
+            self._ac_out_queued += len(data)
+            return
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
         if over_budget:
@@ -321,17 +351,15 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         if wait is not None and wait[1] is not None:
             # The reply_timeout timer would keep the closed session alive.
             wait[1].cancel()
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
         if self._fileno is not None:
             _serving.log_closed(self)
-        super().close()  # through _tls.SecureChannelMixin: TLS close_notify
+        super().close()  # async_chat: TLS close_notify, then the socket
         session = self.__dict__.get("_session")
         if session is not None:
             session.detach()
-
-    def handle_read(self) -> None:
-        super().handle_read()
-        if self._guard is not None:
-            self._guard.touch()
 
     # -- input -----------------------------------------------------------------------
     def collect_incoming_data(self, data: bytes) -> None:
@@ -344,7 +372,7 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
             pieces = session.raw_lines()
             line = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             size, session.num_bytes = session.num_bytes, 0
-            self._command(line, size)
+            self._ac_record(line, size)
         elif state is _DATA:
             self._message(session.raw_lines())
             _serving.after_data(self)  # a graceful shutdown ends the session here
@@ -358,22 +386,45 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         else:
             session.received_lines = []  # closing, or switching to TLS: ignored
 
-    def _command(self, line: bytes, size: int) -> None:
+    def _ac_record(self, piece: bytes, size: int = -1) -> None:
+        """A line or a message that arrived whole (see async_chat): what
+        collect_incoming_data() and found_terminator() would do with it, in
+        one call (while the class keeps both hooks).  A command line is
+        traced, logged, then dispatched to smtp_<VERB>; found_terminator()
+        passes one with its *size* (what was counted of it)."""
         session = self._session
+        state = session.state
+        if session.received_lines or state is not _COMMAND:
+            if state is _DATA and not session.received_lines:
+                if piece and self.data_size_limit:
+                    session.num_bytes = len(piece)
+                self._message([piece] if piece else [])
+                _serving.after_data(self)  # a graceful shutdown ends the session here
+            else:
+                self.collect_incoming_data(piece)
+                self.found_terminator()
+            return
         tracing = DEBUGSTREAM.__class__ is not Devnull
         session.tracing = tracing
         if tracing:
-            shown = _auth.redact_command(line)
+            shown = _auth.redact_command(piece)
             _debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
-        if log.isEnabledFor(logging.DEBUG):
-            _serving.log_command(self, _auth.redact_command(line))
-        if _serving.refuse_command(self, line):
+        debug = _log_cache_get(logging.DEBUG)
+        if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
+            _serving.log_command(self, _auth.redact_command(piece))
+        serving = getattr(self.smtp_server, "_serving_state", None)
+        if serving is not None and serving.closing and _serving.refuse_command(self, piece):
             return  # the server is shutting down: answered 421
-        command = session.command_line(line, size)
+        command = session.command_line(piece, size if size >= 0 else len(piece))
         if command is None:
             return
         verb, arg = command
-        method = getattr(self, "smtp_" + verb, None)
+        name = "smtp_" + verb
+        handler = self._smtp_verbs.get(verb)
+        if handler is not None and name not in self.__dict__:
+            handler(session, arg)  # smtp_<VERB> is SMTPChannel's own: the session's rule
+            return
+        method = getattr(self, name, None)
         if method is None:
             session.unknown(verb)
         else:
@@ -483,13 +534,41 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
         _debug(*args)
 
     def _session_can_start_tls(self) -> bool:
-        return isinstance(self.socket, socket.socket)  # not a test double
+        return _transport.can_start_tls(self.socket)  # not a test double
 
     def _session_start_tls(self) -> None:
-        self._tls_begin_starttls()
+        self._ac_start_tls(_options.of(self.smtp_server).tls_context)
 
     def _session_check(self, credentials: _auth.Credentials) -> None:
         _tls.check_credentials(self, credentials)
+
+    # -- TLS: the handshake (see async_chat) --------------------------------------
+    def _ac_tls_starting(self) -> None:
+        if getattr(self, "smtp_server", None) is not None:  # not yet during __init__ (SMTPS)
+            self._arm_handshake_timer()
+
+    def _ac_tls_ready(self) -> None:
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+        self.conn = self.socket
+        self._session.tls_started()  # after STARTTLS: RFC 3207's reset
+
+    def _arm_handshake_timer(self) -> None:
+        # The clock runs from STARTTLS's reply (or the connection, SMTPS): a
+        # client that does not read the 220 is bounded as well as one that
+        # stalls in the handshake.
+        timeout = _options.of(self.smtp_server).tls_handshake_timeout
+        reactor = self._reactor()
+        if timeout and reactor is not None and self._fileno is not None and self._tls_timer is None:
+            self._tls_timer = reactor.call_later(timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._tls_timer = None
+        transport = self._ac_transport
+        if self._fileno is not None and (self._ac_tls_upgrade is not None or (transport is not None and transport.handshaking)):
+            log.info("TLS handshake with %r timed out", getattr(self, "peer", None))
+            self.handle_close()
 
     # -- helpers kept from smtpd for subclasses ----------------------------------
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
@@ -547,6 +626,38 @@ class SMTPChannel(_tls.SecureChannelMixin, asynchat.async_chat):
     def smtp_AUTH(self, arg: Optional[str]) -> None:
         """Authenticate (RFC 4954), when the server offers it."""
         self._session.auth(arg)
+
+
+# The commands the session implements, by verb: SMTPChannel.smtp_<VERB>
+# calls Session.<method>.
+_SESSION_VERBS = {
+    "HELO": Session.helo,
+    "EHLO": Session.ehlo,
+    "NOOP": Session.noop,
+    "QUIT": Session.quit,
+    "HELP": Session.help,
+    "VRFY": Session.vrfy,
+    "MAIL": Session.mail,
+    "RCPT": Session.rcpt,
+    "RSET": Session.rset,
+    "DATA": Session.data,
+    "EXPN": Session.expn,
+    "STARTTLS": Session.starttls,
+    "AUTH": Session.auth,
+}
+
+
+def _verbs_of(cls: type) -> Dict[str, Callable[..., Any]]:
+    """The verbs whose smtp_<VERB> *cls* keeps from SMTPChannel: for those,
+    a command goes straight to the session's rule (decided once per class)."""
+    return {
+        verb: rule
+        for verb, rule in _SESSION_VERBS.items()
+        if getattr(cls, "smtp_" + verb, None) is SMTPChannel.__dict__["smtp_" + verb]
+    }
+
+
+SMTPChannel._smtp_verbs = _verbs_of(SMTPChannel)
 
 
 def _features(server: Any) -> _session.Features:

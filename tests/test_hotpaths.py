@@ -206,7 +206,7 @@ def test_large_input_framed_like_small_input() -> None:
         chat = _Collector(b"\r\n.\r\n")
         chat._fileno = -1  # framing stops for closed channels; fake an open one
         for i in range(0, len(stream), size):
-            chat._ac_frame(stream[i : i + size])
+            chat._ac_consume(stream[i : i + size])
         assert chat.frames == expected, size
 
 

@@ -28,7 +28,7 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     tls_files,
 )
 
-from smtpd_compat import _reactor, _tls, asyncore, smtpd
+from smtpd_compat import _reactor, _tls, _transport, asyncore, smtpd
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: over TLS\r\n\r\n"
@@ -459,8 +459,9 @@ def test_tls_want_write_on_read_and_want_read_on_write() -> None:
         channel = smtpd.SMTPChannel(server, here, ("127.0.0.1", 1), map=socket_map)
         assert there.recv(1024) == GREETING
         fake = _ScriptedTLSSocket(here, [ssl.SSLWantWriteError(), b"NOOP\r\n"], [ssl.SSLWantReadError()])
+        # An established TLS session over the scripted socket.
+        channel._ac_transport = _transport.TLSTransport(fake, handshaking=False)  # type: ignore[arg-type]
         channel.socket = fake
-        channel._tls_phase = _tls._ACTIVE
         assert channel.readable() and not channel.writable()
 
         channel.handle_read_event()  # TLS must write before it can read
