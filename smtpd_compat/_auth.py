@@ -216,6 +216,17 @@ _checker: Optional[concurrent.futures.ThreadPoolExecutor] = None
 _checker_lock = threading.Lock()
 
 
+def _forget_checker_after_fork() -> None:
+    # The pool's threads stayed in the parent: a child makes its own.
+    global _checker, _checker_lock
+    _checker = None
+    _checker_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_checker_after_fork)
+
+
 def check_in_worker(passwords: PasswordFile, login: str, password: str) -> "concurrent.futures.Future[bool]":
     """``passwords.check(login, password)`` in a worker thread.
 

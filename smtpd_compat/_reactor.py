@@ -22,10 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import os
-import select
-import selectors
 import socket as _socket
 import sys
 import threading
@@ -33,12 +30,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from ._platform import NotAvailable
 
 log = logging.getLogger("smtpd_compat")
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 
 # id(map) -> Reactor.  The reactor holds the map itself, so an id is never
 # reused while its entry exists; the entry is dropped by forget().
@@ -104,266 +98,7 @@ def _cancelled_callback() -> None:
     pass
 
 
-# Event bits as the pollers below report them: epoll's values, which are
-# also poll()'s (the select() poller builds them from its three sets).
-_IN = 0x001
-_PRI = 0x002  # out-of-band data (TCP urgent): select()'s "exceptional" set
-_OUT = 0x004
-
-# A third interest bit beside selectors' EVENT_READ and EVENT_WRITE, for
-# exceptional conditions (out-of-band data): asyncore's handle_expt_event().
-# The pollers below take it; dispatch() receives it in the mask.
-EVENT_EXPT = 4
-
-# The environment variable that chooses the poller (docs/platforms.md).
-POLLER_VARIABLE = "SMTPD_COMPAT_POLLER"
-
-
-class _BitsPoller:
-    """What the pollers share: ``selectors``' register/modify/unregister
-    interface, the registered masks, and the mapping of unusual event bits
-    back to a mask.
-
-    ``select()`` returns ``(fd, events)`` pairs in the bits above, so a loop
-    iteration builds no ``SelectorKey`` list; the reactor maps events to
-    dispatchers through the socket map itself.  Errors follow ``selectors``:
-    KeyError for an fd registered twice or not registered, OSError from the
-    kernel for a bad descriptor.
-    """
-
-    def __init__(self) -> None:
-        self._masks: Dict[int, int] = {}
-
-    @staticmethod
-    def _bits(mask: int) -> int:
-        return (
-            (_IN if mask & EVENT_READ else 0)
-            | (_OUT if mask & EVENT_WRITE else 0)
-            | (_PRI if mask & EVENT_EXPT else 0)
-        )
-
-    def mask_of(self, fd: int, events: int) -> int:
-        """The mask for *events* other than a plain read or write: out-of-band
-        data, and errors and hang-ups, which (as ``EpollSelector`` does)
-        wake both directions the fd asked for."""
-        mask = 0
-        if events & _PRI:
-            mask = EVENT_EXPT
-            events &= ~_PRI
-        if events & ~_IN:
-            mask |= EVENT_WRITE
-        if events & ~_OUT:
-            mask |= EVENT_READ
-        return mask & self._masks.get(fd, 0)
-
-
-class _EpollPoller(_BitsPoller):
-    """The poller on Linux: a bare ``epoll`` object.
-
-    epoll refuses descriptors that never block (regular files, directories:
-    EPERM), which select() and poll() report ready at once.  Such a
-    descriptor is kept in ``_files`` and reported ready on every call, as
-    they would, so a ``file_dispatcher`` on a file is served the same way.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._epoll = select.epoll()
-        self._files: Dict[int, int] = {}  # fd -> the bits it is ready for
-
-    def _watch(self, fd: int, mask: int) -> None:
-        try:
-            self._epoll.register(fd, self._bits(mask))
-        except PermissionError:
-            self._files[fd] = self._bits(mask) & (_IN | _OUT)  # never exceptional
-            # Only while a file is registered does select() take the longer
-            # path; an instance attribute shadows the method meanwhile.
-            self.select = self._select_with_files  # type: ignore[method-assign]
-
-    def _unwatch_file(self, fd: int) -> None:
-        del self._files[fd]
-        if not self._files:
-            del self.select
-
-    def register(self, fd: int, mask: int) -> None:
-        if fd in self._masks:
-            raise KeyError(fd)
-        self._watch(fd, mask)
-        self._masks[fd] = mask
-
-    def modify(self, fd: int, mask: int) -> None:
-        if fd not in self._masks:
-            raise KeyError(fd)
-        if fd in self._files:
-            # Perhaps no longer the same file (closed and reused): ask epoll again.
-            self._unwatch_file(fd)
-            self._watch(fd, mask)
-        else:
-            try:
-                self._epoll.modify(fd, self._bits(mask))
-            except FileNotFoundError:
-                # The descriptor was closed and reused behind our back; the
-                # kernel forgot the old registration.
-                self._watch(fd, mask)
-        self._masks[fd] = mask
-
-    def unregister(self, fd: int) -> None:
-        del self._masks[fd]
-        if fd in self._files:
-            self._unwatch_file(fd)
-            return
-        try:
-            self._epoll.unregister(fd)
-        except OSError:
-            pass  # already closed: the kernel dropped it
-
-    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        return self._epoll.poll(-1 if timeout is None else timeout, max(len(self._masks), 1))
-
-    def _select_with_files(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        # A file is always ready: look at the rest without waiting.
-        events = self._epoll.poll(0, max(len(self._masks), 1))
-        events.extend(self._files.items())
-        return events
-
-    def close(self) -> None:
-        self._epoll.close()
-
-
-class _PollPoller(_BitsPoller):
-    """The poller where there is ``poll()`` but no epoll (macOS, the BSDs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._poll = select.poll()
-
-    def register(self, fd: int, mask: int) -> None:
-        if fd in self._masks:
-            raise KeyError(fd)
-        self._poll.register(fd, self._bits(mask))
-        self._masks[fd] = mask
-
-    def modify(self, fd: int, mask: int) -> None:
-        if fd not in self._masks:
-            raise KeyError(fd)
-        self._poll.register(fd, self._bits(mask))  # poll's register() also modifies
-        self._masks[fd] = mask
-
-    def unregister(self, fd: int) -> None:
-        del self._masks[fd]
-        self._poll.unregister(fd)
-
-    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        # poll() takes milliseconds; rounding up keeps a timer from being
-        # polled for again just before it is due.
-        return self._poll.poll(None if timeout is None else math.ceil(timeout * 1e3))
-
-    def close(self) -> None:
-        pass
-
-
-class _SelectPoller(_BitsPoller):
-    """The poller where there is only ``select()`` (Windows).
-
-    Descriptors must be below FD_SETSIZE (1024 on Linux; on Windows at most
-    512 sockets), or select() raises ValueError: see docs/platforms.md.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._readers: Set[int] = set()
-        self._writers: Set[int] = set()
-        # Those waiting to write are watched for exceptional conditions too:
-        # Windows reports a failed connect() there, not as writable.
-        self._exceptional: Set[int] = set()
-
-    def _place(self, fd: int, mask: int) -> None:
-        for wanted, group in (
-            (mask & EVENT_READ, self._readers),
-            (mask & EVENT_WRITE, self._writers),
-            (mask & (EVENT_WRITE | EVENT_EXPT), self._exceptional),
-        ):
-            if wanted:
-                group.add(fd)
-            else:
-                group.discard(fd)
-
-    def register(self, fd: int, mask: int) -> None:
-        if fd in self._masks:
-            raise KeyError(fd)
-        if fd < 0:
-            raise ValueError("invalid file descriptor %d" % fd)
-        self._place(fd, mask)
-        self._masks[fd] = mask
-
-    def modify(self, fd: int, mask: int) -> None:
-        if fd not in self._masks:
-            raise KeyError(fd)
-        self._place(fd, mask)
-        self._masks[fd] = mask
-
-    def unregister(self, fd: int) -> None:
-        del self._masks[fd]
-        self._place(fd, 0)
-
-    def select(self, timeout: Optional[float]) -> List[Tuple[int, int]]:
-        # Never three empty sets (which Windows refuses): the reactor's
-        # wake-up socket is always registered for reading.
-        readable, writable, exceptional = select.select(self._readers, self._writers, self._exceptional, timeout)
-        ready = dict.fromkeys(readable, _IN)
-        for fd in writable:
-            ready[fd] = ready.get(fd, 0) | _OUT
-        for fd in exceptional:
-            mask = self._masks[fd]
-            bits = (_PRI if mask & EVENT_EXPT else 0) | (_OUT if mask & EVENT_WRITE else 0)
-            ready[fd] = ready.get(fd, 0) | bits
-        return list(ready.items())
-
-    def close(self) -> None:
-        pass
-
-
-def _available_pollers() -> Dict[str, Callable[[], Any]]:
-    """The pollers this platform has, best first."""
-    pollers: Dict[str, Callable[[], Any]] = {}
-    if hasattr(select, "epoll"):
-        pollers["epoll"] = _EpollPoller
-    if hasattr(select, "poll"):
-        pollers["poll"] = _PollPoller
-    pollers["select"] = _SelectPoller
-    return pollers
-
-
-def _choose_poller(requested: str) -> Tuple[str, Callable[[], Any]]:
-    """The poller named *requested* (the value of SMTPD_COMPAT_POLLER), or
-    the best one available when it is empty.
-
-    A name that is unknown or not available here is not an error at import:
-    the factory returned raises when the first loop creates its poller.
-    """
-    pollers = _available_pollers()
-    name = requested.strip().lower()
-    if not name:
-        name = next(iter(pollers))
-    if name in pollers:
-        return name, pollers[name]
-    if name in ("epoll", "poll", "select"):
-        error: Exception = NotAvailable(
-            "the %s poller is not available on this platform (%s=%s; available: %s)"
-            % (name, POLLER_VARIABLE, requested, ", ".join(pollers))
-        )
-    else:
-        error = ValueError("%s=%r: expected epoll, poll or select" % (POLLER_VARIABLE, requested))
-
-    def refuse() -> Any:
-        raise error
-
-    return name, refuse
-
-
-# POLLER: the name of the poller every Reactor uses ("epoll" on Linux).
-POLLER, _Poller = _choose_poller(os.environ.get(POLLER_VARIABLE, ""))
-
+from ._pollers import _IN, _OUT, EVENT_EXPT, EVENT_READ, EVENT_WRITE, POLLER, POLLER_VARIABLE, _Poller  # noqa: F401
 
 def _interest(obj: Any) -> int:
     mask = 0
@@ -627,68 +362,10 @@ class Reactor:
         # list) unless something is dirty, polled or added behind our back.
         if self.dirty or self.polled or len(self.known) != len(self.map):
             self._sync()
-        if self.calls or self.read_ready:
-            timeout = 0.0
-        elif self.timers:
-            delay = max(0.0, self.timers[0][0] - time.monotonic())
-            timeout = delay if timeout is None else min(timeout, delay)
-        if timeout is None or timeout > MAX_WAIT:
-            timeout = MAX_WAIT
-        elif timeout < 0:
-            timeout = 0.0
-        selector = self.selector
-        try:
-            events = None
-            spin = self.busy_poll
-            if self._active and spin and timeout != 0:
-                if self._spin_missed:
-                    # The last spin found nothing: the peers are busy, and
-                    # spinning would take CPU from them.  Sleep this time.
-                    self._spin_missed = False
-                else:
-                    # Busy-poll briefly before sleeping (see busy_poll),
-                    # never past a timer that is due sooner.
-                    if timeout < spin:
-                        spin = timeout
-                    start = time.monotonic()
-                    deadline = start + spin
-                    events = selector.select(0)
-                    while not events and time.monotonic() < deadline:
-                        events = selector.select(0)
-                    self._spin_missed = not events
-                    if not events:
-                        timeout = max(0.0, timeout - (time.monotonic() - start))
-            if not events:
-                events = selector.select(timeout)
-        except InterruptedError:
-            events = []
-        map = self.map
-        wake_fd = self._wake_fd
-        self._active = False
+        events = self._wait(self._wait_for(timeout))
         self.dispatching = True
         try:
-            for fd, bits in events:
-                if fd == wake_fd:
-                    self._drain_wakeups()
-                    continue
-                self._active = True
-                obj = map.get(fd)
-                if obj is None:
-                    continue
-                if bits == _IN:
-                    if failed is None:
-                        dispatch(obj, EVENT_READ)
-                    else:
-                        try:
-                            obj.handle_read_event()
-                        except BaseException as exc:
-                            failed(obj, exc)
-                elif bits == _OUT:
-                    dispatch(obj, EVENT_WRITE)
-                else:
-                    mask = selector.mask_of(fd, bits)
-                    if mask:
-                        dispatch(obj, mask)
+            self._dispatch(events, dispatch, failed)
             if self.read_ready:
                 self._dispatch_read_again(dispatch)
         except BaseException:
@@ -710,6 +387,81 @@ class Reactor:
             self._run_timers()
         if self.calls:
             self._run_calls()
+
+    def _wait_for(self, timeout: Optional[float]) -> float:
+        """How long this iteration may wait: *timeout*, shortened by what is
+        due (timers, posted calls, owed reads), within what epoll takes."""
+        if self.calls or self.read_ready:
+            return 0.0
+        if self.timers:
+            delay = max(0.0, self.timers[0][0] - time.monotonic())
+            timeout = delay if timeout is None else min(timeout, delay)
+        if timeout is None or timeout > MAX_WAIT:
+            return MAX_WAIT
+        return timeout if timeout > 0 else 0.0
+
+    def _wait(self, timeout: float) -> List[Tuple[int, int]]:
+        """The events of this iteration: after a brief busy poll when the
+        last iteration was active (see busy_poll), else after waiting."""
+        selector = self.selector
+        try:
+            spin = self.busy_poll
+            if self._active and spin and timeout != 0:
+                if self._spin_missed:
+                    # The last spin found nothing: the peers are busy, and
+                    # spinning would take CPU from them.  Sleep this time.
+                    self._spin_missed = False
+                else:
+                    # Busy-poll briefly before sleeping, never past a timer
+                    # that is due sooner.
+                    if timeout < spin:
+                        spin = timeout
+                    start = time.monotonic()
+                    deadline = start + spin
+                    events = selector.select(0)
+                    while not events and time.monotonic() < deadline:
+                        events = selector.select(0)
+                    self._spin_missed = not events
+                    if events:
+                        return events  # type: ignore[no-any-return]
+                    timeout = max(0.0, timeout - (time.monotonic() - start))
+            return selector.select(timeout)  # type: ignore[no-any-return]
+        except InterruptedError:
+            return []
+
+    def _dispatch(
+        self,
+        events: List[Tuple[int, int]],
+        dispatch: Callable[[Any, int], None],
+        failed: Optional[Callable[[Any, BaseException], None]],
+    ) -> None:
+        """Hand each event to its dispatcher (through the socket map)."""
+        map = self.map
+        wake_fd = self._wake_fd
+        selector = self.selector
+        self._active = False
+        for fd, bits in events:
+            if fd == wake_fd:
+                self._drain_wakeups()
+                continue
+            self._active = True
+            obj = map.get(fd)
+            if obj is None:
+                continue
+            if bits == _IN:
+                if failed is None:
+                    dispatch(obj, EVENT_READ)
+                else:
+                    try:
+                        obj.handle_read_event()
+                    except BaseException as exc:
+                        failed(obj, exc)
+            elif bits == _OUT:
+                dispatch(obj, EVENT_WRITE)
+            else:
+                mask = selector.mask_of(fd, bits)
+                if mask:
+                    dispatch(obj, mask)
 
     def _run_after_events(self) -> None:
         callbacks, self.after_events = self.after_events, []
@@ -772,6 +524,29 @@ class Reactor:
             raise exc  # asyncore.ExitNow ends the loop
         log.exception("error in scheduled callback %r", callback, exc_info=exc)
 
+    def _reopen_after_fork(self) -> None:
+        """In a forked child: a poller and wake-up pair of this process's
+        own, every dispatcher registered again at the next iteration."""
+        old = (self.selector, self._wake_r, self._wake_w)
+        self.selector = _Poller()
+        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
+        self.selector.register(self._wake_fd, EVENT_READ)
+        for resource in old:
+            try:
+                resource.close()  # the child's copies; the parent keeps its own
+            except OSError:
+                pass
+        self.known.clear()
+        self.polled.clear()
+        self.dirty = set(self.map)
+        self.calls.clear()  # posted by threads of the parent, which the child has not
+        self.thread_id = None
+        self.dispatching = False
+        self._active = False
+
     def close(self) -> None:
         if self.closed:
             return
@@ -781,3 +556,21 @@ class Reactor:
         finally:
             self._wake_r.close()
             self._wake_w.close()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has copies of the parent's reactors, whose epoll
+    instance and wake-up sockets it would share with the parent (an epoll
+    descriptor names the same kernel object in both), and none of the
+    parent's threads: give every reactor a poller and wake-up pair of its
+    own, and new locks."""
+    global _reactors_lock
+    _reactors_lock = threading.Lock()
+    for reactor in list(_reactors.values()):
+        if not reactor.closed:
+            reactor._reopen_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import smtplib
 import socket
 import threading
@@ -62,26 +63,36 @@ Refusals = Dict[str, Tuple[int, Any]]
 _executor_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _executor_lock
+    _executor_lock = threading.Lock()  # perhaps held by a parent's thread
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # -- the worker threads --------------------------------------------------------
 def executor(server: Any) -> concurrent.futures.ThreadPoolExecutor:
     """The thread pool that runs *server*'s upstream conversations, created
     on first use (a fresh one after :func:`shutdown_executor`)."""
     with _executor_lock:
-        pool = server.__dict__.get("_relay_executor")
-        if pool is None:
+        pool, pid = server.__dict__.get("_relay_executor", (None, 0))
+        if pool is None or pid != os.getpid():
+            # None yet, or made before a fork(): its threads are the parent's.
             pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=getattr(server, "relay_workers", DEFAULT_WORKERS),
                 thread_name_prefix="smtpd-relay",
             )
-            server.__dict__["_relay_executor"] = pool
+            server.__dict__["_relay_executor"] = (pool, os.getpid())
         return pool
 
 
 def shutdown_executor(server: Any) -> None:
     """Let *server*'s workers end once their current message is relayed."""
     with _executor_lock:
-        pool = server.__dict__.pop("_relay_executor", None)
-    if pool is not None:
+        pool, pid = server.__dict__.pop("_relay_executor", (None, 0))
+    if pool is not None and pid == os.getpid():
         # Conversations already running finish (their mail is relayed and
         # the client, if still there, answered); queued ones never started
         # and their clients, unanswered, keep their messages.

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 from conftest import GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread
-from smtpd_compat import _reactor, asyncore
+from smtpd_compat import _pollers, _reactor, asyncore
 
 
 def run_until(map: dict, done: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -41,7 +41,7 @@ def map() -> Any:
 def poller(request: Any, monkeypatch: Any) -> str:
     """The test's loops run under this poller (each map's reactor makes its
     poller when a loop first runs over it); skipped where it is missing."""
-    factory = _reactor._available_pollers().get(request.param)
+    factory = _pollers._available_pollers().get(request.param)
     if factory is None:
         pytest.skip("no %s() on this platform" % request.param)
     monkeypatch.setattr(_reactor, "_Poller", factory)

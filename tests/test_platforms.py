@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO_ROOT, TIMEOUT
-from smtpd_compat import _platform, _reactor
+from smtpd_compat import _platform, _pollers, _reactor
 from test_cli import one_error_line, run_cli, start
 
 MESSAGE = b"Subject: platforms\r\n\r\nFrom here on\r\n"
@@ -81,8 +81,8 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
 def test_the_default_poller_is_epoll_where_there_is_epoll() -> None:
     if not hasattr(select, "epoll"):
         pytest.skip("no epoll on this platform")
-    name, factory = _reactor._choose_poller("")
-    assert (name, factory) == ("epoll", _reactor._EpollPoller)
+    name, factory = _pollers._choose_poller("")
+    assert (name, factory) == ("epoll", _pollers._EpollPoller)
 
 
 def test_the_variable_chooses_the_poller() -> None:
@@ -95,15 +95,15 @@ def test_the_variable_chooses_the_poller() -> None:
 
 def test_a_poller_the_platform_lacks_fails_at_the_first_loop(monkeypatch: Any) -> None:
     monkeypatch.delattr(select, "epoll", raising=False)
-    name, factory = _reactor._choose_poller("epoll")
+    name, factory = _pollers._choose_poller("epoll")
     assert name == "epoll"
     with pytest.raises(_platform.NotAvailable, match="^the epoll poller is not available on this platform .*available: "):
         factory()
-    assert _reactor._choose_poller("")[0] in ("poll", "select")
+    assert _pollers._choose_poller("")[0] in ("poll", "select")
 
 
 def test_an_unknown_poller_fails_at_the_first_loop() -> None:
-    name, factory = _reactor._choose_poller("kqueue2")
+    name, factory = _pollers._choose_poller("kqueue2")
     with pytest.raises(ValueError, match="SMTPD_COMPAT_POLLER='kqueue2': expected epoll, poll or select"):
         factory()
 
