@@ -1,4 +1,5 @@
-"""SASL mechanisms for SMTP AUTH (RFC 4954), as a registry of classes; no I/O.
+"""SMTP AUTH (RFC 4954): SASL mechanisms as a registry of classes, and the
+rules of the AUTH command over a session; no I/O.
 
 A mechanism is a small class: it is created for one ``AUTH`` command with
 the optional initial response, :meth:`Mechanism.start` gives the first
@@ -19,11 +20,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import re
-from typing import Callable, ClassVar, Dict, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 from . import _replies as R
 from ._grammar import ReplyError
+from ._state import Event, State
+
+log = logging.getLogger("smtpd_compat")
 
 __all__ = [
     "CANCEL",
@@ -225,3 +230,117 @@ class Login(Mechanism):
 # The mechanisms offered unless the server's auth_mechanisms option says
 # otherwise, in the order EHLO announces them.
 DEFAULT_MECHANISMS: Tuple[str, ...] = ("PLAIN", "LOGIN")
+
+
+# -- the AUTH command of a session ------------------------------------------------------
+# The rules of RFC 4954 over a session (``_session.Session``): its state stays
+# in the session (``auth_login``, ``auth_failures``, ``sasl``: the exchange
+# waiting for the client's next line, ``state``: AUTH while it does); what is
+# decided goes out through the session's host.
+
+
+def command(session: Any, arg: Optional[str]) -> None:
+    """``AUTH mechanism [initial-response]``."""
+    host = session.host
+    features = session.features
+    if not features.auth:
+        # Not configured: the reply smtpd gave to any unknown command.
+        host.push(R.UNKNOWN_COMMAND % "AUTH")
+        return
+    if not session.extended_smtp:
+        host.push(R.NEED_EHLO)
+        return
+    if session.auth_login is not None:
+        host.push(R.AUTH_ALREADY)
+        return
+    if session.mailfrom:
+        host.push(R.AUTH_IN_TRANSACTION)
+        return
+    words = arg.split() if arg else []
+    if not 1 <= len(words) <= 2:
+        host.push(R.SYNTAX_AUTH)
+        return
+    mechanism = words[0].upper()
+    if mechanism not in features.auth_mechanisms:
+        host.push(R.AUTH_UNKNOWN_MECHANISM)
+        return
+    if not session.tls_active and features.auth_require_tls:
+        host.push(R.AUTH_ENCRYPTION_REQUIRED)
+        return
+    try:
+        exchange = mechanism_for(mechanism, words[1] if len(words) == 2 else None)
+    except ReplyError as err:
+        host.push(err.reply)
+        return
+    _step(session, exchange, exchange.start)
+
+
+def response(session: Any, line: bytes, size: int) -> None:
+    """A line answering the challenge of the exchange under way."""
+    exchange = session.sasl
+    assert exchange is not None
+    if size > session.max_command_size_limit:
+        _over(session)
+        session.host.push(R.LINE_TOO_LONG)
+        return
+    try:
+        text = line.decode("ascii").strip()
+    except UnicodeDecodeError:
+        _over(session)
+        session.host.push(R.AUTH_BAD_BASE64)
+        return
+    _step(session, exchange, lambda: exchange.respond(text))
+
+
+def _over(session: Any) -> None:
+    session.sasl = None
+    if session.state in (State.AUTH, State.COMMAND):
+        session._move(Event.AUTH_DONE)
+
+
+def _step(session: Any, exchange: Mechanism, step: Callable[[], Step]) -> None:
+    try:
+        result = step()
+    except ReplyError as err:
+        _over(session)
+        session.host.push(err.reply)
+        return
+    if isinstance(result, Credentials):
+        session.sasl = None
+        # Acting as another identity (PLAIN's authzid) is not supported.
+        if result.authzid and result.authzid != result.login:
+            verdict(session, result, False)
+        else:
+            session.host._session_check(result)
+        return
+    session.sasl = exchange
+    session._move(Event.AUTH)
+    session.host.push(R.AUTH_CHALLENGE % result)
+
+
+def verdict(session: Any, credentials: Credentials, ok: bool) -> None:
+    """The authenticator's decision on *credentials*."""
+    if session.state in (State.AUTH, State.COMMAND):
+        session._move(Event.AUTH_DONE)
+    host = session.host
+    if ok:
+        session.auth_login = credentials.login
+        log.info("%r authenticated as %r (%s)", getattr(host, "peer", None), credentials.login, credentials.mechanism)
+        host.push(R.AUTH_OK)
+        return
+    session.auth_failures += 1
+    log.info("authentication failed for login %r from %r", credentials.login, getattr(host, "peer", None))
+    limit = session.features.max_auth_failures
+    if limit and session.auth_failures >= limit:
+        host.push(R.TOO_MANY_AUTH_FAILURES % host.fqdn)
+        host.close_when_done()
+        session._move(Event.CLOSE)
+        return
+    host.push(R.AUTH_FAILED)
+
+
+def failed_to_check(session: Any) -> None:
+    """The authenticator raised: a temporary failure (454)."""
+    if session.state in (State.AUTH, State.COMMAND):
+        session._move(Event.AUTH_DONE)
+    session.host.push(R.AUTH_TEMP_FAILURE)

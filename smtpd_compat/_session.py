@@ -16,245 +16,28 @@ host's, so overrides of those keep working too.  What smtpd did not have is
 asked of the host through methods starting with ``_session_`` (start TLS,
 check credentials, hand a message over, show a debug trace).
 
-The phase of the session is one :class:`State`; every change of phase goes
-through :meth:`Session._move`, and :data:`TRANSITIONS` lists them all.  The
+The phase of the session is one :class:`~_state.State`; every change of
+phase goes through :meth:`Session._move`, and ``_state.TRANSITIONS`` lists
+them all.  The
 ``smtp_state`` of smtpd (``COMMAND`` = 0, ``DATA`` = 1, or a value of a
 subclass's own) is a view of it.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
 import logging
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from . import _grammar
+from . import _grammar, _sasl
 from . import _replies as R
-from ._sasl import Credentials, Mechanism, Step, mechanism_for
+from ._sasl import Credentials, Mechanism
+from ._state import AUTH_LINE_LIMIT, COMMAND, DATA, TRANSITIONS, Detached, Event, Features, Host, State
+from ._state import CommandSizeLimits as _CommandSizeLimits
+from ._state import NO_LIMITS as _NO_LIMITS
 
 log = logging.getLogger("smtpd_compat")
 
 __all__ = ["AUTH_LINE_LIMIT", "Event", "Features", "Host", "Session", "State", "TRANSITIONS"]
-
-# RFC 4954 section 4: an AUTH command line may be up to 12288 octets, so that
-# an initial response of reasonable size fits; the same bound applies to
-# each response line of the exchange.
-AUTH_LINE_LIMIT = 12288
-
-
-class State(enum.Enum):
-    """The phase of a session."""
-
-    COMMAND = "command"  # reading commands
-    DATA = "data"  # reading a message (after 354)
-    AUTH = "auth"  # an AUTH exchange: lines are SASL responses
-    AWAIT_REPLY = "await reply"  # the message was handed over; its reply is pending
-    STARTTLS = "starttls"  # 220 Ready to start TLS sent; TLS not up yet
-    CLOSING = "closing"  # the session ends once its last reply is sent
-    FOREIGN = "foreign"  # smtp_state holds a value a subclass defined
-
-
-class Event(enum.Enum):
-    """What moves a session from one phase to another."""
-
-    DATA = "DATA accepted"
-    MESSAGE = "message complete"
-    REFUSED = "message refused"
-    REPLIED = "message answered"
-    AUTH = "AUTH challenge sent"
-    AUTH_DONE = "AUTH exchange over"
-    STARTTLS = "STARTTLS accepted"
-    TLS_UP = "TLS handshake done"
-    CLOSE = "closing"
-
-
-S, E = State, Event
-# Every change of phase: (phase, event) -> next phase.  Anything else is a
-# bug (Session._move raises).  CLOSE is allowed from every phase.
-TRANSITIONS: Dict[Tuple[State, Event], State] = {
-    (S.COMMAND, E.DATA): S.DATA,
-    (S.DATA, E.MESSAGE): S.AWAIT_REPLY,
-    (S.DATA, E.REFUSED): S.COMMAND,
-    (S.AWAIT_REPLY, E.REPLIED): S.COMMAND,
-    (S.COMMAND, E.AUTH): S.AUTH,
-    (S.AUTH, E.AUTH): S.AUTH,
-    (S.COMMAND, E.AUTH_DONE): S.COMMAND,  # decided at once (initial response)
-    (S.AUTH, E.AUTH_DONE): S.COMMAND,
-    (S.COMMAND, E.STARTTLS): S.STARTTLS,
-    (S.STARTTLS, E.TLS_UP): S.COMMAND,
-}
-for _state in State:
-    TRANSITIONS[_state, E.CLOSE] = S.CLOSING
-del _state, S, E
-
-# smtpd's smtp_state values.
-COMMAND, DATA = 0, 1
-
-
-class Features:
-    """What the server offers beyond smtpd (from its options), fixed for a
-    session.  The defaults are smtpd's: nothing extra."""
-
-    __slots__ = (
-        "max_recipients",
-        "starttls",
-        "require_starttls",
-        "auth",
-        "auth_mechanisms",
-        "auth_require_tls",
-        "auth_required",
-        "max_auth_failures",
-    )
-
-    def __init__(self, **values: Any) -> None:
-        self.max_recipients: Optional[int] = None
-        self.starttls = False  # a tls_context is configured
-        self.require_starttls = False
-        self.auth = False  # AUTH is offered (an authenticator exists)
-        self.auth_mechanisms: Tuple[str, ...] = ()
-        self.auth_require_tls = True
-        self.auth_required = False
-        self.max_auth_failures: Optional[int] = None
-        for name, value in values.items():
-            setattr(self, name, value)
-
-
-class Host:
-    """What a :class:`Session` needs of the object that owns the connection.
-
-    ``SMTPChannel`` is the host in the package; this class documents the
-    interface (and is the base of the tests' recording host).  The first
-    group are smtpd's own attributes and hooks, which subclasses override.
-    """
-
-    fqdn: str = "localhost"
-    data_size_limit: Optional[int] = 33554432
-    enable_SMTPUTF8 = False
-    _decode_data = False
-    command_size_limit = 512
-
-    def push(self, msg: str) -> None:
-        raise NotImplementedError
-
-    def close_when_done(self) -> None:
-        raise NotImplementedError
-
-    def set_terminator(self, term: Any) -> None:
-        raise NotImplementedError
-
-    def _set_rset_state(self) -> None:
-        raise NotImplementedError
-
-    def _set_post_data_state(self) -> None:
-        raise NotImplementedError
-
-    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
-        raise NotImplementedError
-
-    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
-        raise NotImplementedError
-
-    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
-        raise NotImplementedError
-
-    # -- beyond smtpd ---------------------------------------------------------------
-    def _session_data_started(self) -> None:
-        """DATA was accepted: the CRLF that ended its line starts the end of data."""
-
-    def _session_can_start_tls(self) -> bool:
-        return False
-
-    def _session_start_tls(self) -> None:
-        """STARTTLS was accepted: read nothing more in clear, and wrap the
-        connection once the 220 is sent."""
-
-    def _session_check(self, credentials: Credentials) -> None:
-        """Decide on *credentials*; answer through Session.auth_verdict()
-        (at once or later) or Session.auth_failed_to_check()."""
-        raise NotImplementedError
-
-    def _session_trace(self, *args: Any) -> None:
-        """smtpd's debug output (DEBUGSTREAM); called only when tracing."""
-
-
-class _Detached(Host):
-    """The host of a session whose connection is closed: it keeps the
-    settings the rules read and ignores what they ask."""
-
-    def __init__(self, host: Host) -> None:
-        for name in ("fqdn", "data_size_limit", "enable_SMTPUTF8", "_decode_data", "command_size_limit", "peer"):
-            if hasattr(host, name):
-                setattr(self, name, getattr(host, name))
-
-    def push(self, msg: str) -> None:
-        pass
-
-    def close_when_done(self) -> None:
-        pass
-
-    def set_terminator(self, term: Any) -> None:
-        pass
-
-    def _set_rset_state(self) -> None:
-        pass
-
-    def _set_post_data_state(self) -> None:
-        pass
-
-    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
-        return "", ""
-
-    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
-        return None
-
-    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
-        return ""
-
-    def _session_check(self, credentials: Credentials) -> None:
-        pass
-
-
-class _CommandSizeLimits(collections.defaultdict):  # type: ignore[type-arg]
-    """A session's ``command_size_limits``: a defaultdict that remembers its
-    largest value, which ``max_command_size_limit`` is asked for on every
-    command line.  Every method that changes the dict forgets it."""
-
-    largest: Optional[int] = None
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.largest = None
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.largest = None
-        super().__delitem__(key)
-
-    def __ior__(self, other: Any) -> Any:
-        self.largest = None
-        return super().__ior__(other)
-
-    def _forgetting(name: str) -> Any:  # noqa: N805  (builds methods below)
-        method = getattr(collections.defaultdict, name)
-
-        def forget(self: "_CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
-            self.largest = None
-            return method(self, *args, **kwargs)
-
-        forget.__name__ = name
-        return forget
-
-    clear = _forgetting("clear")
-    pop = _forgetting("pop")
-    popitem = _forgetting("popitem")
-    setdefault = _forgetting("setdefault")
-    update = _forgetting("update")
-    del _forgetting
-
-
-# _CommandSizeLimits.largest of an empty dict (a HELO session): the host's
-# command_size_limit applies.
-_NO_LIMITS: Any = object()
 
 
 class Session:
@@ -752,110 +535,25 @@ class Session:
         self.auth_login = None
         self.sasl = None
 
-    # -- AUTH (RFC 4954) ---------------------------------------------------------------
+    # -- AUTH (RFC 4954): the rules are in _sasl --------------------------------------
     def _auth_offered(self) -> bool:
         features = self.features
         return features.auth and (self.tls_active or not features.auth_require_tls)
 
     def auth(self, arg: Optional[str]) -> None:
-        host = self.host
-        features = self.features
-        if not features.auth:
-            # Not configured: the reply smtpd gave to any unknown command.
-            host.push(R.UNKNOWN_COMMAND % "AUTH")
-            return
-        if not self.extended_smtp:
-            host.push(R.NEED_EHLO)
-            return
-        if self.auth_login is not None:
-            host.push(R.AUTH_ALREADY)
-            return
-        if self.mailfrom:
-            host.push(R.AUTH_IN_TRANSACTION)
-            return
-        words = arg.split() if arg else []
-        if not 1 <= len(words) <= 2:
-            host.push(R.SYNTAX_AUTH)
-            return
-        mechanism = words[0].upper()
-        if mechanism not in features.auth_mechanisms:
-            host.push(R.AUTH_UNKNOWN_MECHANISM)
-            return
-        if not self.tls_active and features.auth_require_tls:
-            host.push(R.AUTH_ENCRYPTION_REQUIRED)
-            return
-        try:
-            exchange = mechanism_for(mechanism, words[1] if len(words) == 2 else None)
-        except _grammar.ReplyError as err:
-            host.push(err.reply)
-            return
-        self._auth_step(exchange, exchange.start)
+        _sasl.command(self, arg)
 
     def auth_line(self, line: bytes, size: int) -> None:
         """A line answering an AUTH challenge (the phase is AUTH)."""
-        exchange = self.sasl
-        assert exchange is not None
-        if size > self.max_command_size_limit:
-            self._auth_over()
-            self.host.push(R.LINE_TOO_LONG)
-            return
-        try:
-            text = line.decode("ascii").strip()
-        except UnicodeDecodeError:
-            self._auth_over()
-            self.host.push(R.AUTH_BAD_BASE64)
-            return
-        self._auth_step(exchange, lambda: exchange.respond(text))
-
-    def _auth_over(self) -> None:
-        self.sasl = None
-        if self.state in (State.AUTH, State.COMMAND):
-            self._move(Event.AUTH_DONE)
-
-    def _auth_step(self, exchange: Mechanism, step: Callable[[], Step]) -> None:
-        try:
-            result = step()
-        except _grammar.ReplyError as err:
-            self._auth_over()
-            self.host.push(err.reply)
-            return
-        if isinstance(result, Credentials):
-            self.sasl = None
-            # Acting as another identity (PLAIN's authzid) is not supported.
-            if result.authzid and result.authzid != result.login:
-                self.auth_verdict(result, False)
-            else:
-                self.host._session_check(result)
-            return
-        self.sasl = exchange
-        self._move(Event.AUTH)
-        self.host.push(R.AUTH_CHALLENGE % result)
+        _sasl.response(self, line, size)
 
     def auth_verdict(self, credentials: Credentials, ok: bool) -> None:
         """The authenticator's decision on *credentials*."""
-        if self.state in (State.AUTH, State.COMMAND):
-            self._move(Event.AUTH_DONE)
-        host = self.host
-        if ok:
-            self.auth_login = credentials.login
-            log.info("%r authenticated as %r (%s)", getattr(host, "peer", None), credentials.login, credentials.mechanism)
-            host.push(R.AUTH_OK)
-            return
-        self.auth_failures += 1
-        log.info("authentication failed for login %r from %r", credentials.login, getattr(host, "peer", None))
-        limit = self.features.max_auth_failures
-        if limit and self.auth_failures >= limit:
-            host.push(R.TOO_MANY_AUTH_FAILURES % host.fqdn)
-            host.close_when_done()
-            self._move(Event.CLOSE)
-            return
-        host.push(R.AUTH_FAILED)
+        _sasl.verdict(self, credentials, ok)
 
     def auth_failed_to_check(self) -> None:
         """The authenticator raised: a temporary failure (454)."""
-        if self.state in (State.AUTH, State.COMMAND):
-            self._move(Event.AUTH_DONE)
-        self.host.push(R.AUTH_TEMP_FAILURE)
+        _sasl.failed_to_check(self)
 
     def closing(self) -> None:
         """The session ends once its last reply is sent (QUIT, a 421)."""
@@ -867,4 +565,4 @@ class Session:
         cycle that would keep a closed session, and its last message,
         alive until the cyclic collector runs.  What is asked of the host
         afterwards goes nowhere."""
-        self.host = _Detached(self.host)
+        self.host = Detached(self.host)

@@ -212,7 +212,7 @@ def test_large_input_framed_like_small_input() -> None:
 
 # -- max_command_size_limit is cached in the channel's command_size_limits -----------
 def test_command_size_limits_forget_their_largest_value_on_every_change() -> None:
-    from smtpd_compat._session import _CommandSizeLimits
+    from smtpd_compat._state import CommandSizeLimits as _CommandSizeLimits
 
     limits = _CommandSizeLimits(lambda: 512)
     changes = [
@@ -233,10 +233,10 @@ def test_command_size_limits_forget_their_largest_value_on_every_change() -> Non
 
 
 def test_max_command_size_limit_follows_the_limits() -> None:
-    from smtpd_compat import _session, smtpd
+    from smtpd_compat import _state, smtpd
 
     channel = smtpd.SMTPChannel.__new__(smtpd.SMTPChannel)
-    channel.command_size_limits = _session._CommandSizeLimits(lambda: 512)
+    channel.command_size_limits = _state.CommandSizeLimits(lambda: 512)
     assert channel.max_command_size_limit == 512  # empty: command_size_limit
     channel.command_size_limits["MAIL"] += 26
     assert channel.max_command_size_limit == 538
@@ -250,10 +250,10 @@ def test_max_command_size_limit_follows_the_limits() -> None:
     assert channel.max_command_size_limit == 700
     # An empty dict (a HELO session) is remembered as such: the channel's
     # command_size_limit is read each time.
-    channel.command_size_limits = _session._CommandSizeLimits(lambda: 512)
+    channel.command_size_limits = _state.CommandSizeLimits(lambda: 512)
     channel.command_size_limit = 512
     assert channel.max_command_size_limit == 512
-    assert channel.command_size_limits.largest is _session._NO_LIMITS
+    assert channel.command_size_limits.largest is _state.NO_LIMITS
     channel.command_size_limit = 100
     assert channel.max_command_size_limit == 100
     channel.command_size_limits["MAIL"] = 300
