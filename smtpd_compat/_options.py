@@ -8,11 +8,11 @@ had none of these names, so a subclass written for it may use any of them
 its own purposes: that must neither change how the server behaves nor fail.
 
 Each option is also readable as an attribute of the same name on the server
-(:class:`View`, a non-data descriptor): reading ``server.max_errors`` gives
-the option's value, while a subclass attribute or an instance assignment of
-that name simply takes its place, as it would have on the standard library's
-class.  Options are given when the server is created; assigning the attribute
-later rebinds the name on that object only.
+(``_views.option_view``, a non-data descriptor): reading ``server.max_errors``
+gives the option's value, while a subclass attribute or an instance
+assignment of that name simply takes its place, as it would have on the
+standard library's class.  Options are given when the server is created;
+assigning the attribute later rebinds the name on that object only.
 
 The defaults live in the tables of the feature modules (``_limits``,
 ``_tls``, ``_serving``), which register them here when imported.
@@ -20,9 +20,9 @@ The defaults live in the tables of the feature modules (``_limits``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
+from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["Lazy", "Options", "View", "defaults", "names", "of", "register"]
+__all__ = ["Options", "defaults", "names", "of", "register"]
 
 _TABLES: Dict[str, Dict[str, Any]] = {}
 _defaults: Optional["Options"] = None
@@ -79,50 +79,3 @@ def of(server: Any) -> Options:
         return server.__dict__[ATTRIBUTE]  # type: ignore[no-any-return]
     except (KeyError, AttributeError):
         return defaults()
-
-
-T = TypeVar("T")
-
-
-class View(Generic[T]):
-    """A read-only attribute computed from private state, which a subclass
-    or an instance may replace with an attribute of its own.
-
-    A non-data descriptor: instance assignment and subclass attributes win
-    over it, as they would over a name the class did not have at all.
-    """
-
-    def __init__(self, getter: Callable[[Any], T], doc: Optional[str] = None) -> None:
-        self._getter = getter
-        self.__doc__ = doc or getter.__doc__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.__name__ = name
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        return self._getter(obj)
-
-
-class Lazy(Generic[T]):
-    """An instance attribute made by ``factory(instance)`` the first time it
-    is read, then stored on the instance (a non-data descriptor, so later
-    reads are plain attribute loads)."""
-
-    def __init__(self, factory: Callable[[Any], T]) -> None:
-        self._factory = factory
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self._name] = self._factory(obj)
-        return value
-
-
-def option_view(name: str) -> View[Any]:
-    """``server.<name>``: the value of option *name*."""
-    return View(lambda server: getattr(of(server), name), "The %s option (read-only view)." % name)

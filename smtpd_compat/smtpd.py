@@ -46,18 +46,16 @@ PureProxy) to localhost:25.
 from __future__ import annotations
 
 import collections  # noqa: F401  (CPython's smtpd namespace had it)
-import concurrent.futures
 import errno
-import functools
-import inspect
 import logging
 import socket
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
-from warnings import warn
+from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
-from . import _auth, _grammar, _limits, _options, _relay, _serving, _session, _tls, _transport, asynchat, asyncore
+from . import _auth, _delivery, _grammar, _limits, _options, _relay, _serving, _session, _tls, _transport, _views
+from . import asynchat, asyncore
 from . import _replies as R
 from ._session import Session, State
 
@@ -115,41 +113,6 @@ def _getfqdn() -> str:
     return name
 
 
-@functools.lru_cache(maxsize=256)
-def _accepted_options(func: Callable[..., Any]) -> Optional[frozenset]:
-    """Which keyword options *func* takes: None means any (it has **kwargs)."""
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    names = set()
-    for param in params:
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            names.add(param.name)
-    return frozenset(names)
-
-
-def _call_with_accepted_options(func: Callable[..., Any], args: tuple, options: Dict[str, Any]) -> Any:
-    """Call ``func(*args, **options)`` passing only the options it accepts.
-
-    Subclasses written as ``process_message(self, peer, mailfrom, rcpttos,
-    data)`` (no ``**kwargs``) keep working when the server has options to
-    pass (smtpd raised TypeError for them).
-    """
-    if options:
-        target = getattr(func, "__func__", func)
-        try:
-            accepted = _accepted_options(target)
-        except TypeError:  # unhashable callable
-            accepted = None
-        if accepted is not None:
-            options = {k: v for k, v in options.items() if k in accepted}
-    return func(*args, **options)
-
-
-_Future = concurrent.futures.Future
 
 # The fixed replies that SessionGuard.over_budget() does not count, as bytes.
 _QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startswith(_limits.ERROR_CODES)}
@@ -159,18 +122,6 @@ _QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startsw
 # whenever a level changes: an answer found there is the same without the call.
 _log_cache_get = getattr(log, "_cache", {}).get
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
-
-
-def _session_view(name: str) -> property:
-    """smtpd's attribute *name* on SMTPChannel: the session's of that name."""
-
-    def get(self: "SMTPChannel") -> Any:
-        return getattr(self._session, name)
-
-    def put(self: "SMTPChannel", value: Any) -> None:
-        setattr(self._session, name, value)
-
-    return property(get, put, doc="smtpd's %s (kept by the session)" % name)
 
 
 class SMTPChannel(asynchat.async_chat):
@@ -212,28 +163,28 @@ class SMTPChannel(asynchat.async_chat):
 
     # Views that a subclass may replace with attributes of its own (code
     # written for smtpd that did its own TLS or AUTH used such names).
-    tls_active = _options.View(lambda self: self._session.tls_active,
+    tls_active = _views.View(lambda self: self._session.tls_active,
                                "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
-    auth_login = _options.View(lambda self: self._session.auth_login,
+    auth_login = _views.View(lambda self: self._session.auth_login,
                                "The login the client authenticated as, or None.")
 
     command_size_limit = 512
 
     # smtpd's transaction attributes, kept by the session.
-    smtp_state = _session_view("smtp_state")
-    seen_greeting = _session_view("seen_greeting")
-    extended_smtp = _session_view("extended_smtp")
-    mailfrom = _session_view("mailfrom")
-    rcpttos = _session_view("rcpttos")
-    mail_options = _session_view("mail_options")
-    rcpt_options = _session_view("rcpt_options")
-    require_SMTPUTF8 = _session_view("require_SMTPUTF8")
-    num_bytes = _session_view("num_bytes")
-    received_lines = _session_view("received_lines")
-    received_data = _session_view("received_data")
+    smtp_state = _views.session_view("smtp_state")
+    seen_greeting = _views.session_view("seen_greeting")
+    extended_smtp = _views.session_view("extended_smtp")
+    mailfrom = _views.session_view("mailfrom")
+    rcpttos = _views.session_view("rcpttos")
+    mail_options = _views.session_view("mail_options")
+    rcpt_options = _views.session_view("rcpt_options")
+    require_SMTPUTF8 = _views.session_view("require_SMTPUTF8")
+    num_bytes = _views.session_view("num_bytes")
+    received_lines = _views.session_view("received_lines")
+    received_data = _views.session_view("received_data")
     # Each channel has its own (smtpd shared one class-level dict, so one
     # session's EHLO raised the limit for all of them).
-    command_size_limits = _session_view("command_size_limits")
+    command_size_limits = _views.session_view("command_size_limits")
 
     @property
     def max_command_size_limit(self) -> int:
@@ -242,7 +193,7 @@ class SMTPChannel(asynchat.async_chat):
     # The channel's Session, made on first use (a subclass may set smtpd's
     # attributes, which are views of the session, before calling
     # SMTPChannel.__init__) and then an ordinary instance attribute.
-    _session = _options.Lazy(Session)
+    _session = _views.Lazy(Session)
 
     def __init__(
         self,
@@ -347,10 +298,7 @@ class SMTPChannel(asynchat.async_chat):
             # closed session (and the last message it holds) is freed at once,
             # not whenever the cyclic collector next runs.
             self._guard = None
-        wait = self._reply_wait
-        if wait is not None and wait[1] is not None:
-            # The reply_timeout timer would keep the closed session alive.
-            wait[1].cancel()
+        _delivery.cancel_wait(self)
         if self._tls_timer is not None:
             self._tls_timer.cancel()
             self._tls_timer = None
@@ -374,7 +322,7 @@ class SMTPChannel(asynchat.async_chat):
             size, session.num_bytes = session.num_bytes, 0
             self._ac_record(line, size)
         elif state is _DATA:
-            self._message(session.raw_lines())
+            _delivery.deliver(self, session.raw_lines(), DEBUGSTREAM.__class__ is not Devnull)
             _serving.after_data(self)  # a graceful shutdown ends the session here
         elif state is _AUTH:
             pieces = session.raw_lines()
@@ -398,7 +346,7 @@ class SMTPChannel(asynchat.async_chat):
             if state is _DATA and not session.received_lines:
                 if piece and self.data_size_limit:
                     session.num_bytes = len(piece)
-                self._message([piece] if piece else [])
+                _delivery.deliver(self, [piece] if piece else [], DEBUGSTREAM.__class__ is not Devnull)
                 _serving.after_data(self)  # a graceful shutdown ends the session here
             else:
                 self.collect_incoming_data(piece)
@@ -429,100 +377,6 @@ class SMTPChannel(asynchat.async_chat):
             session.unknown(verb)
         else:
             method(arg)
-
-    # -- the message ------------------------------------------------------------------
-    def _message(self, pieces: List[bytes]) -> None:
-        """The message is complete: hand it to process_message and answer."""
-        session = self._session
-        if DEBUGSTREAM.__class__ is not Devnull:
-            raw = b"".join(pieces)
-            _debug("Data:", repr(raw.decode("utf-8", "surrogateescape") if self._decode_data else raw))
-        data = session.end_of_data(pieces)
-        if data is None:
-            return  # refused (too large, not UTF-8): answered
-        args = (self.peer, session.mailfrom, session.rcpttos, data)
-        try:
-            status = _call_with_accepted_options(self.smtp_server.process_message, args, session.message_options())
-        except NotImplementedError:
-            # The server class did not implement process_message: a
-            # programming error that must stay loud, as in smtpd.
-            self._set_post_data_state()
-            session.replied(R.PROCESSING_FAILED)
-            raise
-        except Exception:
-            log.exception("process_message() failed for a message from %r", self.peer)
-            status = R.PROCESSING_FAILED
-        self._set_post_data_state()
-        if isinstance(status, _Future):
-            self._await_reply(status)
-        else:
-            session.replied(status)
-
-    def _await_reply(self, future: "concurrent.futures.Future[Any]") -> None:
-        """process_message returned a Future: reply with its result once it
-        is done, without blocking the loop.
-
-        Input is not processed meanwhile (commands the client pipelined stay
-        buffered), and the idle timeout does not run: the client is waiting
-        for us.  The result is handed to the loop's thread through the
-        reactor, whatever thread completes the future.
-        """
-        reactor = self._reactor()
-        if reactor is None:
-            # No loop runs this channel (a test driving handle_read() by
-            # hand): nothing else could run meanwhile, so wait here.
-            self._reply_ready(future)
-            return
-        self._ac_pause("reply")
-        timeout = self._guard.reply_timeout if self._guard is not None else None
-        overdue = None if timeout is None else reactor.call_later(timeout, lambda: self._reply_overdue(future, timeout))
-        self._reply_wait = (future, overdue)
-        future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: self._reply_arrived(done)))
-
-    def _reply_arrived(self, future: "concurrent.futures.Future[Any]") -> None:
-        wait = self._reply_wait
-        if wait is None or wait[0] is not future:
-            # Answered 451 at reply_timeout; the client has sent it again
-            # or given up.
-            log.warning("process_message() for a message from %r finished after reply_timeout; result dropped",
-                        getattr(self, "peer", None))
-            return
-        self._reply_wait = None
-        if wait[1] is not None:
-            wait[1].cancel()
-        self._reply_ready(future)
-
-    def _reply_overdue(self, future: "concurrent.futures.Future[Any]", timeout: float) -> None:
-        wait = self._reply_wait
-        if wait is None or wait[0] is not future:
-            return
-        self._reply_wait = None
-        future.cancel()  # a no-op if it is already running
-        if self._fileno is None:
-            return  # the session ended meanwhile
-        log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
-                  getattr(self, "peer", None), timeout)
-        self._end_reply_wait(R.PROCESSING_FAILED)
-
-    def _reply_ready(self, future: "concurrent.futures.Future[Any]") -> None:
-        if self._fileno is None:
-            # The session ended while the message was being processed; the
-            # client got no reply, so it still holds the message.
-            log.info("session from %r closed before its message was answered", self.peer)
-            return
-        try:
-            status = future.result()
-        except Exception:
-            log.exception("process_message() failed for a message from %r", self.peer)
-            status = R.PROCESSING_FAILED
-        self._end_reply_wait(status)
-
-    def _end_reply_wait(self, status: Any) -> None:
-        """Answer the awaited message with *status* and read input again."""
-        self._session.replied(status)
-        self._ac_resume("reply")
-        if self._guard is not None:
-            self._guard.touch()
 
     # -- what the session asks of its host beyond smtpd (see _session.Host) --------
     def _session_data_started(self) -> None:
@@ -676,26 +530,6 @@ def _features(server: Any) -> _session.Features:
     )
 
 
-def _deprecated_alias(old: str, new: str) -> property:
-    def getter(self: SMTPChannel) -> Any:
-        warn(
-            "Access to __%s attribute on SMTPChannel is deprecated, use '%s' instead" % (old, new),
-            DeprecationWarning,
-            2,
-        )
-        return getattr(self, new)
-
-    def setter(self: SMTPChannel, value: Any) -> None:
-        warn(
-            "Setting __%s attribute on SMTPChannel is deprecated, set '%s' instead" % (old, new),
-            DeprecationWarning,
-            2,
-        )
-        setattr(self, new, value)
-
-    return property(getter, setter)
-
-
 for _old, _new in (
     ("server", "smtp_server"),
     ("line", "received_lines"),
@@ -709,7 +543,7 @@ for _old, _new in (
     ("conn", "conn"),
     ("addr", "addr"),
 ):
-    setattr(SMTPChannel, "_SMTPChannel__" + _old, _deprecated_alias(_old, _new))
+    setattr(SMTPChannel, "_SMTPChannel__" + _old, _views.deprecated_alias(_old, _new))
 del _old, _new
 
 
@@ -774,13 +608,13 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
     # They are views a subclass or an instance may replace, and methods
     # that only delegate; the package itself calls _serving and reads
     # _options, so it works whatever a subclass does with these names.
-    address = _options.View(
+    address = _views.View(
         _serving.bound_address,
         """``(host, port)`` the server is bound to: the real port when bound
         to port 0, also for IPv6 (no flow info/scope id), and still known
         after the server was closed.""",
     )
-    port = _options.View(lambda self: _serving.bound_address(self)[1], "The port the server is bound to.")
+    port = _views.View(lambda self: _serving.bound_address(self)[1], "The port the server is bound to.")
 
     # -- serving API (socketserver style); implemented in _serving ----------
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -871,7 +705,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
 
 
 for _name in _options.names():
-    setattr(SMTPServer, _name, _options.option_view(_name))
+    setattr(SMTPServer, _name, _views.option_view(_name))
 del _name
 
 

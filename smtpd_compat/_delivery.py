@@ -1,0 +1,167 @@
+"""Handing a received message to ``process_message()`` and answering it.
+
+``SMTPChannel`` calls :func:`deliver` once a message is complete.  The
+server's ``process_message()`` is called with the keyword arguments its
+signature accepts (:func:`call_with_accepted_options`); what it returns is
+the reply.  A ``concurrent.futures.Future`` is awaited without blocking the
+loop (:func:`await_reply`): the session reads no input meanwhile, the idle
+timer does not run, and ``reply_timeout`` bounds the wait.  An exception is
+answered ``451`` and logged, so the client keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _replies as R
+
+log = logging.getLogger("smtpd_compat")
+
+_Future = concurrent.futures.Future
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted_options(func: Callable[..., Any]) -> Optional[frozenset]:
+    """Which keyword options *func* takes: None means any (it has **kwargs)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for param in params:
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.add(param.name)
+    return frozenset(names)
+
+
+def call_with_accepted_options(func: Callable[..., Any], args: tuple, options: Dict[str, Any]) -> Any:
+    """Call ``func(*args, **options)`` passing only the options it accepts.
+
+    Subclasses written as ``process_message(self, peer, mailfrom, rcpttos,
+    data)`` (no ``**kwargs``) keep working when the server has options to
+    pass (smtpd raised TypeError for them).
+    """
+    if options:
+        target = getattr(func, "__func__", func)
+        try:
+            accepted = _accepted_options(target)
+        except TypeError:  # unhashable callable
+            accepted = None
+        if accepted is not None:
+            options = {k: v for k, v in options.items() if k in accepted}
+    return func(*args, **options)
+
+
+def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
+    """The message of *channel*'s session is complete (*pieces*: the raw
+    bytes received): hand it to process_message and answer.  *tracing*:
+    smtpd's debug output is on."""
+    session = channel._session
+    if tracing:
+        raw = b"".join(pieces)
+        channel._session_trace("Data:", repr(raw.decode("utf-8", "surrogateescape") if channel._decode_data else raw))
+    data = session.end_of_data(pieces)
+    if data is None:
+        return  # refused (too large, not UTF-8): answered
+    args = (channel.peer, session.mailfrom, session.rcpttos, data)
+    try:
+        status = call_with_accepted_options(channel.smtp_server.process_message, args, session.message_options())
+    except NotImplementedError:
+        # The server class did not implement process_message: a
+        # programming error that must stay loud, as in smtpd.
+        channel._set_post_data_state()
+        session.replied(R.PROCESSING_FAILED)
+        raise
+    except Exception:
+        log.exception("process_message() failed for a message from %r", channel.peer)
+        status = R.PROCESSING_FAILED
+    channel._set_post_data_state()
+    if isinstance(status, _Future):
+        await_reply(channel, status)
+    else:
+        session.replied(status)
+
+
+def await_reply(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+    """process_message returned a Future: reply with its result once it is
+    done, without blocking the loop.
+
+    Input is not processed meanwhile (commands the client pipelined stay
+    buffered), and the idle timeout does not run: the client is waiting for
+    us.  The result is handed to the loop's thread through the reactor,
+    whatever thread completes the future.
+    """
+    reactor = channel._reactor()
+    if reactor is None:
+        # No loop runs this channel (a test driving handle_read() by hand):
+        # nothing else could run meanwhile, so wait here.
+        _ready(channel, future)
+        return
+    channel._ac_pause("reply")
+    guard = channel._guard
+    timeout = guard.reply_timeout if guard is not None else None
+    overdue = None if timeout is None else reactor.call_later(timeout, lambda: _overdue(channel, future, timeout))
+    channel._reply_wait = (future, overdue)
+    future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: _arrived(channel, done)))
+
+
+def _arrived(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+    wait = channel._reply_wait
+    if wait is None or wait[0] is not future:
+        # Answered 451 at reply_timeout; the client has sent it again or
+        # given up.
+        log.warning("process_message() for a message from %r finished after reply_timeout; result dropped",
+                    getattr(channel, "peer", None))
+        return
+    channel._reply_wait = None
+    if wait[1] is not None:
+        wait[1].cancel()
+    _ready(channel, future)
+
+
+def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: float) -> None:
+    wait = channel._reply_wait
+    if wait is None or wait[0] is not future:
+        return
+    channel._reply_wait = None
+    future.cancel()  # a no-op if it is already running
+    if channel._fileno is None:
+        return  # the session ended meanwhile
+    log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
+              getattr(channel, "peer", None), timeout)
+    _answer(channel, R.PROCESSING_FAILED)
+
+
+def _ready(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+    if channel._fileno is None:
+        # The session ended while the message was being processed; the
+        # client got no reply, so it still holds the message.
+        log.info("session from %r closed before its message was answered", channel.peer)
+        return
+    try:
+        status = future.result()
+    except Exception:
+        log.exception("process_message() failed for a message from %r", channel.peer)
+        status = R.PROCESSING_FAILED
+    _answer(channel, status)
+
+
+def _answer(channel: Any, status: Any) -> None:
+    """Answer the awaited message with *status* and read input again."""
+    channel._session.replied(status)
+    channel._ac_resume("reply")
+    if channel._guard is not None:
+        channel._guard.touch()
+
+
+def cancel_wait(channel: Any) -> None:
+    """The session is closing: its reply_timeout timer would keep it alive."""
+    wait = channel._reply_wait
+    if wait is not None and wait[1] is not None:
+        wait[1].cancel()
