@@ -48,7 +48,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import _options, _grammar, _reactor
 
@@ -150,11 +150,45 @@ def bound_address(server: Any) -> Any:
 
 
 # -- which dispatchers belong to a server -------------------------------------
+def sessions(server: Any) -> Set[Any]:
+    """The live sessions (channels) of *server*: the one registry of them,
+    for ``max_connections`` and for shutting down.  A channel joins it when
+    it greets its client and leaves it when it closes."""
+    try:
+        return server.__dict__["_compat_sessions"]
+    except KeyError:
+        found: Set[Any] = set()
+        server.__dict__["_compat_sessions"] = found
+        return found
+    except AttributeError:  # a server object without a __dict__
+        return set()
+
+
+def refuse_connection(server: Any, conn: Any, addr: Any, reply: Callable[[], str]) -> bool:
+    """If *server* already has ``max_connections`` sessions, send ``reply()``
+    (a ``421`` line, made only then; not on an SMTPS port) on the
+    just-accepted *conn* (from *addr*), close it and return True."""
+    limit = _options.of(server).max_connections
+    if limit is None or len(sessions(server)) < limit:
+        return False
+    log.warning("refusing a connection from %r: %d sessions open (max_connections)", addr, limit)
+    try:
+        # On an implicit-TLS (SMTPS) port the client starts with a TLS
+        # handshake, to which a plain-text line is garbage: just close.
+        if _options.of(server).implicit_tls_context is None:
+            conn.setblocking(False)
+            # A fresh socket has an empty send buffer: one short line fits.
+            conn.send((reply() + "\r\n").encode("ascii", "backslashreplace"))
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    return True
+
+
 def _channels(server: Any) -> Iterator[Any]:
-    """The live sessions of *server* (its map may be shared with others)."""
-    for obj in list(server._map.values()):
-        if obj is not server and getattr(obj, "smtp_server", None) is server:
-            yield obj
+    """The live sessions of *server*, in a list (closing one changes the set)."""
+    return iter(list(sessions(server)))
 
 
 def _finished(server: Any) -> bool:

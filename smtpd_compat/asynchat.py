@@ -713,6 +713,11 @@ class async_chat(asyncore.dispatcher):
             # The client's first command may already sit in the TLS buffers.
             self._ac_read_again()
 
+    def _ac_tls_pending(self) -> bool:
+        """Whether TLS is being started (its handshake not done)."""
+        transport = self._ac_transport
+        return self._ac_tls_upgrade is not None or (transport is not None and transport.handshaking)
+
     # Hooks for subclasses that start TLS (SMTPChannel).
     def _ac_tls_starting(self) -> None:
         """A TLS handshake is about to be awaited (STARTTLS or implicit TLS)."""

@@ -54,7 +54,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
-from . import _auth, _delivery, _grammar, _limits, _options, _relay, _serving, _session, _tls, _transport, _views
+from . import _auth, _delivery, _grammar, _guard, _limits, _options, _relay, _serving, _session, _tls, _transport, _views
 from . import asynchat, asyncore
 from . import _replies as R
 from ._session import Session, State
@@ -155,12 +155,9 @@ class SMTPChannel(asynchat.async_chat):
 
     # Idle timeouts, error budget, session count (see _limits); None until
     # the channel is set up.
-    _guard: Optional[_limits.SessionGuard] = None
+    _guard: Optional[_guard.SessionGuard] = None
     # (Future, its reply_timeout timer) while process_message's reply is awaited.
     _reply_wait: Optional[Tuple[Any, Any]] = None
-    # The timer bounding a TLS handshake (tls_handshake_timeout).
-    _tls_timer: Any = None
-
     # Views that a subclass may replace with attributes of its own (code
     # written for smtpd that did its own TLS or AUTH used such names).
     tls_active = _views.View(lambda self: self._session.tls_active,
@@ -240,9 +237,10 @@ class SMTPChannel(asynchat.async_chat):
                 raise
             return
         _debug("Peer:", repr(self.peer))
-        self._guard = _limits.SessionGuard(self, server)
+        self._guard = _guard.SessionGuard(self, server)
+        _serving.sessions(server).add(self)
         if self._ac_transport is not None and self._ac_transport.handshaking:
-            self._arm_handshake_timer()  # SMTPS: the greeting waits for it
+            self._guard.watch_handshake()  # SMTPS: the greeting waits for it
         self.push(R.GREETING % (self.fqdn, __version__))
 
     # -- smtpd's state resets ----------------------------------------------------
@@ -299,9 +297,9 @@ class SMTPChannel(asynchat.async_chat):
             # not whenever the cyclic collector next runs.
             self._guard = None
         _delivery.cancel_wait(self)
-        if self._tls_timer is not None:
-            self._tls_timer.cancel()
-            self._tls_timer = None
+        server = self.__dict__.get("smtp_server")
+        if server is not None:
+            _serving.sessions(server).discard(self)
         if self._fileno is not None:
             _serving.log_closed(self)
         super().close()  # async_chat: TLS close_notify, then the socket
@@ -398,31 +396,14 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- TLS: the handshake (see async_chat) --------------------------------------
     def _ac_tls_starting(self) -> None:
-        if getattr(self, "smtp_server", None) is not None:  # not yet during __init__ (SMTPS)
-            self._arm_handshake_timer()
+        if self._guard is not None:  # not yet during __init__ (SMTPS: see there)
+            self._guard.watch_handshake()
 
     def _ac_tls_ready(self) -> None:
-        if self._tls_timer is not None:
-            self._tls_timer.cancel()
-            self._tls_timer = None
+        if self._guard is not None:
+            self._guard.handshake_done()
         self.conn = self.socket
         self._session.tls_started()  # after STARTTLS: RFC 3207's reset
-
-    def _arm_handshake_timer(self) -> None:
-        # The clock runs from STARTTLS's reply (or the connection, SMTPS): a
-        # client that does not read the 220 is bounded as well as one that
-        # stalls in the handshake.
-        timeout = _options.of(self.smtp_server).tls_handshake_timeout
-        reactor = self._reactor()
-        if timeout and reactor is not None and self._fileno is not None and self._tls_timer is None:
-            self._tls_timer = reactor.call_later(timeout, self._handshake_timed_out)
-
-    def _handshake_timed_out(self) -> None:
-        self._tls_timer = None
-        transport = self._ac_transport
-        if self._fileno is not None and (self._ac_tls_upgrade is not None or (transport is not None and transport.handshaking)):
-            log.info("TLS handshake with %r timed out", getattr(self, "peer", None))
-            self.handle_close()
 
     # -- helpers kept from smtpd for subclasses ----------------------------------
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
@@ -656,7 +637,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             # max_connections is applied here rather than in handle_accepted(),
             # so that subclasses overriding that one (often without calling
             # it: it only builds the channel) stay bounded too.
-            if not _limits.refuse_connection(self, *pair, lambda: R.TOO_MANY_CONNECTIONS % _getfqdn()):
+            if not _serving.refuse_connection(self, *pair, lambda: R.TOO_MANY_CONNECTIONS % _getfqdn()):
                 self.handle_accepted(*pair)
             if not self.accepting:
                 return

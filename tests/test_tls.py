@@ -202,7 +202,9 @@ def test_handshake_timer_is_cancelled_on_success(server_factory: Any, server_con
         channels = [obj for obj in st.map.values() if isinstance(obj, smtpd.SMTPChannel)]
         assert len(channels) == 1 and channels[0].tls_active
         pending = [h for _, _, h in _reactor.reactor_for(st.map).timers if not h.cancelled]
-        return [channels[0]._tls_timer, [h.callback for h in pending if getattr(h.callback, "__self__", None) is channels[0]]]
+        guard = channels[0]._guard  # the session's timers (_guard.SessionGuard)
+        handshake = [h.callback for h in pending if getattr(h.callback, "__func__", None) is type(guard)._handshake_expired]
+        return [guard.tls_timer, handshake]
 
     assert st.call(timers) == [None, []]
 
