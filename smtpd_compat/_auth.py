@@ -35,7 +35,6 @@ __all__ = [
     "load_credentials",
     "parse_plain",
     "read_password_file",
-    "redact_command",
 ]
 
 # The SASL mechanisms live in _sasl; these names are kept for the code and
@@ -47,18 +46,6 @@ Step = _sasl.Step
 def AuthExchange(mechanism: str, initial_response: Optional[str] = None) -> _sasl.Mechanism:  # noqa: N802
     """The server side of one AUTH exchange (see ``_sasl.Mechanism``)."""
     return mechanism_for(mechanism, initial_response)
-
-
-def redact_command(line: bytes) -> bytes:
-    """*line* as it may be shown in a debug stream: an AUTH command keeps its
-    mechanism and loses its initial response; other lines are unchanged."""
-    verb, sep, rest = line.partition(b" ")
-    if verb.upper() != b"AUTH" or not sep:
-        return line
-    mechanism, sep, response = rest.strip().partition(b" ")
-    if sep and response.strip():
-        return b"AUTH " + mechanism + b" ***"
-    return line
 
 
 # -- the --auth-file authenticator -------------------------------------------------

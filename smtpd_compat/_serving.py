@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
-from . import _options, _grammar, _reactor
+from . import _grammar, _logging, _options, _reactor
 
 # Keyword-only options this module adds to SMTPServer(...), with defaults
 # (kept in the server's _options.Options).
@@ -467,7 +467,7 @@ def _late_sweep(server: Any) -> None:
             _tell(channel, st)
             st.told_at.setdefault(channel, now)  # also a session closing on its own
         elif now - told >= _FLUSH_GRACE:
-            log.info("closing %s: it did not take its 421 reply in time", _peer_text(channel))
+            log.info("closing %s: it did not take its 421 reply in time", _logging.peer_text(channel))
             channel.close()
     if remaining:
         reactor = _loop_reactor(server)
@@ -612,77 +612,3 @@ def _remember_address(server: Any) -> None:
         bound_address(server)
     except OSError:
         pass
-
-
-# -- logging -----------------------------------------------------------------------
-def _peer_text(channel: Any) -> str:
-    return format_address(getattr(channel, "peer", None) or getattr(channel, "addr", None))
-
-
-def format_address(addr: Any) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        if ":" in str(host):
-            return "[%s]:%s" % (host, port)
-        return "%s:%s" % (host, port)
-    return str(addr)
-
-
-def _in_sasl_exchange(channel: Any) -> bool:
-    """Whether the lines *channel* receives now are SASL responses.
-
-    SMTPChannel keeps the exchange in progress in ``_sasl`` (and does not
-    even pass such lines to the command log); a subclass may also say so
-    with a true ``_sasl_continuation`` attribute or method.  Those lines
-    are never logged.
-    """
-    if getattr(channel, "_sasl", None) is not None:
-        return True
-    state = getattr(channel, "_sasl_continuation", None)
-    if callable(state):
-        try:
-            state = state()
-        except Exception:
-            state = True  # when in doubt, redact
-    return bool(state)
-
-
-def redact_command(channel: Any, line: bytes) -> str:
-    """The text of a command line as it may be logged.
-
-    ``AUTH`` lines keep only their mechanism; SASL responses are hidden.
-    """
-    if _in_sasl_exchange(channel):
-        return "[redacted SASL response]"
-    text = line.decode("utf-8", "backslashreplace")
-    if text[:4].upper() == "AUTH":
-        words = text.split()
-        mechanism = words[1] if len(words) > 1 and words[0].upper() == "AUTH" else ""
-        if mechanism and mechanism.replace("-", "").replace("_", "").isalnum() and len(mechanism) <= 40:
-            return "AUTH %s [redacted]" % mechanism
-        return "AUTH [redacted]"
-    return text
-
-
-def log_command(channel: Any, line: bytes) -> None:
-    """Log a command line received (DEBUG); callers check the level first."""
-    log.debug("%s >>> %s", _peer_text(channel), redact_command(channel, line))
-
-
-def log_reply(channel: Any, reply: str) -> None:
-    """Log a reply sent (DEBUG); callers check the level first."""
-    log.debug("%s <<< %s", _peer_text(channel), reply)
-
-
-def log_connection(server: Any, addr: Any) -> None:
-    """Log a connection accepted (INFO)."""
-    if log.isEnabledFor(logging.INFO):
-        log.info("%s: connection from %s", type(server).__name__, format_address(addr))
-
-
-def log_closed(channel: Any) -> None:
-    """Log the end of a session (INFO)."""
-    if log.isEnabledFor(logging.INFO):
-        log.info("%s: connection closed", _peer_text(channel))
-

@@ -54,7 +54,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
-from . import _auth, _delivery, _grammar, _guard, _limits, _options, _relay, _serving, _session, _tls, _transport, _views
+from . import _auth, _delivery, _grammar, _guard, _limits, _logging, _options, _relay, _serving, _session, _tls, _transport, _views
 from . import asynchat, asyncore
 from . import _replies as R
 from ._session import Session, State
@@ -257,7 +257,7 @@ class SMTPChannel(asynchat.async_chat):
         """Send the reply line *msg* (a str without line ending)."""
         debug = _log_cache_get(logging.DEBUG)
         if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
-            _serving.log_reply(self, msg)
+            _logging.log_reply(self, msg)
         data = _QUEUED_AS_IS.get(msg)
         if data is not None and self._ac_batching:
             # A fixed reply that no budget counts, while input is being
@@ -301,7 +301,7 @@ class SMTPChannel(asynchat.async_chat):
         if server is not None:
             _serving.sessions(server).discard(self)
         if self._fileno is not None:
-            _serving.log_closed(self)
+            _logging.log_closed(self)
         super().close()  # async_chat: TLS close_notify, then the socket
         session = self.__dict__.get("_session")
         if session is not None:
@@ -353,11 +353,11 @@ class SMTPChannel(asynchat.async_chat):
         tracing = DEBUGSTREAM.__class__ is not Devnull
         session.tracing = tracing
         if tracing:
-            shown = _auth.redact_command(piece)
+            shown = _logging.redact_debug_line(piece)
             _debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
         debug = _log_cache_get(logging.DEBUG)
         if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
-            _serving.log_command(self, _auth.redact_command(piece))
+            _logging.log_command(self, piece)
         serving = getattr(self.smtp_server, "_serving_state", None)
         if serving is not None and serving.closing and _serving.refuse_command(self, piece):
             return  # the server is shutting down: answered 421
@@ -644,7 +644,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
 
     def handle_accepted(self, conn: Any, addr: Any) -> None:
         _debug("Incoming connection from %s" % repr(addr))
-        _serving.log_connection(self, addr)
+        _logging.log_connection(self, addr)
         conn = _tls.wrap_accepted(self, conn)  # SMTPS: TLS before the greeting
         if conn is None:
             return

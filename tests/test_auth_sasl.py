@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpd_compat import _auth
+from smtpd_compat import _auth, _logging
 from smtpd_compat import _replies as R
 from smtpd_compat._auth import AuthExchange, AuthFileError, Credentials, PasswordFile
 from smtpd_compat._grammar import ReplyError
@@ -176,7 +176,7 @@ def test_credentials_repr_hides_the_password() -> None:
     ],
 )
 def test_redact_command(line: bytes, shown: bytes) -> None:
-    assert _auth.redact_command(line) == shown
+    assert _logging.redact_debug_line(line) == shown
 
 
 # -- password files ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TIMEOUT, RawClient
 from smtpd_compat import Controller, RecordingServer, smtpd
-from smtpd_compat import _serving
+from smtpd_compat import _logging
 
 LOGGER = "smtpd_compat"
 
@@ -104,16 +104,16 @@ class FakeChannel:
     ],
 )
 def test_redact_command(line: bytes, shown: str) -> None:
-    assert _serving.redact_command(FakeChannel(), line) == shown
+    assert _logging.redact_command(FakeChannel(), line) == shown
 
 
 def test_sasl_state_hides_everything() -> None:
     channel = FakeChannel()
     channel._sasl = object()  # type: ignore[attr-defined]
-    assert "EHLO" not in _serving.redact_command(channel, b"EHLO looks like a command")
+    assert "EHLO" not in _logging.redact_command(channel, b"EHLO looks like a command")
     other = FakeChannel()
     other._sasl_continuation = lambda: True  # type: ignore[attr-defined]
-    assert _serving.redact_command(other, b"c2VjcmV0") == "[redacted SASL response]"
+    assert _logging.redact_command(other, b"c2VjcmV0") == "[redacted SASL response]"
 
 
 def test_debugstream_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,6 +129,6 @@ def test_debugstream_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_format_address() -> None:
-    assert _serving.format_address(("::1", 25, 0, 0)) == "[::1]:25"
-    assert _serving.format_address(("10.0.0.1", 25)) == "10.0.0.1:25"
-    assert _serving.format_address("/tmp/sock") == "/tmp/sock"
+    assert _logging.format_address(("::1", 25, 0, 0)) == "[::1]:25"
+    assert _logging.format_address(("10.0.0.1", 25)) == "10.0.0.1:25"
+    assert _logging.format_address("/tmp/sock") == "/tmp/sock"
