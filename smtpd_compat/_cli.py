@@ -12,7 +12,8 @@ there is no SIGTERM the server runs without handling it.
 
 Once the server listens, one line on stderr says what runs where (``-q``
 leaves it out); ``-v``/``-vv``/``--log-level`` show the ``smtpd_compat``
-log.
+log.  ``python -m smtpd_compat hash-password USER`` prints an
+``--auth-file`` line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
+import getpass
 import importlib
 import inspect
 import logging
@@ -35,6 +37,7 @@ PROG = "smtpd_compat"
 DEFAULT_CLASS = "PureProxy"  # smtpd's; announced at start-up when not chosen with -c
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+HASH_PASSWORD = "hash-password"
 
 
 class UsageError(Exception):
@@ -79,6 +82,10 @@ examples:
       --auth-file users --auth-required localhost:8587
       STARTTLS, and AUTH against the user:password lines of ./users
 
+other commands:
+  %(cmd)s hash-password USER
+      ask for a password and print a USER:hash line for --auth-file
+
 Without -c the class is PureProxy, as in smtpd: it relays to
 remotehost:remoteport (localhost:25 unless given).  SIGTERM stops
 gracefully, Ctrl-C at once; both exit with status 0.  Errors: one line on
@@ -99,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = command_name()
     p = _Parser(prog=command, add_help=False, description=DESCRIPTION,
-                usage="%(prog)s [options] [localhost:localport [remotehost:remoteport]]",
+                usage="%(prog)s [options] [localhost:localport [remotehost:remoteport]]\n"
+                      "       %(prog)s hash-password [USER]",
                 epilog=EPILOG % {"cmd": command}, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     g = p.add_argument_group("smtpd's options")
@@ -146,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smtps", action="store_true", help="implicit TLS (SMTPS) instead of STARTTLS")
     g.add_argument("--require-starttls", action="store_true", help="refuse MAIL until STARTTLS")
     g.add_argument("--auth-file", metavar="FILE",
-                   help="offer AUTH (over TLS) to the user:password lines of FILE (mode 600)")
+                   help="offer AUTH (over TLS) to the user:password lines of FILE (mode 600; "
+                        "make hashed lines with: %s hash-password USER)" % command)
     g.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
 
     # Session limits (docs/hardening.md).  Left out of the namespace unless
@@ -722,6 +731,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import smtpd
 
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == [HASH_PASSWORD]:
+        return hash_password_main(args[1:])
     try:
         ns = parse_args(args)
     except UsageError as err:
@@ -765,4 +776,89 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         restore()
         restore_logging()
+    return 0
+
+
+# -- hash-password ---------------------------------------------------------------------
+def _user_name(text: str) -> str:
+    if not text.strip() or ":" in text or any(c in text for c in "\r\n"):
+        raise argparse.ArgumentTypeError("invalid user name %r: not empty, no ':' and no line break" % text)
+    return text.strip()
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("invalid number of iterations: %r" % text)
+    return value
+
+
+def hash_password_parser() -> argparse.ArgumentParser:
+    from ._auth import HASH_ITERATIONS
+
+    p = _Parser(
+        prog="%s %s" % (command_name(), HASH_PASSWORD), add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ask for a password and print a line for --auth-file: USER:pbkdf2_sha256$...\n"
+                    "On a terminal the password is asked twice, without echo; otherwise\n"
+                    "it is the first line of standard input.",
+        epilog="example:\n  %(prog)s alice >> users && chmod 600 users",
+    )
+    p.add_argument("user", nargs="?", type=_user_name, metavar="USER",
+                   help="the login; without it only the hash is printed")
+    p.add_argument("--iterations", type=_iterations, default=HASH_ITERATIONS, metavar="N",
+                   help="PBKDF2-SHA256 rounds (default %d, OWASP's recommendation; "
+                        "each login attempt costs that many)" % HASH_ITERATIONS)
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    return p
+
+
+def _read_password(user: Optional[str]) -> str:
+    """The password: asked twice without echo on a terminal, else the
+    first line of stdin.  UsageError-free: ValueError with the reason."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        prompt = "password for %s: " % user if user else "password: "
+        first = getpass.getpass(prompt)
+        if first != getpass.getpass("again: "):
+            raise ValueError("the passwords differ")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line:
+        raise EOFError()
+    return line.rstrip("\r\n")
+
+
+def hash_password_main(argv: List[str]) -> int:
+    """``python -m smtpd_compat hash-password [USER]``."""
+    from ._auth import hash_password
+
+    parser = hash_password_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except UsageError as err:
+        return _error(err)
+    if ns.help:
+        print(parser.format_help(), end="")
+        return 0
+    try:
+        password = _read_password(ns.user)
+    except EOFError:
+        if sys.stdin is not None and sys.stdin.isatty():
+            print(file=sys.stderr)  # the prompt's line was not ended
+        print("%s: error: no password given (end of input)" % PROG, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except ValueError as err:
+        print("%s: error: %s" % (PROG, err), file=sys.stderr)
+        return 1
+    if not password:
+        print("%s: error: empty password" % PROG, file=sys.stderr)
+        return 1
+    hashed = hash_password(password, ns.iterations)
+    print("%s:%s" % (ns.user, hashed) if ns.user else hashed)
     return 0

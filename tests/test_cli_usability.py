@@ -306,7 +306,7 @@ def test_help_is_one_grouped_text_with_every_class_and_examples() -> None:
     for group in ("smtpd's options:", "server classes:", "mailbox (-c MailboxServer):", "relay (-c PureProxy):",
                   "TLS and AUTH", "limits", "output and logging:", "examples:"):
         assert "\n%s" % group in text, group
-    for name in ("DebuggingServer", "PureProxy", "RecordingServer", "MailboxServer"):
+    for name in ("DebuggingServer", "PureProxy", "RecordingServer", "MailboxServer", "hash-password"):
         assert name in text
     for flag in ("-q", "--verbose", "--log-level", "--log-format", "--readable", "--version"):
         assert flag in text
