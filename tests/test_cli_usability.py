@@ -298,6 +298,15 @@ def test_delivery_log_is_off_below_info() -> None:
 
 
 # -- version and help ----------------------------------------------------------------
+def test_version_comes_from_one_place() -> None:
+    assert run_cli("--version").stdout == "smtpd_compat %s\n" % smtpd_compat.__version__
+    assert run_cli("-V").stdout == "Python SMTP proxy version 0.3\n"
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), "the version is written in __init__.py only"
+    assert re.search(r'^dynamic = \["version"\]$', pyproject, re.M)
+    assert 'version = {attr = "smtpd_compat.__version__"}' in pyproject
+
+
 def test_help_is_one_grouped_text_with_every_class_and_examples() -> None:
     result = run_cli("--help")
     assert result.returncode == 0 and result.stderr == ""
