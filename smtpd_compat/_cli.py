@@ -161,26 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Session limits (docs/hardening.md).  Left out of the namespace unless
     # given (SUPPRESS), so that only the flags given reach the server class.
     g = p.add_argument_group("limits (docs/hardening.md; 'none' for no limit)")
-    g.add_argument("--command-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="close a session idle this long while a command is awaited "
-                        "(default %s)" % _show(DEFAULTS["command_timeout"]))
-    g.add_argument("--data-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="the same while a message is received (default %s)" % _show(DEFAULTS["data_timeout"]))
-    g.add_argument("--max-connections", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="sessions at once; a connection beyond them is answered 421 "
-                        "(default %s)" % _show(DEFAULTS["max_connections"]))
-    g.add_argument("--max-errors", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="erroneous commands a session may send; the next is answered 421 "
-                        "and the session closed (default %s)" % _show(DEFAULTS["max_errors"]))
-    g.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
-                   help="stop reading a client with more than BYTES of unread replies "
-                        "(default %s)" % _show(DEFAULTS["max_output"]))
-    g.add_argument("--max-recipients", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="recipients one message may have; a RCPT beyond them is answered 452 "
-                        "(default %s)" % _show(DEFAULTS["max_recipients"]))
-    g.add_argument("--reply-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="answer 451 if process_message's deferred reply takes longer "
-                        "(default %s)" % _show(DEFAULTS["reply_timeout"]))
+    for name, kind, metavar, text in LIMIT_FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), type=kind, metavar=metavar, default=argparse.SUPPRESS,
+                       help="%s (default %s)" % (text, _show(DEFAULTS[name])))
 
     g = p.add_argument_group("output and logging")
     g.add_argument("-q", "--quiet", action="store_true",
@@ -258,6 +241,19 @@ def _log_format(text: str) -> str:
     except (ValueError, TypeError) as err:
         raise argparse.ArgumentTypeError("invalid log format %r: %s" % (text, err)) from None
     return text
+
+
+# The session-limit flags: the option each sets, its value, and what it does.
+LIMIT_FLAGS = (
+    ("command_timeout", _seconds, "SECONDS", "close a session idle this long while a command is awaited"),
+    ("data_timeout", _seconds, "SECONDS", "the same while a message is received"),
+    ("max_connections", _count, "N", "sessions at once; a connection beyond them is answered 421"),
+    ("max_errors", _count, "N", "erroneous commands a session may send; the next is answered 421 "
+                                "and the session closed"),
+    ("max_output", _count, "BYTES", "stop reading a client with more than BYTES of unread replies"),
+    ("max_recipients", _count, "N", "recipients one message may have; a RCPT beyond them is answered 452"),
+    ("reply_timeout", _seconds, "SECONDS", "answer 451 if process_message's deferred reply takes longer"),
+)
 
 
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:

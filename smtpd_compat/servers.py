@@ -21,7 +21,6 @@ import email.message
 import email.policy
 import mailbox
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -326,17 +325,17 @@ class ReadableDebuggingServer(DebuggingServer):
     parse.  On the command line: ``-c DebuggingServer --readable``.
     """
 
+    # DebuggingServer prints the frame and the MAIL/RCPT options, then calls
+    # _print_message_content(peer, data), which has no envelope: it is kept
+    # here for that call (process_message runs on the loop's thread, one
+    # message at a time).
+    _readable_envelope: Any = ("", [])
+
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
-        print("---------- MESSAGE FOLLOWS ----------")
-        if kwargs.get("mail_options"):
-            print("mail options: %s" % kwargs["mail_options"])
-        if kwargs.get("rcpt_options"):
-            print("rcpt options: %s" % kwargs["rcpt_options"])
+        self._readable_envelope = (mailfrom, rcpttos)
+        return super().process_message(peer, mailfrom, rcpttos, data, **kwargs)
+
+    def _print_message_content(self, peer: Any, data: Union[bytes, str]) -> None:
+        mailfrom, rcpttos = self._readable_envelope
         for line in readable_lines(peer, mailfrom, rcpttos, _as_bytes(data)):
             print(line)
-        print("------------ END MESSAGE ------------")
-        try:
-            sys.stdout.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-        return None
