@@ -47,14 +47,26 @@ class Announced:
         self.stderr: List[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        # -d prints smtpd's "started at" lines while the server is built,
-        # before the start-up line.
-        self.first_line = self._next_line()
-        while not STARTUP.match(self.first_line) and self.first_line.startswith(("DebuggingServer started at", "\t")):
+        try:
+            # -d prints smtpd's "started at" lines while the server is
+            # built, before the start-up line.
             self.first_line = self._next_line()
-        match = STARTUP.match(self.first_line)
-        assert match, "not a start-up line: %r" % self.first_line
+            while not STARTUP.match(self.first_line) and self.first_line.startswith(("DebuggingServer started at", "\t")):
+                self.first_line = self._next_line()
+            match = STARTUP.match(self.first_line)
+            assert match, "not a start-up line: %r" % self.first_line
+        except BaseException:
+            self.kill()  # the fixture never saw this server: do not leave it running
+            raise
         self.port = int(match.group(3))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -67,7 +79,6 @@ class Announced:
         try:
             line = self.lines.get(timeout=TIMEOUT)
         except queue.Empty:
-            self.proc.kill()
             raise AssertionError("no start-up line") from None
         if line is None:
             self.proc.wait(TIMEOUT)
@@ -103,12 +114,7 @@ def announced() -> Iterator[Any]:
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-        for stream in (server.proc.stdout, server.proc.stderr):
-            if stream:
-                stream.close()
+        server.kill()
 
 
 # -- the start-up line --------------------------------------------------------------
