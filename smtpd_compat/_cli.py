@@ -1,26 +1,41 @@
 """``python -m smtpd_compat``: smtpd's command line, on this package.
 
 The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
-address ``localhost:8025``, remote address ``localhost:25``).  Errors are
-reported as one line on stderr with a non-zero exit status, never a
-traceback; Ctrl-C and SIGTERM end the server with status 0, also while it is
-still being built.  A feature the platform lacks (switching to ``nobody``
-where there is no ``pwd``) is such an error; where there is no SIGTERM the
-server runs without handling it.
+address ``localhost:8025``, remote address ``localhost:25``); the rest
+(mailbox, relay, TLS/AUTH, limits, logging) is this package's, and every
+flag is translated into a server option here, in one place.  Errors are
+reported as one line on stderr with exit status 2, never a traceback, and
+name the flag and the file at fault; Ctrl-C and SIGTERM end the server with
+status 0, also while it is still being built.  A feature the platform lacks
+(switching to ``nobody`` where there is no ``pwd``) is such an error; where
+there is no SIGTERM the server runs without handling it.
+
+Once the server listens, one line on stderr says what runs where (``-q``
+leaves it out); ``-v``/``-vv``/``--log-level`` show the ``smtpd_compat``
+log.  ``python -m smtpd_compat hash-password USER`` prints an
+``--auth-file`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib
+import inspect
+import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from ._platform import NotAvailable, require
 
 PROG = "smtpd_compat"
+DEFAULT_CLASS = "PureProxy"  # smtpd's; announced at start-up when not chosen with -c
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+HASH_PASSWORD = "hash-password"
 
 
 class UsageError(Exception):
@@ -32,66 +47,133 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def command_name() -> str:
+    """How the user ran us: the console script or ``python -m``."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "smtpd-compat" if script.startswith("smtpd-compat") else "python -m smtpd_compat"
+
+
+def package_version() -> str:
+    """This package's version.  Written once, in ``smtpd_compat/__init__.py``;
+    pyproject.toml reads it from there (a dynamic version), so an installed
+    copy's metadata (``importlib.metadata``) says the same."""
+    from . import __version__
+
+    return __version__
+
+
+DESCRIPTION = """\
+Run an SMTP server: CPython's `python -m smtpd` (removed in Python 3.12),
+with the same options and defaults, plus TLS, AUTH, limits and mailboxes."""
+
+EPILOG = """\
+examples:
+  %(cmd)s -n -c DebuggingServer localhost:8025
+      print every message sent to port 8025 (add --readable to decode them)
+  %(cmd)s -n -c MailboxServer --maildir ./mail :8025
+      a local mail catcher: every message into the Maildir ./mail
+  %(cmd)s -n -c PureProxy 127.0.0.1:2525 mail.internal:25
+      relay every message to mail.internal
+  %(cmd)s -n -c mypackage.handlers.Archiver -v 0.0.0.0:25
+      your own smtpd.SMTPServer subclass, logging each session and message
+  %(cmd)s -n -c DebuggingServer --tls-cert cert.pem --tls-key key.pem \\
+      --auth-file users --auth-required localhost:8587
+      STARTTLS, and AUTH against the user:password lines of ./users
+
+other commands:
+  %(cmd)s hash-password USER
+      ask for a password and print a USER:hash line for --auth-file
+
+Without -c the class is PureProxy, as in smtpd: it relays to
+remotehost:remoteport (localhost:25 unless given).  SIGTERM stops
+gracefully, Ctrl-C at once; both exit with status 0.  Errors: one line on
+stderr, exit status 2.  Documentation: docs/cli.md."""
+
+CLASSES = """\
+CLASS is one of
+  DebuggingServer  print every message on stdout, as smtpd did
+  PureProxy        relay every message to remotehost:remoteport (default)
+  RecordingServer  keep every message in memory (a sink that never fails)
+  MailboxServer    deliver every message to a Maildir or an mbox file
+or a dotted path to a class of your own: package.module.Class"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; later features add their options here."""
+    """The argument parser of the server command."""
     from ._limits import DEFAULTS
 
-    p = _Parser(prog="python -m smtpd_compat", add_help=False)
-    p.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
+    command = command_name()
+    p = _Parser(prog=command, add_help=False, description=DESCRIPTION,
+                usage="%(prog)s [options] [localhost:localport [remotehost:remoteport]]\n"
+                      "       %(prog)s hash-password [USER]",
+                epilog=EPILOG % {"cmd": command}, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    g = p.add_argument_group("smtpd's options")
+    g.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport",
+                   help="where to listen (default localhost:8025); also :PORT, [::1]:PORT")
+    g.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport",
+                   help="where PureProxy relays (default localhost:25)")
+    g.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
                    help="do not switch to the user 'nobody' (needed unless run as root)")
-    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
-    p.add_argument("-c", "--class", dest="classname", default="PureProxy", metavar="CLASS",
-                   help="server class: DebuggingServer, PureProxy (default) or a dotted path")
-    p.add_argument("-s", "--size", dest="size_limit", metavar="LIMIT", type=_size,
+    g.add_argument("-s", "--size", dest="size_limit", metavar="LIMIT", type=_size,
                    help="largest message accepted, in bytes (default 33554432)")
-    p.add_argument("-u", "--smtputf8", dest="enable_SMTPUTF8", action="store_true",
+    g.add_argument("-u", "--smtputf8", dest="enable_SMTPUTF8", action="store_true",
                    help="enable the SMTPUTF8 extension")
-    p.add_argument("-d", "--debug", action="store_true", help="print protocol debugging to stderr")
-    p.add_argument("--maildir", metavar="DIR",
-                   help="with -c MailboxServer: deliver to this Maildir (created when missing or empty)")
-    p.add_argument("--mbox", metavar="FILE",
-                   help="with -c MailboxServer: deliver to this mbox file (created when missing)")
-    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: offer STARTTLS with it")
-    p.add_argument("--tls-key", metavar="FILE", help="PEM private key (when not in --tls-cert)")
-    p.add_argument("--smtps", action="store_true", help="implicit TLS (SMTPS) instead of STARTTLS")
-    p.add_argument("--require-starttls", action="store_true", help="refuse MAIL until STARTTLS")
-    p.add_argument("--auth-file", metavar="FILE",
-                   help="offer AUTH (over TLS) for the user:password lines of FILE (mode 600)")
-    p.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
-    p.add_argument("--relay-tls", choices=("starttls", "smtps"),
-                   help="PureProxy: reach the remote server over STARTTLS or SMTPS")
-    p.add_argument("--relay-cafile", metavar="FILE",
-                   help="PureProxy: CA certificates to verify the remote server (default: the system's)")
-    p.add_argument("--relay-auth-file", metavar="FILE",
-                   help="PureProxy: one user:password line (mode 600) to authenticate upstream")
+    g.add_argument("-d", "--debug", action="store_true",
+                   help="print smtpd's protocol debugging output (DEBUGSTREAM) on stderr")
+    g.add_argument("-V", dest="smtpd_version", action="store_true",
+                   help="print smtpd's version (Python SMTP proxy version 0.3) and exit; "
+                        "--version prints smtpd_compat's")
+    g.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+
+    g = p.add_argument_group("server classes", CLASSES)
+    g.add_argument("-c", "--class", dest="classname", default=None, metavar="CLASS",
+                   help="the server class (default %s)" % DEFAULT_CLASS)
+    g.add_argument("--readable", action="store_true",
+                   help="DebuggingServer: print messages decoded (headers, text parts) "
+                        "instead of as smtpd's bytes reprs")
+
+    g = p.add_argument_group("mailbox (-c MailboxServer)")
+    g.add_argument("--maildir", metavar="DIR",
+                   help="deliver to this Maildir (created when missing or empty)")
+    g.add_argument("--mbox", metavar="FILE", help="deliver to this mbox file (created when missing)")
+
+    g = p.add_argument_group("relay (-c PureProxy)")
+    g.add_argument("--relay-tls", choices=("starttls", "smtps"),
+                   help="reach the remote server over STARTTLS or SMTPS (certificate verified)")
+    g.add_argument("--relay-cafile", metavar="FILE",
+                   help="CA certificates to verify the remote server with (default: the system's)")
+    g.add_argument("--relay-auth-file", metavar="FILE",
+                   help="one user:password line (mode 600) to authenticate upstream with")
+
+    g = p.add_argument_group("TLS and AUTH (docs/security.md)")
+    g.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: offer STARTTLS with it")
+    g.add_argument("--tls-key", metavar="FILE", help="PEM private key (when not in --tls-cert)")
+    g.add_argument("--smtps", action="store_true", help="implicit TLS (SMTPS) instead of STARTTLS")
+    g.add_argument("--require-starttls", action="store_true", help="refuse MAIL until STARTTLS")
+    g.add_argument("--auth-file", metavar="FILE",
+                   help="offer AUTH (over TLS) to the user:password lines of FILE (mode 600; "
+                        "make hashed lines with: %s hash-password USER)" % command)
+    g.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
+
     # Session limits (docs/hardening.md).  Left out of the namespace unless
     # given (SUPPRESS), so that only the flags given reach the server class.
-    p.add_argument("--command-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="close a session idle this long while a command is awaited, "
-                        "or 'none' (default %s)" % _show(DEFAULTS["command_timeout"]))
-    p.add_argument("--data-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="the same while a message is received, or 'none' (default %s)"
-                        % _show(DEFAULTS["data_timeout"]))
-    p.add_argument("--max-connections", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="sessions at once; a connection beyond them is answered 421, "
-                        "or 'none' (default %s)"
-                        % _show(DEFAULTS["max_connections"]))
-    p.add_argument("--max-errors", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="erroneous commands a session may send; the next is answered 421 "
-                        "and the session closed, or 'none' (default %s)"
-                        % _show(DEFAULTS["max_errors"]))
-    p.add_argument("--max-output", type=_count, metavar="BYTES", default=argparse.SUPPRESS,
-                   help="stop reading a client with more than BYTES of unread replies, "
-                        "or 'none' (default %s)" % _show(DEFAULTS["max_output"]))
-    p.add_argument("--max-recipients", type=_count, metavar="N", default=argparse.SUPPRESS,
-                   help="recipients one message may have; a RCPT beyond them is answered 452, "
-                        "or 'none' (default %s)" % _show(DEFAULTS["max_recipients"]))
-    p.add_argument("--reply-timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="answer 451 if process_message's deferred reply takes longer, "
-                        "or 'none' (default %s)" % _show(DEFAULTS["reply_timeout"]))
-    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
-    p.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport")
-    p.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport")
+    g = p.add_argument_group("limits (docs/hardening.md; 'none' for no limit)")
+    for name, kind, metavar, text in LIMIT_FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), type=kind, metavar=metavar, default=argparse.SUPPRESS,
+                       help="%s (default %s)" % (text, _show(DEFAULTS[name])))
+
+    g = p.add_argument_group("output and logging")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no start-up line; log errors only")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log each session and message (-v: INFO), and every command and reply (-vv: DEBUG)")
+    g.add_argument("--log-level", type=_log_level, metavar="LEVEL",
+                   help="log at this level: %s (overrides -v and -q; default WARNING)" % ", ".join(LOG_LEVELS))
+    g.add_argument("--log-format", type=_log_format, metavar="FORMAT", default=LOG_FORMAT,
+                   help="a logging format string (default %r)" % LOG_FORMAT.replace("%", "%%"))
+    g.add_argument("--version", action="store_true",
+                   help="print smtpd_compat's version and exit")
     return p
 
 
@@ -128,18 +210,48 @@ def _seconds(text: str) -> Optional[float]:
     """A timeout: a positive number of seconds, or ``none``."""
     from ._limits import timeout_in_range
 
-    return _limit(text, float, timeout_in_range, "number of seconds", "a positive number")
+    value: Optional[float] = _limit(text, float, timeout_in_range, "number of seconds", "a positive number")
+    return value
 
 
 def _count(text: str) -> Optional[int]:
     """A limit: a non-negative integer, or ``none``."""
     from ._limits import count_in_range
 
-    return _limit(text, int, count_in_range, "number", "a non-negative integer")
+    value: Optional[int] = _limit(text, int, count_in_range, "number", "a non-negative integer")
+    return value
 
 
 def _show(default: Any) -> str:
     return "none" if default is None else str(default)
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError("invalid log level: %r (one of %s)" % (text, ", ".join(LOG_LEVELS)))
+    return level
+
+
+def _log_format(text: str) -> str:
+    try:
+        logging.Formatter(text, validate=True)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError("invalid log format %r: %s" % (text, err)) from None
+    return text
+
+
+# The session-limit flags: the option each sets, its value, and what it does.
+LIMIT_FLAGS = (
+    ("command_timeout", _seconds, "SECONDS", "close a session idle this long while a command is awaited"),
+    ("data_timeout", _seconds, "SECONDS", "the same while a message is received"),
+    ("max_connections", _count, "N", "sessions at once; a connection beyond them is answered 421"),
+    ("max_errors", _count, "N", "erroneous commands a session may send; the next is answered 421 "
+                                "and the session closed"),
+    ("max_output", _count, "BYTES", "stop reading a client with more than BYTES of unread replies"),
+    ("max_recipients", _count, "N", "recipients one message may have; a RCPT beyond them is answered 452"),
+    ("reply_timeout", _seconds, "SECONDS", "answer 451 if process_message's deferred reply takes longer"),
+)
 
 
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
@@ -151,12 +263,15 @@ def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
 
 
 def split_hostport(spec: str, what: str) -> Tuple[str, int]:
-    """Split ``host:port`` (``[::1]:25`` for IPv6) into ``(host, port)``."""
+    """Split ``host:port`` (``[::1]:25`` for IPv6; ``:25`` for localhost)
+    into ``(host, port)``."""
     host, sep, port = spec.rpartition(":")
     if not sep:
         raise UsageError("bad %s address %r: expected host:port" % (what, spec))
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if not host:
+        host = "localhost"  # ":8025", as aiosmtpd takes it
     try:
         number = int(port)
     except ValueError:
@@ -168,13 +283,20 @@ def split_hostport(spec: str, what: str) -> Tuple[str, int]:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ns = build_parser().parse_args(argv)
+    ns.default_class = ns.classname is None
+    if ns.default_class:
+        ns.classname = DEFAULT_CLASS
     ns.localhost, ns.localport = split_hostport(ns.localspec, "local")
     ns.remotehost, ns.remoteport = split_hostport(ns.remotespec, "remote")
     return ns
 
 
 def parse_smtpd_options(argv: List[str]) -> Any:
-    """smtpd.parseargs(): an ``smtpd.Options`` filled from *argv*."""
+    """smtpd.parseargs(): an ``smtpd.Options`` filled from *argv*.
+
+    smtpd's behaviour, for code that calls it: its usage text on a bad
+    argument or ``-h``, and ``--version`` prints smtpd's version like ``-V``.
+    """
     from . import smtpd
 
     try:
@@ -184,7 +306,7 @@ def parse_smtpd_options(argv: List[str]) -> Any:
         raise  # not reached: usage() exits
     if ns.help:
         smtpd.usage(0)
-    if ns.version:
+    if ns.smtpd_version or ns.version:
         print(smtpd.__version__)
         sys.exit(0)
     if ns.debug:
@@ -215,7 +337,161 @@ def resolve_class(name: str) -> Any:
         cls = getattr(namespace, name, None)
         if isinstance(cls, type):
             return cls
-    raise UsageError("unknown server class %r (use DebuggingServer, PureProxy or a dotted path)" % name)
+    raise UsageError("unknown server class %r (use DebuggingServer, PureProxy, RecordingServer, "
+                     "MailboxServer or a dotted path package.module.Class)" % name)
+
+
+# -- which flags apply to which class -----------------------------------------------
+def _takes_keyword(cls: Any, name: str) -> bool:
+    """Whether *cls*'s constructor names the keyword *name* (MailboxServer's
+    maildir=, or a class of one's own that takes it)."""
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_subclass(cls: Any, base: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, base)
+
+
+def check_applicable(ns: argparse.Namespace, cls: Any) -> None:
+    """A flag meant for another class is an error, not silently ignored."""
+    from .servers import MailboxServer, ReadableDebuggingServer
+    from .smtpd import DebuggingServer, PureProxy
+
+    name = getattr(cls, "__name__", ns.classname)
+    for option in ("maildir", "mbox"):
+        if getattr(ns, option) is not None and not _takes_keyword(cls, option):
+            raise UsageError("--%s applies to -c MailboxServer, not to %s" % (option, name))
+    if _is_subclass(cls, MailboxServer) and (ns.maildir is None) == (ns.mbox is None):
+        # Said here with the flags' names; the class names its keywords.
+        raise UsageError("-c %s needs %s" % (name, "--maildir DIR or --mbox FILE" if ns.maildir is None
+                                              else "--maildir or --mbox, not both"))
+    for flag, given in (("--relay-tls", ns.relay_tls), ("--relay-cafile", ns.relay_cafile),
+                        ("--relay-auth-file", ns.relay_auth_file)):
+        if given and not _is_subclass(cls, PureProxy):
+            raise UsageError("%s applies to -c PureProxy (the class that relays), not to %s" % (flag, name))
+    if ns.readable and not (cls is DebuggingServer or _is_subclass(cls, ReadableDebuggingServer)):
+        raise UsageError("--readable applies to -c DebuggingServer, not to %s" % name)
+
+
+# -- TLS, AUTH and relay flags ----------------------------------------------------------
+class _EncryptedKey(Exception):
+    """Raised by the password callback: the key needs a passphrase."""
+
+
+def _ask_no_passphrase() -> NoReturn:
+    # Without a callback OpenSSL would prompt on the terminal, or fail with
+    # a cryptic error where there is none.
+    raise _EncryptedKey()
+
+
+def _read_pem(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError("%s %s: %s" % (flag, path, err.strerror or err)) from None
+
+
+def server_tls_context(cert: str, key: Optional[str]) -> ssl.SSLContext:
+    """The server context for ``--tls-cert``/``--tls-key``.
+
+    Each failure names the flag and the file at fault: OpenSSL reports an
+    unreadable key as a problem with the certificate, and a missing key as
+    ``PEM lib``.
+    """
+    cert_pem = _read_pem(cert, "--tls-cert")
+    key_pem = _read_pem(key, "--tls-key") if key else cert_pem
+    if b"CERTIFICATE-----" not in cert_pem:
+        raise UsageError("--tls-cert %s: no PEM certificate in it (-----BEGIN CERTIFICATE-----)" % cert)
+    if b"PRIVATE KEY-----" not in key_pem:
+        if key:
+            raise UsageError("--tls-key %s: no PEM private key in it (-----BEGIN PRIVATE KEY-----)" % key)
+        raise UsageError("--tls-cert %s holds no private key: give it with --tls-key FILE" % cert)
+    key_flag = "--tls-key %s" % key if key else "the private key in --tls-cert %s" % cert
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=_ask_no_passphrase)
+    except _EncryptedKey:
+        raise UsageError("%s is encrypted: give the key without a passphrase "
+                         "(openssl pkey -in KEY -out KEY.plain)" % key_flag) from None
+    except ssl.SSLError as err:
+        if getattr(err, "reason", None) == "KEY_VALUES_MISMATCH":
+            raise UsageError("%s does not belong to the certificate in --tls-cert %s" % (key_flag, cert)) from None
+        raise UsageError("cannot load --tls-cert %s%s: %s" % (cert, " --tls-key %s" % key if key else "", err)) from None
+    except OSError as err:  # changed between the reads above and OpenSSL's
+        raise UsageError("cannot load --tls-cert %s: %s" % (cert, err.strerror or err)) from None
+    return context
+
+
+def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The server options the TLS/AUTH flags ask for (only those given, so
+    other classes are built exactly as before).  UsageError naming the flag
+    for a certificate that does not load, an auth file readable by others,
+    a flag missing its companion."""
+    from ._auth import AuthFileError, PasswordFile
+
+    options: Dict[str, Any] = {}
+    cert, key = ns.tls_cert, ns.tls_key
+    if key and not cert:
+        raise UsageError("--tls-key needs --tls-cert")
+    if cert:
+        context = server_tls_context(cert, key)
+        options["implicit_tls_context" if ns.smtps else "tls_context"] = context
+    elif ns.smtps or ns.require_starttls:
+        raise UsageError("%s needs --tls-cert" % ("--smtps" if ns.smtps else "--require-starttls"))
+    if ns.require_starttls and not ns.smtps:
+        options["require_starttls"] = True
+    if ns.auth_file:
+        if not cert:
+            raise UsageError("--auth-file needs --tls-cert: passwords are only accepted over TLS")
+        try:
+            options["authenticator"] = PasswordFile.load(ns.auth_file)
+        except AuthFileError as err:
+            raise UsageError("--auth-file: %s" % err) from None
+    if ns.auth_required:
+        if not ns.auth_file:
+            raise UsageError("--auth-required needs --auth-file")
+        options["auth_required"] = True
+    return options
+
+
+def relay_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The PureProxy options of the ``--relay-*`` flags (only those given)."""
+    from ._auth import AuthFileError, load_credentials
+
+    options: Dict[str, Any] = {}
+    mode, cafile, auth_file = ns.relay_tls, ns.relay_cafile, ns.relay_auth_file
+    if (cafile or auth_file) and not mode:
+        raise UsageError("%s needs --relay-tls" % ("--relay-cafile" if cafile else "--relay-auth-file"))
+    if mode:
+        options["relay_tls"] = mode
+    if cafile:
+        try:
+            options["relay_tls_context"] = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as err:
+            raise UsageError("--relay-cafile %s: %s" % (cafile, getattr(err, "strerror", None) or err)) from None
+    if auth_file:
+        try:
+            options["relay_auth"] = load_credentials(auth_file)
+        except AuthFileError as err:
+            raise UsageError("--relay-auth-file: %s" % err) from None
+    return options
+
+
+def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """Every keyword option the flags ask for, beyond smtpd's arguments.
+
+    Mailbox, security, relay and limit options only reach the class when
+    given, so that other classes are constructed exactly as before.
+    """
+    options = {name: getattr(ns, name) for name in ("maildir", "mbox") if getattr(ns, name) is not None}
+    options.update(security_options(ns))
+    options.update(relay_options(ns))
+    options.update(limit_options(ns))
+    return options
 
 
 def _become_nobody() -> None:
@@ -274,23 +550,18 @@ def _nothing() -> None:
 
 def make_server(ns: argparse.Namespace) -> Any:
     """Build the server the options ask for; UsageError on failure."""
-    from . import _tls, smtpd
-    from .servers import MailboxPathError
+    from . import smtpd
+    from .servers import MailboxPathError, ReadableDebuggingServer
 
     cls = resolve_class(ns.classname)
+    check_applicable(ns, cls)
+    if ns.readable and cls is smtpd.DebuggingServer:
+        cls = ReadableDebuggingServer
     size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
-    # Mailbox, security and limit options only reach the class when given,
-    # so that other classes are constructed exactly as before.
-    mailbox_options = {name: getattr(ns, name) for name in ("maildir", "mbox")
-                       if getattr(ns, name, None) is not None}
-    try:
-        security_options = _tls.options_from_args(ns)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    options = server_options(ns)
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
-                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **mailbox_options, **security_options,
-                   **limit_options(ns))
+                   size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **options)
     except MailboxPathError as err:
         # Named as on the command line; checked before the socket is bound.
         raise UsageError("--%s %s: %s" % (err.option, err.path, err.reason)) from None
@@ -299,6 +570,84 @@ def make_server(ns: argparse.Namespace) -> Any:
         raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
     except (TypeError, ValueError) as err:
         raise UsageError("cannot start %s: %s" % (ns.classname, err)) from None
+
+
+# -- what the console shows --------------------------------------------------------------
+def startup_line(server: Any, ns: argparse.Namespace) -> str:
+    """One line: the version, the class, the address really bound (port 0
+    resolved), and where messages go."""
+    from . import _logging, _serving
+    from .servers import MailboxServer, ReadableDebuggingServer, RecordingServer
+    from .smtpd import DebuggingServer, PureProxy
+
+    cls = type(server)
+    try:
+        bound = _serving.bound_address(server)
+    except OSError:
+        bound = (ns.localhost, ns.localport)
+    address = _logging.format_address(bound)
+    line = "%s %s: %s listening on %s" % (PROG, package_version(), cls.__name__, address)
+    features = []
+    if ns.tls_cert:
+        features.append("SMTPS" if ns.smtps else "STARTTLS required" if ns.require_starttls else "STARTTLS")
+    if ns.auth_file:
+        features.append("AUTH required" if ns.auth_required else "AUTH")
+    if features:
+        line += " (%s)" % ", ".join(features)
+    if isinstance(server, PureProxy):
+        remote = _logging.format_address((ns.remotehost, ns.remoteport))
+        line += ", relaying every message to %s" % remote
+        if ns.relay_tls:
+            line += " over %s" % ("STARTTLS" if ns.relay_tls == "starttls" else "SMTPS")
+        if ns.default_class:
+            line += " (smtpd's default class; -c DebuggingServer prints messages instead)"
+    elif isinstance(server, ReadableDebuggingServer):
+        line += ", printing every message on stdout, decoded"
+    elif isinstance(server, DebuggingServer):
+        line += ", printing every message on stdout"
+    elif isinstance(server, MailboxServer):
+        if ns.maildir is not None:
+            line += ", delivering to the Maildir %s" % ns.maildir
+        elif ns.mbox is not None:
+            line += ", delivering to the mbox %s" % ns.mbox
+    elif isinstance(server, RecordingServer):
+        line += ", keeping every message in memory"
+    return line
+
+
+def _log_level_of(ns: argparse.Namespace) -> int:
+    if ns.log_level:
+        return int(getattr(logging, ns.log_level))
+    if ns.quiet:
+        return logging.ERROR
+    if ns.verbose >= 2:
+        return logging.DEBUG
+    if ns.verbose == 1:
+        return logging.INFO
+    return logging.WARNING
+
+
+def configure_logging(ns: argparse.Namespace) -> Callable[[], None]:
+    """Send log records (the package's and the server class's) and Python
+    warnings to stderr, with time and level; return what undoes it.
+
+    Only the command line does this: importing the package configures
+    nothing.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(ns.log_format))
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(_log_level_of(ns))
+    logging.captureWarnings(True)
+
+    def restore() -> None:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+    return restore
 
 
 def run(server: Any) -> None:
@@ -325,28 +674,36 @@ def run(server: Any) -> None:
         asyncore.close_all(map=server._map, ignore_all=True)
 
 
+def _error(message: Any) -> int:
+    print("%s: error: %s" % (PROG, message), file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m smtpd_compat``; returns the exit status."""
     from . import smtpd
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == [HASH_PASSWORD]:
+        return hash_password_main(args[1:])
     try:
-        ns = parse_args(argv)
+        ns = parse_args(args)
     except UsageError as err:
-        print("%s: error: %s" % (PROG, err), file=sys.stderr)
-        return 2
+        return _error(err)
     except KeyboardInterrupt:
         return 0
     if ns.help:
-        # smtpd's usage text, then every option this command takes
-        # (TLS, AUTH, mailbox and limit options are not in smtpd's text).
-        print(smtpd.__doc__ % {"program": "python -m smtpd_compat", "__version__": smtpd.__version__})
-        print(build_parser().format_help())
+        print(build_parser().format_help(), end="")
         return 0
     if ns.version:
+        print("%s %s" % (PROG, package_version()))
+        return 0
+    if ns.smtpd_version:
         print(smtpd.__version__)
         return 0
     if ns.debug:
         smtpd.DEBUGSTREAM = sys.stderr
+    restore_logging = configure_logging(ns)
     # SIGTERM ends the program cleanly from here on: while the server is
     # built (a class may take its time: load data, connect somewhere) this
     # handler interrupts it; run() then installs the graceful one.
@@ -360,12 +717,100 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (UsageError, NotAvailable) as err:
             if server is not None:
                 server.close()
-            print("%s: error: %s" % (PROG, err), file=sys.stderr)
-            return 2
+            return _error(err)
+        if not ns.quiet:
+            print(startup_line(server, ns), file=sys.stderr, flush=True)
         run(server)
+        logging.getLogger("smtpd_compat").info("%s stopped", type(server).__name__)
     except (KeyboardInterrupt, _Stop):
         if server is not None:
             server.close()  # stopped before run() (which closes all it served)
     finally:
         restore()
+        restore_logging()
+    return 0
+
+
+# -- hash-password ---------------------------------------------------------------------
+def _user_name(text: str) -> str:
+    if not text.strip() or ":" in text or any(c in text for c in "\r\n"):
+        raise argparse.ArgumentTypeError("invalid user name %r: not empty, no ':' and no line break" % text)
+    return text.strip()
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("invalid number of iterations: %r" % text)
+    return value
+
+
+def hash_password_parser() -> argparse.ArgumentParser:
+    from ._auth import HASH_ITERATIONS
+
+    p = _Parser(
+        prog="%s %s" % (command_name(), HASH_PASSWORD), add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ask for a password and print a line for --auth-file: USER:pbkdf2_sha256$...\n"
+                    "On a terminal the password is asked twice, without echo; otherwise\n"
+                    "it is the first line of standard input.",
+        epilog="example:\n  %(prog)s alice >> users && chmod 600 users",
+    )
+    p.add_argument("user", nargs="?", type=_user_name, metavar="USER",
+                   help="the login; without it only the hash is printed")
+    p.add_argument("--iterations", type=_iterations, default=HASH_ITERATIONS, metavar="N",
+                   help="PBKDF2-SHA256 rounds (default %d, OWASP's recommendation; "
+                        "each login attempt costs that many)" % HASH_ITERATIONS)
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    return p
+
+
+def _read_password(user: Optional[str]) -> str:
+    """The password: asked twice without echo on a terminal, else the
+    first line of stdin.  UsageError-free: ValueError with the reason."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        prompt = "password for %s: " % user if user else "password: "
+        first = getpass.getpass(prompt)
+        if first != getpass.getpass("again: "):
+            raise ValueError("the passwords differ")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line:
+        raise EOFError()
+    return line.rstrip("\r\n")
+
+
+def hash_password_main(argv: List[str]) -> int:
+    """``python -m smtpd_compat hash-password [USER]``."""
+    from ._auth import hash_password
+
+    parser = hash_password_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except UsageError as err:
+        return _error(err)
+    if ns.help:
+        print(parser.format_help(), end="")
+        return 0
+    try:
+        password = _read_password(ns.user)
+    except EOFError:
+        if sys.stdin is not None and sys.stdin.isatty():
+            print(file=sys.stderr)  # the prompt's line was not ended
+        print("%s: error: no password given (end of input)" % PROG, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except ValueError as err:
+        print("%s: error: %s" % (PROG, err), file=sys.stderr)
+        return 1
+    if not password:
+        print("%s: error: empty password" % PROG, file=sys.stderr)
+        return 1
+    hashed = hash_password(password, ns.iterations)
+    print("%s:%s" % (ns.user, hashed) if ns.user else hashed)
     return 0

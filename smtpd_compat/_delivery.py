@@ -17,6 +17,7 @@ import inspect
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
+from . import _logging
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -82,13 +83,15 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
         log.exception("process_message() failed for a message from %r", channel.peer)
         status = R.PROCESSING_FAILED
     channel._set_post_data_state()
+    envelope = (channel.peer, args[1], args[2], len(data))
     if isinstance(status, _Future):
-        await_reply(channel, status)
+        await_reply(channel, status, envelope)
     else:
         session.replied(status)
+        _logging.log_delivery(*envelope, status)
 
 
-def await_reply(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+def await_reply(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any = None) -> None:
     """process_message returned a Future: reply with its result once it is
     done, without blocking the loop.
 
@@ -101,17 +104,17 @@ def await_reply(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
     if reactor is None:
         # No loop runs this channel (a test driving handle_read() by hand):
         # nothing else could run meanwhile, so wait here.
-        _ready(channel, future)
+        _ready(channel, future, envelope)
         return
     channel._ac_pause("reply")
     guard = channel._guard
     timeout = guard.reply_timeout if guard is not None else None
-    overdue = None if timeout is None else reactor.call_later(timeout, lambda: _overdue(channel, future, timeout))
+    overdue = None if timeout is None else reactor.call_later(timeout, lambda: _overdue(channel, future, timeout, envelope))
     channel._reply_wait = (future, overdue)
-    future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: _arrived(channel, done)))
+    future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: _arrived(channel, done, envelope)))
 
 
-def _arrived(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+def _arrived(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any) -> None:
     wait = channel._reply_wait
     if wait is None or wait[0] is not future:
         # Answered 451 at reply_timeout; the client has sent it again or
@@ -122,10 +125,10 @@ def _arrived(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
     channel._reply_wait = None
     if wait[1] is not None:
         wait[1].cancel()
-    _ready(channel, future)
+    _ready(channel, future, envelope)
 
 
-def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: float) -> None:
+def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: float, envelope: Any) -> None:
     wait = channel._reply_wait
     if wait is None or wait[0] is not future:
         return
@@ -135,10 +138,10 @@ def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: fl
         return  # the session ended meanwhile
     log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
               getattr(channel, "peer", None), timeout)
-    _answer(channel, R.PROCESSING_FAILED)
+    _answer(channel, R.PROCESSING_FAILED, envelope)
 
 
-def _ready(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
+def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any) -> None:
     if channel._fileno is None:
         # The session ended while the message was being processed; the
         # client got no reply, so it still holds the message.
@@ -149,12 +152,14 @@ def _ready(channel: Any, future: "concurrent.futures.Future[Any]") -> None:
     except Exception:
         log.exception("process_message() failed for a message from %r", channel.peer)
         status = R.PROCESSING_FAILED
-    _answer(channel, status)
+    _answer(channel, status, envelope)
 
 
-def _answer(channel: Any, status: Any) -> None:
+def _answer(channel: Any, status: Any, envelope: Any) -> None:
     """Answer the awaited message with *status* and read input again."""
     channel._session.replied(status)
+    if envelope is not None:
+        _logging.log_delivery(*envelope, status)
     channel._ac_resume("reply")
     if channel._guard is not None:
         channel._guard.touch()

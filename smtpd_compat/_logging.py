@@ -1,8 +1,8 @@
 """Logging: the ``smtpd_compat`` logger's records for sessions, and what
 is hidden from them and from smtpd's ``DEBUGSTREAM``.
 
-Connections opened and closed are logged at INFO, command lines and reply
-lines at DEBUG (:func:`log_command`, :func:`log_reply`), prefixed by the
+Connections opened and closed and messages answered are logged at INFO
+(never a message's content), command lines and reply lines at DEBUG (:func:`log_command`, :func:`log_reply`), prefixed by the
 peer.  Credentials never reach a log: an ``AUTH`` line keeps only its
 mechanism, in the logger's words (:func:`redact_command`: ``AUTH PLAIN
 [redacted]``) and in ``DEBUGSTREAM``'s (:func:`redact_debug_line`:
@@ -13,12 +13,13 @@ of a SASL exchange are logged by neither.  Message content is never logged.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, List
 
 log = logging.getLogger("smtpd_compat")
 
 __all__ = [
     "format_address",
+    "log_delivery",
     "log_closed",
     "log_command",
     "log_connection",
@@ -86,6 +87,23 @@ def log_command(channel: Any, line: bytes) -> None:
 def log_reply(channel: Any, reply: str) -> None:
     """Log a reply sent (DEBUG); callers check the level first."""
     log.debug("%s <<< %s", peer_text(channel), reply)
+
+
+def _recipients(rcpttos: List[str]) -> str:
+    shown = ", ".join(rcpttos[:3])
+    if len(rcpttos) > 3:
+        shown += " and %d more" % (len(rcpttos) - 3)
+    return shown
+
+
+def log_delivery(peer: Any, mailfrom: str, rcpttos: List[str], size: int, reply: Any) -> None:
+    """Log a message answered (INFO): the peer, the envelope, its size and
+    the reply (never its content)."""
+    if log.isEnabledFor(logging.INFO):
+        if isinstance(reply, bytes):
+            reply = reply.decode("utf-8", "replace")
+        log.info("%s: message from %s to %s, %d bytes: %s", format_address(peer), mailfrom,
+                 _recipients(rcpttos), size, reply or "250 OK")
 
 
 def log_connection(server: Any, addr: Any) -> None:

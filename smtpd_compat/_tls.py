@@ -237,69 +237,6 @@ class SecureServerMixin:
         return bool(authenticator(self, channel, mechanism, login, password))
 
 
-def options_from_args(ns: Any) -> Dict[str, Any]:
-    """The server options the command line's TLS/AUTH flags ask for (only
-    those given, so other classes are built exactly as before).
-
-    Raises ValueError with a one-line reason (a certificate that does not
-    load, an auth file readable by others, a flag missing its companion).
-    """
-    from ._auth import AuthFileError, PasswordFile
-
-    options: Dict[str, Any] = {}
-    cert, key = getattr(ns, "tls_cert", None), getattr(ns, "tls_key", None)
-    if key and not cert:
-        raise ValueError("--tls-key needs --tls-cert")
-    if cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as err:
-            raise ValueError("cannot load the TLS certificate %s: %s" % (cert, getattr(err, "strerror", None) or err)) from None
-        options["implicit_tls_context" if ns.smtps else "tls_context"] = context
-    elif ns.smtps or ns.require_starttls:
-        raise ValueError("%s needs --tls-cert" % ("--smtps" if ns.smtps else "--require-starttls"))
-    if ns.require_starttls and not ns.smtps:
-        options["require_starttls"] = True
-    if ns.auth_file:
-        if not cert:
-            raise ValueError("--auth-file needs --tls-cert: passwords are only accepted over TLS")
-        try:
-            options["authenticator"] = PasswordFile.load(ns.auth_file)
-        except AuthFileError as err:
-            raise ValueError(str(err)) from None
-    if ns.auth_required:
-        if not ns.auth_file:
-            raise ValueError("--auth-required needs --auth-file")
-        options["auth_required"] = True
-    options.update(_relay_options_from_args(ns))
-    return options
-
-
-def _relay_options_from_args(ns: Any) -> Dict[str, Any]:
-    from ._auth import AuthFileError, load_credentials
-
-    options: Dict[str, Any] = {}
-    mode = getattr(ns, "relay_tls", None)
-    cafile = getattr(ns, "relay_cafile", None)
-    auth_file = getattr(ns, "relay_auth_file", None)
-    if (cafile or auth_file) and not mode:
-        raise ValueError("%s needs --relay-tls" % ("--relay-cafile" if cafile else "--relay-auth-file"))
-    if mode:
-        options["relay_tls"] = mode
-    if cafile:
-        try:
-            options["relay_tls_context"] = ssl.create_default_context(cafile=cafile)
-        except (OSError, ssl.SSLError) as err:
-            raise ValueError("cannot load --relay-cafile %s: %s" % (cafile, getattr(err, "strerror", None) or err)) from None
-    if auth_file:
-        try:
-            options["relay_auth"] = load_credentials(auth_file)
-        except AuthFileError as err:
-            raise ValueError(str(err)) from None
-    return options
-
-
 # -- AUTH: deciding on the credentials a session received --------------------------------
 def check_credentials(channel: Any, credentials: Credentials) -> None:
     """Ask *channel*'s server whether *credentials* are right and give the

@@ -1,5 +1,8 @@
 """Ready-made servers beside DebuggingServer and PureProxy.
 
+* :class:`ReadableDebuggingServer` prints each message like
+  DebuggingServer, but decoded for people (``-c DebuggingServer
+  --readable`` on the command line).
 * :class:`RecordingServer` keeps every message it accepts in memory, for
   tests: envelope, raw bytes and an :class:`email.message.EmailMessage`.
 * :class:`MailboxServer` delivers every message to a Maildir or an mbox
@@ -25,9 +28,9 @@ from typing import Any, List, Optional, Union
 
 from . import _mbox
 from ._mbox import mbox_entry
-from .smtpd import SMTPServer
+from .smtpd import DebuggingServer, SMTPServer
 
-__all__ = ["MailboxPathError", "MailboxServer", "RecordedMessage", "RecordingServer"]
+__all__ = ["MailboxPathError", "MailboxServer", "ReadableDebuggingServer", "RecordedMessage", "RecordingServer"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -254,3 +257,85 @@ class MailboxServer(SMTPServer):
         sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
         from_line = ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
         _mbox.append(self.mbox, mbox_entry(from_line, message))
+
+
+def _part_text(part: email.message.Message) -> Optional[str]:
+    """The decoded text of a text part that is not an attachment, else None."""
+    if part.get_content_maintype() != "text" or part.get_content_disposition() == "attachment":
+        return None
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except (LookupError, ValueError, AssertionError):  # an unknown charset, a broken encoding
+        pass
+    payload = part.get_payload(decode=True)
+    return bytes(payload or b"").decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+
+
+def _part_summary(part: email.message.Message) -> str:
+    payload = part.get_payload(decode=True)
+    size = len(payload) if isinstance(payload, bytes) else 0
+    name = part.get_filename()
+    return "%s%s, %d bytes" % (part.get_content_type(), ', "%s"' % name if name else "", size)
+
+
+def _readable_body(message: email.message.Message) -> List[str]:
+    if not message.is_multipart():
+        text = _part_text(message)
+        return text.splitlines() if text is not None else ["[%s]" % _part_summary(message)]
+    lines: List[str] = []
+    leaves = [part for part in message.walk() if not part.is_multipart()]
+    for number, part in enumerate(leaves, 1):
+        text = _part_text(part)
+        if text is None:
+            lines.append("[part %d: %s]" % (number, _part_summary(part)))
+        else:
+            lines.append("[part %d: %s]" % (number, part.get_content_type()))
+            lines.extend(text.splitlines())
+    return lines
+
+
+def readable_lines(peer: Any, mailfrom: str, rcpttos: List[str], data: bytes) -> List[str]:
+    """*data* as :class:`ReadableDebuggingServer` prints it, line by line."""
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    envelope = ["X-Peer: %s" % host, "X-MailFrom: %s" % mailfrom, "X-RcptTo: %s" % ", ".join(rcpttos)]
+    try:
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        headers = ["%s: %s" % (name, " ".join(str(value).split())) for name, value in message.items()]
+        body = _readable_body(message)
+    except Exception:  # noqa: BLE001 - whatever the parser dislikes is still printed
+        head, _, rest = data.replace(b"\r\n", b"\n").partition(b"\n\n")
+        headers = head.decode("utf-8", "replace").splitlines()
+        body = rest.decode("utf-8", "replace").splitlines()
+    return headers + envelope + [""] + body
+
+
+class ReadableDebuggingServer(DebuggingServer):
+    """DebuggingServer for people who use it as a mail catcher.
+
+    Prints each message between the same ``MESSAGE FOLLOWS`` / ``END
+    MESSAGE`` lines, but as text: the headers with their encoded words
+    (RFC 2047) decoded and folded lines joined, then ``X-Peer``,
+    ``X-MailFrom`` and ``X-RcptTo``; after a blank line the body, decoded
+    from its transfer encoding and charset.  Of a multipart message each
+    text part follows a ``[part N: text/plain]`` line, and every other part
+    is one line (``[part 2: image/png, "logo.png", 1234 bytes]``).
+    DebuggingServer itself keeps smtpd's ``b'...'`` reprs, which scripts
+    parse.  On the command line: ``-c DebuggingServer --readable``.
+    """
+
+    # DebuggingServer prints the frame and the MAIL/RCPT options, then calls
+    # _print_message_content(peer, data), which has no envelope: it is kept
+    # here for that call (process_message runs on the loop's thread, one
+    # message at a time).
+    _readable_envelope: Any = ("", [])
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        self._readable_envelope = (mailfrom, rcpttos)
+        return super().process_message(peer, mailfrom, rcpttos, data, **kwargs)
+
+    def _print_message_content(self, peer: Any, data: Union[bytes, str]) -> None:
+        mailfrom, rcpttos = self._readable_envelope
+        for line in readable_lines(peer, mailfrom, rcpttos, _as_bytes(data)):
+            print(line)

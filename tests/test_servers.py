@@ -352,7 +352,9 @@ def test_cli_mail_catcher_with_mbox(tmp_path: Path, cli_server: Any) -> None:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["-n", "-c", "MailboxServer", "127.0.0.1:0"], "exactly one of"),
+        # Names the flags (deliberately changed from the class's "needs
+        # exactly one of maildir= or mbox=", which names the keywords).
+        (["-n", "-c", "MailboxServer", "127.0.0.1:0"], "needs --maildir DIR or --mbox FILE"),
         (["-n", "-c", "DebuggingServer", "--maildir", "x", "127.0.0.1:0"], "maildir"),
     ],
 )
