@@ -17,11 +17,11 @@ import warnings
 from typing import List
 
 from . import asynchat, asyncore, smtpd
+from ._auth import PasswordFile
 from .asyncore import close_all, loop
-from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
 from .controller import Controller
 from .servers import MailboxServer, RecordingServer
-from ._auth import PasswordFile
+from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
 
 __version__ = "0.1.0"
 

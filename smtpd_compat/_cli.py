@@ -331,6 +331,7 @@ def resolve_class(name: str) -> Any:
         except AttributeError:
             raise UsageError("module %s has no class %s" % (module_name, attr)) from None
     import smtpd_compat
+
     from . import smtpd
 
     for namespace in (smtpd_compat, smtpd):

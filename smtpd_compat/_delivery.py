@@ -15,7 +15,7 @@ import concurrent.futures
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from . import _logging
 from . import _replies as R
@@ -24,9 +24,12 @@ log = logging.getLogger("smtpd_compat")
 
 _Future = concurrent.futures.Future
 
+# (peer, mailfrom, rcpttos, size): what the log says of a message.
+Envelope = Tuple[Any, str, List[str], int]
+
 
 @functools.lru_cache(maxsize=256)
-def _accepted_options(func: Callable[..., Any]) -> Optional[frozenset]:
+def _accepted_options(func: Callable[..., Any]) -> Optional[FrozenSet[str]]:
     """Which keyword options *func* takes: None means any (it has **kwargs)."""
     try:
         params = inspect.signature(func).parameters.values()
@@ -41,7 +44,7 @@ def _accepted_options(func: Callable[..., Any]) -> Optional[frozenset]:
     return frozenset(names)
 
 
-def call_with_accepted_options(func: Callable[..., Any], args: tuple, options: Dict[str, Any]) -> Any:
+def call_with_accepted_options(func: Callable[..., Any], args: Tuple[Any, ...], options: Dict[str, Any]) -> Any:
     """Call ``func(*args, **options)`` passing only the options it accepts.
 
     Subclasses written as ``process_message(self, peer, mailfrom, rcpttos,
@@ -71,6 +74,8 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     if data is None:
         return  # refused (too large, not UTF-8): answered
     args = (channel.peer, session.mailfrom, session.rcpttos, data)
+    # For the log line; taken now, as _set_post_data_state() resets them.
+    envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, len(data))
     try:
         status = call_with_accepted_options(channel.smtp_server.process_message, args, session.message_options())
     except NotImplementedError:
@@ -83,7 +88,6 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
         log.exception("process_message() failed for a message from %r", channel.peer)
         status = R.PROCESSING_FAILED
     channel._set_post_data_state()
-    envelope = (channel.peer, args[1], args[2], len(data))
     if isinstance(status, _Future):
         await_reply(channel, status, envelope)
     else:
@@ -91,7 +95,7 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
         _logging.log_delivery(*envelope, status)
 
 
-def await_reply(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any = None) -> None:
+def await_reply(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Optional[Envelope] = None) -> None:
     """process_message returned a Future: reply with its result once it is
     done, without blocking the loop.
 
@@ -114,7 +118,7 @@ def await_reply(channel: Any, future: "concurrent.futures.Future[Any]", envelope
     future.add_done_callback(lambda done: reactor.call_soon_threadsafe(lambda: _arrived(channel, done, envelope)))
 
 
-def _arrived(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any) -> None:
+def _arrived(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Optional[Envelope]) -> None:
     wait = channel._reply_wait
     if wait is None or wait[0] is not future:
         # Answered 451 at reply_timeout; the client has sent it again or
@@ -128,7 +132,7 @@ def _arrived(channel: Any, future: "concurrent.futures.Future[Any]", envelope: A
     _ready(channel, future, envelope)
 
 
-def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: float, envelope: Any) -> None:
+def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: float, envelope: Optional[Envelope]) -> None:
     wait = channel._reply_wait
     if wait is None or wait[0] is not future:
         return
@@ -141,7 +145,7 @@ def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: fl
     _answer(channel, R.PROCESSING_FAILED, envelope)
 
 
-def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any) -> None:
+def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Optional[Envelope]) -> None:
     if channel._fileno is None:
         # The session ended while the message was being processed; the
         # client got no reply, so it still holds the message.
@@ -155,7 +159,7 @@ def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Any
     _answer(channel, status, envelope)
 
 
-def _answer(channel: Any, status: Any, envelope: Any) -> None:
+def _answer(channel: Any, status: Any, envelope: Optional[Envelope]) -> None:
     """Answer the awaited message with *status* and read input again."""
     channel._session.replied(status)
     if envelope is not None:

@@ -101,13 +101,13 @@ class Framer:
         """
         if self._buf or term.__class__ is not bytes or not term or len(data) > LARGE:
             return None
-        size = len(data) - len(term)  # type: ignore[arg-type]
+        size = len(data) - len(term)
         # The delimiter's first place is at the end: one record, nothing after.
-        if size < 0 or data.find(term) != size:  # type: ignore[arg-type]
+        if size < 0 or data.find(term) != size:
             return None
         prefix = self.prefix_seen
         if prefix:
-            if data.startswith(term[len(prefix) :]):  # type: ignore[index]
+            if data.startswith(term[len(prefix) :]):
                 return None  # the terminator completes at once (an empty message)
             self.prefix_seen = b""
         return data[:size]
@@ -134,18 +134,18 @@ class Framer:
         if term.__class__ is bytes and term and not self.prefix_seen:
             # The usual case, a delimiter.
             if end - pos <= LARGE:
-                index = buf.find(term, pos)  # type: ignore[arg-type]
+                index = buf.find(term, pos)
             else:
-                index = _find_large(buf, term, pos)  # type: ignore[arg-type]
+                index = _find_large(buf, term, pos)
             if index >= 0:
-                self._pos = index + len(term)  # type: ignore[arg-type]
+                self._pos = index + len(term)
                 src = self._src
                 if src is not None:
                     # A whole read ending with the delimiter (a command
                     # line): one slice, no copy of the buffer.
                     return src[pos:index], True
                 return self._slice(pos, index), True
-            cut = end - _partial_at_end(buf, pos, term)  # type: ignore[arg-type]
+            cut = end - _partial_at_end(buf, pos, term)
             if cut > pos:
                 self._pos = cut
                 return self._slice(pos, cut), False

@@ -115,10 +115,12 @@ class SessionGuard:
             return
         timeout = self._timeout()
         now = time.monotonic()
+        soonest = self.soonest
+        assert soonest is not None  # else no timer would have been armed
         if timeout is None:
             # No timeout in this state, but the session may enter one that
             # has one (DATA) without a timer being armed: look again then.
-            self._arm(now + self.soonest)  # type: ignore[operator]
+            self._arm(now + soonest)
             return
         last = self._heard()
         if last + timeout > now:
@@ -126,7 +128,7 @@ class SessionGuard:
             # timeout.  Input arriving later may enter a state with the
             # shorter one, and touch() will not move the timer: so look
             # again after at most the shorter timeout.
-            self._arm(min(last + timeout, now + self.soonest))
+            self._arm(min(last + timeout, now + soonest))
             return
         log.info("session from %r idle for %.0fs, closing", getattr(channel, "peer", None), timeout)
         try:

@@ -48,33 +48,10 @@ from . import _options
 log = logging.getLogger("smtpd_compat")
 _monotonic = time.monotonic  # touch() runs once per read
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults
-# (kept in the server's _options.Options).
-DEFAULTS: Dict[str, Any] = {
-    # RFC 5321 4.5.3.2.7: "at least 5 minutes" awaiting the next command.
-    "command_timeout": 300.0,
-    # RFC 5321 4.5.3.2.5: 3 minutes between data blocks.
-    "data_timeout": 180.0,
-    "max_connections": None,
-    # Postfix's smtpd_hard_error_limit default: no real client comes near
-    # 20 rejected commands, while a client speaking another protocol to the
-    # port (an HTTP request from a browser, a scanner) is cut off quickly.
-    "max_errors": 20,
-    # Postfix's smtpd_recipient_limit.  RFC 5321 4.5.3.1.8 requires at
-    # least 100; without a limit a session could grow by some 70 bytes per
-    # RCPT for as long as it likes (70 MB for a million).
-    "max_recipients": 1000,
-    # Replies are tens of bytes: 128 KiB is thousands of pipelined replies
-    # that the client has not read, on top of the kernel's socket buffers.
-    "max_output": 131072,
-    # RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end
-    # of its message; a process_message() Future still pending then is
-    # answered 451, so that one that never completes does not hold the
-    # session (and a max_connections slot) for ever.
-    "reply_timeout": 600.0,
-}
+# The keyword options of SMTPServer that this module applies, with their
+# defaults (all declared in _options.Options).
+DEFAULTS: Dict[str, Any] = _options.defaults(_options.LIMITS)
 
-_options.register(__name__, DEFAULTS)
 
 # Reply codes that count against max_errors: the command was not
 # understood or not acceptable in this state (RFC 5321 4.2.4, 4.3.2).
@@ -106,7 +83,7 @@ def check_options(options: Any) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError("%s must be a number of seconds or None, not %s" % (name, type(value).__name__))
-        if not timeout_in_range(value):
+        if not timeout_in_range(float(value)):
             raise ValueError("%s must be a positive number of seconds or None, not %r" % (name, value))
     for name in COUNTS:
         value = getattr(options, name)
@@ -114,7 +91,7 @@ def check_options(options: Any) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError("%s must be an integer or None, not %s" % (name, type(value).__name__))
-        if not count_in_range(value):
+        if not count_in_range(int(value)):
             raise ValueError("%s must not be negative, not %r" % (name, value))
 
 

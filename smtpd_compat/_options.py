@@ -1,81 +1,160 @@
-"""The keyword options of one server, kept where no subclass can clash with them.
+"""Every keyword option of ``SMTPServer``: its name, type and default, in one
+place, and the one object that holds a server's values.
 
-``SMTPServer(..., **options)`` stores the options it is given in one private
-:class:`Options` object (``server._compat_options``); the code that uses them
-reads them there through :func:`of`.  The standard library's ``SMTPServer``
-had none of these names, so a subclass written for it may use any of them
-(``self.max_connections = ...``, a method called ``authenticator``...) for
-its own purposes: that must neither change how the server behaves nor fail.
+``SMTPServer(..., **options)`` keeps what it is given in an :class:`Options`
+(``server._compat_options``); the code that uses the values reads them there
+through :func:`of`.  The standard library's ``SMTPServer`` had none of these
+names, so a subclass written for it may use any of them (``self.max_connections
+= ...``, a method called ``authenticator``...) for its own purposes: that must
+neither change how the server behaves nor fail.  Each option is also readable
+as an attribute of the same name on the server (``_views.option_view``, a
+non-data descriptor), which a subclass attribute or an instance assignment
+simply replaces.  Options are given when the server is created; assigning the
+attribute later rebinds the name on that object only.
 
-Each option is also readable as an attribute of the same name on the server
-(``_views.option_view``, a non-data descriptor): reading ``server.max_errors``
-gives the option's value, while a subclass attribute or an instance
-assignment of that name simply takes its place, as it would have on the
-standard library's class.  Options are given when the server is created;
-assigning the attribute later rebinds the name on that object only.
-
-The defaults live in the tables of the feature modules (``_limits``,
-``_tls``, ``_serving``), which register them here when imported.
+:class:`ServerOptions` says the same names and types to a type checker, for
+``SMTPServer(**options)`` (a test keeps the two in step).  The value checks
+live with the features (``_limits.check_options``, ``_tls.check_options``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional
+import dataclasses
+import ssl
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, cast
 
-__all__ = ["Options", "defaults", "names", "of", "register"]
+from ._sasl import DEFAULT_MECHANISMS
 
-_TABLES: Dict[str, Dict[str, Any]] = {}
-_defaults: Optional["Options"] = None
+__all__ = ["LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
 
 
-def register(owner: str, table: Dict[str, Any]) -> None:
-    """Add the options of the feature module *owner* with their defaults."""
-    global _defaults
-    for name in table:
-        for other, known in _TABLES.items():
-            if name in known and other != owner:
-                raise ValueError("option %r is declared by both %s and %s" % (name, other, owner))
-    _TABLES[owner] = table
-    _defaults = None
+@dataclasses.dataclass
+class Options:
+    """One server's option values (see docs/hardening.md and docs/security.md)."""
+
+    # -- limits (_limits, _guard) --------------------------------------------------------
+    # RFC 5321 4.5.3.2.7: "at least 5 minutes" awaiting the next command.
+    command_timeout: Optional[float] = 300.0
+    # RFC 5321 4.5.3.2.5: 3 minutes between data blocks.
+    data_timeout: Optional[float] = 180.0
+    max_connections: Optional[int] = None
+    # Postfix's smtpd_hard_error_limit default: no real client comes near
+    # 20 rejected commands, while a client speaking another protocol to the
+    # port (an HTTP request from a browser, a scanner) is cut off quickly.
+    max_errors: Optional[int] = 20
+    # Postfix's smtpd_recipient_limit.  RFC 5321 4.5.3.1.8 requires at
+    # least 100; without a limit a session could grow by some 70 bytes per
+    # RCPT for as long as it likes (70 MB for a million).
+    max_recipients: Optional[int] = 1000
+    # Replies are tens of bytes: 128 KiB is thousands of pipelined replies
+    # that the client has not read, on top of the kernel's socket buffers.
+    max_output: Optional[int] = 131072
+    # RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end
+    # of its message; a process_message() Future still pending then is
+    # answered 451, so that one that never completes does not hold the
+    # session (and a max_connections slot) for ever.
+    reply_timeout: Optional[float] = 600.0
+
+    # -- TLS and AUTH (_tls) ---------------------------------------------------------------
+    # An ssl.SSLContext (server side): offer STARTTLS with it.
+    tls_context: Optional[ssl.SSLContext] = None
+    # Refuse MAIL with 530 until the session has switched to TLS.
+    require_starttls: bool = False
+    # An ssl.SSLContext: every accepted connection speaks TLS from its first
+    # byte (SMTPS, RFC 8314); the greeting follows the handshake.
+    implicit_tls_context: Optional[ssl.SSLContext] = None
+    # Seconds a client may take to complete a TLS handshake (None: no bound).
+    tls_handshake_timeout: Optional[float] = 30.0
+    # callable(server, channel, mechanism, login, password) -> bool; AUTH is
+    # offered when this is set or the server class overrides authenticate().
+    authenticator: Optional[Callable[..., Any]] = None
+    # Offer and accept AUTH only over TLS (passwords are sent in clear).
+    auth_require_tls: bool = True
+    # Refuse MAIL with 530 until the client has authenticated.
+    auth_required: bool = False
+    # SASL mechanisms offered, in EHLO order.
+    auth_mechanisms: Tuple[str, ...] = DEFAULT_MECHANISMS
+    # Wrong passwords allowed per session; the next is answered 421 and the
+    # connection closed (None or 0: no limit).
+    max_auth_failures: Optional[int] = 3
+    # PureProxy's connection to its upstream server (see _relay): None, or
+    # "starttls" / "smtps" to relay over TLS ...
+    relay_tls: Optional[str] = None
+    # ... verified with this client ssl.SSLContext (None: the system's CAs
+    # and the upstream host name, ssl.create_default_context()) ...
+    relay_tls_context: Optional[ssl.SSLContext] = None
+    # ... and (login, password) to authenticate with there, over TLS only.
+    relay_auth: Optional[Tuple[str, str]] = None
+
+    # -- serving (_serving) ----------------------------------------------------------------
+    # Seconds a graceful shutdown waits for messages being received (DATA)
+    # to complete before those sessions are cut off with a 421.
+    shutdown_timeout: Optional[float] = 30.0
+
+
+class ServerOptions(TypedDict, total=False):
+    """The keyword options of ``SMTPServer``, for a type checker
+    (``**options: Unpack[ServerOptions]``): the fields of :class:`Options`."""
+
+    command_timeout: Optional[float]
+    data_timeout: Optional[float]
+    max_connections: Optional[int]
+    max_errors: Optional[int]
+    max_recipients: Optional[int]
+    max_output: Optional[int]
+    reply_timeout: Optional[float]
+    tls_context: Optional[ssl.SSLContext]
+    require_starttls: bool
+    implicit_tls_context: Optional[ssl.SSLContext]
+    tls_handshake_timeout: Optional[float]
+    authenticator: Optional[Callable[..., Any]]
+    auth_require_tls: bool
+    auth_required: bool
+    auth_mechanisms: Tuple[str, ...]
+    max_auth_failures: Optional[int]
+    relay_tls: Optional[str]
+    relay_tls_context: Optional[ssl.SSLContext]
+    relay_auth: Optional[Tuple[str, str]]
+    shutdown_timeout: Optional[float]
+
+
+# The options of each feature, by name (their defaults are Options').
+LIMITS = ("command_timeout", "data_timeout", "max_connections", "max_errors", "max_recipients", "max_output", "reply_timeout")
+TLS = (
+    "tls_context", "require_starttls", "implicit_tls_context", "tls_handshake_timeout", "authenticator", "auth_require_tls",
+    "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
+)
+SERVING = ("shutdown_timeout",)
+
+_DEFAULTS = Options()
 
 
 def names() -> Iterator[str]:
     """Every option name, in declaration order."""
-    for table in _TABLES.values():
-        yield from table
+    return (field.name for field in dataclasses.fields(Options))
 
 
-class Options:
-    """One server's option values, by name (attributes)."""
-
-    def __init__(self, given: Optional[Dict[str, Any]] = None) -> None:
-        for table in _TABLES.values():
-            self.__dict__.update(table)
-        if given:
-            unknown = sorted(name for name in given if name not in self.__dict__)
-            if unknown:
-                raise TypeError("unexpected keyword argument(s): %s" % ", ".join(unknown))
-            self.__dict__.update(given)
-
-    def __repr__(self) -> str:
-        return "Options(%s)" % ", ".join("%s=%r" % item for item in sorted(self.__dict__.items()))
+def defaults(group: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """The default of every option of *group* (of every option when empty)."""
+    return {name: getattr(_DEFAULTS, name) for name in (group or tuple(names()))}
 
 
-def defaults() -> Options:
-    """The options of a server that was given none."""
-    global _defaults
-    if _defaults is None:
-        _defaults = Options()
-    return _defaults
+def make(given: Dict[str, Any]) -> Options:
+    """The Options for *given* keyword arguments; TypeError for a name that
+    is not an option."""
+    unknown = sorted(set(given) - set(names()))
+    if unknown:
+        raise TypeError("unexpected keyword argument(s): %s" % ", ".join(unknown))
+    return Options(**given)
 
 
 def of(server: Any) -> Options:
     """The options of *server*; the defaults for an object that has none (a
     stand-in server in a test, or a server whose ``__init__`` has not run)."""
     try:
-        return server.__dict__[ATTRIBUTE]  # type: ignore[no-any-return]
+        return cast(Options, server.__dict__[ATTRIBUTE])
     except (KeyError, AttributeError):
-        return defaults()
+        return _DEFAULTS

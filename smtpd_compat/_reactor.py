@@ -30,6 +30,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from ._pollers import _IN, _OUT, EVENT_EXPT, EVENT_READ, EVENT_WRITE, POLLER, POLLER_VARIABLE, _Poller  # noqa: F401  (re-exported)
 
 log = logging.getLogger("smtpd_compat")
 
@@ -40,7 +41,7 @@ _reactors: Dict[int, "Reactor"] = {}
 _reactors_lock = threading.Lock()
 
 
-def reactor_for(map: dict, create: bool = True) -> Optional["Reactor"]:
+def reactor_for(map: Dict[int, Any], create: bool = True) -> Optional["Reactor"]:
     """Return the reactor serving *map*, creating it when *create* is true."""
     reactor = _reactors.get(id(map))
     if reactor is None and create:
@@ -68,7 +69,7 @@ MAX_WAIT = 0.5 if sys.platform == "win32" else 3600.0
 reactor_of = _reactors.get
 
 
-def forget(map: dict) -> None:
+def forget(map: Dict[int, Any]) -> None:
     """Close and drop the reactor of *map*, if there is one."""
     with _reactors_lock:
         reactor = _reactors.pop(id(map), None)
@@ -98,7 +99,6 @@ def _cancelled_callback() -> None:
     pass
 
 
-from ._pollers import _IN, _OUT, EVENT_EXPT, EVENT_READ, EVENT_WRITE, POLLER, POLLER_VARIABLE, _Poller  # noqa: F401
 
 def _interest(obj: Any) -> int:
     mask = 0
@@ -128,7 +128,7 @@ def _wants_expt(obj: Any) -> bool:
 
 def _cpus() -> int:
     try:
-        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
@@ -148,7 +148,7 @@ class Reactor:
 
     busy_poll = 0.0001 if _cpus() > 1 else 0.0
 
-    def __init__(self, map: dict) -> None:
+    def __init__(self, map: Dict[int, Any]) -> None:
         self.map = map
         self.selector: Any = _Poller()
         # fd -> (dispatcher, registered mask); mask 0 means "known, not in

@@ -38,8 +38,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import _replies as R
 from . import _options, _tls
+from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
 
@@ -77,6 +77,7 @@ def executor(server: Any) -> concurrent.futures.ThreadPoolExecutor:
     """The thread pool that runs *server*'s upstream conversations, created
     on first use (a fresh one after :func:`shutdown_executor`)."""
     with _executor_lock:
+        pool: Optional[concurrent.futures.ThreadPoolExecutor]
         pool, pid = server.__dict__.get("_relay_executor", (None, 0))
         if pool is None or pid != os.getpid():
             # None yet, or made before a fork(): its threads are the parent's.
@@ -294,12 +295,11 @@ def _close(conn: smtplib.SMTP, polite: bool) -> None:
 
 
 # -- the reply to the client -------------------------------------------------------------
-def _text(text: Any) -> str:
+def _text(reply: Any) -> str:
     """Upstream reply text, safe to quote in one reply line."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("ascii", "replace")
-    text = str(text)
-    text = "".join(ch if " " <= ch < "\x7f" else " " for ch in text)
+    if isinstance(reply, (bytes, bytearray)):
+        reply = bytes(reply).decode("ascii", "replace")
+    text = "".join(ch if " " <= ch < "\x7f" else " " for ch in str(reply))
     text = " ".join(text.split())
     if len(text) > _MAX_TEXT:
         text = text[: _MAX_TEXT - 3] + "..."

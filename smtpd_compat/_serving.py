@@ -52,14 +52,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import _grammar, _logging, _options, _reactor
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults
-# (kept in the server's _options.Options).
-DEFAULTS: Dict[str, Any] = {
-    # Seconds a graceful shutdown waits for messages being received (DATA)
-    # to complete before those sessions are cut off with a 421.
-    "shutdown_timeout": 30.0,
-}
-_options.register(__name__, DEFAULTS)
+# The keyword options of SMTPServer that this module applies, with their
+# defaults (all declared in _options.Options).
+DEFAULTS: Dict[str, Any] = _options.defaults(_options.SERVING)
 
 log = logging.getLogger("smtpd_compat")
 
@@ -115,7 +110,7 @@ class _State:
 
 
 def _state(server: Any) -> _State:
-    st = server.__dict__.get("_serving_state")
+    st: Optional[_State] = server.__dict__.get("_serving_state")
     if st is None:
         with _states_lock:
             st = server.__dict__.get("_serving_state")
@@ -155,7 +150,8 @@ def sessions(server: Any) -> Set[Any]:
     for ``max_connections`` and for shutting down.  A channel joins it when
     it greets its client and leaves it when it closes."""
     try:
-        return server.__dict__["_compat_sessions"]
+        registry: Set[Any] = server.__dict__["_compat_sessions"]
+        return registry
     except KeyError:
         found: Set[Any] = set()
         server.__dict__["_compat_sessions"] = found

@@ -32,8 +32,8 @@ from . import _grammar, _sasl
 from . import _replies as R
 from ._sasl import Credentials, Mechanism
 from ._state import AUTH_LINE_LIMIT, COMMAND, DATA, TRANSITIONS, Detached, Event, Features, Host, State
-from ._state import CommandSizeLimits as _CommandSizeLimits
 from ._state import NO_LIMITS as _NO_LIMITS
+from ._state import CommandSizeLimits as _CommandSizeLimits
 
 log = logging.getLogger("smtpd_compat")
 
@@ -112,11 +112,11 @@ class Session:
         if cached:
             largest = limits.largest
             if largest is not None:
-                return self.host.command_size_limit if largest is _NO_LIMITS else largest  # type: ignore[no-any-return]
+                return self.host.command_size_limit if largest is _NO_LIMITS else largest
         largest = max(limits.values(), default=_NO_LIMITS)
         if cached:
             limits.largest = largest
-        return self.host.command_size_limit if largest is _NO_LIMITS else largest  # type: ignore[no-any-return]
+        return self.host.command_size_limit if largest is _NO_LIMITS else largest
 
     # -- smtpd's state resets (the host's hooks of those names call these) -------
     def post_data_state(self) -> None:

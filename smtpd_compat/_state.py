@@ -209,6 +209,18 @@ class Detached(Host):
         pass
 
 
+def _forgetting(name: str) -> Any:
+    """defaultdict's method *name*, made to forget CommandSizeLimits.largest."""
+    method = getattr(collections.defaultdict, name)
+
+    def forget(self: "CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
+        self.largest = None
+        return method(self, *args, **kwargs)
+
+    forget.__name__ = name
+    return forget
+
+
 class CommandSizeLimits(collections.defaultdict):  # type: ignore[type-arg]
     """A session's ``command_size_limits``: a defaultdict that remembers its
     largest value, which ``max_command_size_limit`` is asked for on every
@@ -224,26 +236,15 @@ class CommandSizeLimits(collections.defaultdict):  # type: ignore[type-arg]
         self.largest = None
         super().__delitem__(key)
 
-    def __ior__(self, other: Any) -> Any:
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]  # defaultdict's own signature
         self.largest = None
         return super().__ior__(other)
-
-    def _forgetting(name: str) -> Any:  # noqa: N805  (builds methods below)
-        method = getattr(collections.defaultdict, name)
-
-        def forget(self: "CommandSizeLimits", *args: Any, **kwargs: Any) -> Any:
-            self.largest = None
-            return method(self, *args, **kwargs)
-
-        forget.__name__ = name
-        return forget
 
     clear = _forgetting("clear")
     pop = _forgetting("pop")
     popitem = _forgetting("popitem")
     setdefault = _forgetting("setdefault")
     update = _forgetting("update")
-    del _forgetting
 
 
 # _CommandSizeLimits.largest of an empty dict (a HELO session): the host's

@@ -19,7 +19,6 @@ PureProxy's upstream connection (:func:`relay_client`,
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import inspect
 import logging
 import smtplib
@@ -31,41 +30,10 @@ from ._auth import MECHANISMS, Credentials, PasswordFile, check_in_worker
 
 log = logging.getLogger("smtpd_compat")
 
-# Keyword-only options this module adds to SMTPServer(...), with defaults
-# (kept in the server's _options.Options).
-DEFAULTS: Dict[str, Any] = {
-    # An ssl.SSLContext (server side): offer STARTTLS with it.
-    "tls_context": None,
-    # Refuse MAIL with 530 until the session has switched to TLS.
-    "require_starttls": False,
-    # An ssl.SSLContext: every accepted connection speaks TLS from its first
-    # byte (SMTPS, RFC 8314); the greeting follows the handshake.
-    "implicit_tls_context": None,
-    # Seconds a client may take to complete a TLS handshake (None: no bound).
-    "tls_handshake_timeout": 30.0,
-    # callable(server, channel, mechanism, login, password) -> bool; AUTH is
-    # offered when this is set or the server class overrides authenticate().
-    "authenticator": None,
-    # Offer and accept AUTH only over TLS (passwords are sent in clear).
-    "auth_require_tls": True,
-    # Refuse MAIL with 530 until the client has authenticated.
-    "auth_required": False,
-    # SASL mechanisms offered, in EHLO order.
-    "auth_mechanisms": MECHANISMS,
-    # Wrong passwords allowed per session; the next is answered 421 and the
-    # connection closed (None or 0: no limit).
-    "max_auth_failures": 3,
-    # PureProxy's connection to its upstream server (see _relay): None, or
-    # "starttls" / "smtps" to relay over TLS ...
-    "relay_tls": None,
-    # ... verified with this client ssl.SSLContext (None: the system's CAs
-    # and the upstream host name, ssl.create_default_context()) ...
-    "relay_tls_context": None,
-    # ... and (login, password) to authenticate with there, over TLS only.
-    "relay_auth": None,
-}
+# The keyword options of SMTPServer that this module applies, with their
+# defaults (all declared in _options.Options).
+DEFAULTS: Dict[str, Any] = _options.defaults(_options.TLS)
 
-_options.register(__name__, DEFAULTS)
 
 RELAY_TLS_MODES = ("starttls", "smtps")
 
@@ -118,8 +86,7 @@ def auth_enabled(server: Any) -> bool:
     return _overrides_authenticate(type(server))
 
 
-@functools.lru_cache(maxsize=None)
-def _overrides_authenticate(cls: type) -> bool:
+def _overrides_authenticate(cls: Any) -> bool:
     """Whether *cls* overrides authenticate() with this package's meaning.
 
     A server written for the standard library may have a method of that
@@ -127,6 +94,17 @@ def _overrides_authenticate(cls: type) -> bool:
     this package's AUTH on.  Only an override that takes ``(channel,
     mechanism, login, password)`` counts.
     """
+    known = _OVERRIDES.get(cls)
+    if known is None:
+        known = _OVERRIDES[cls] = _decide_override(cls)
+    return known
+
+
+# class -> whether it overrides authenticate() with this package's meaning.
+_OVERRIDES: Dict[Any, bool] = {}
+
+
+def _decide_override(cls: Any) -> bool:
     method = getattr(cls, "authenticate", None)
     if method is None or method is SecureServerMixin.authenticate:
         return False
@@ -171,7 +149,7 @@ def relay_client(server: Any, **kwargs: Any) -> smtplib.SMTP:
     # smtplib checks the certificate against (and sends as SNI) the host
     # given to its constructor, which would also connect; the relay connects
     # later, so name the host now.
-    conn._host = server._remoteaddr[0]
+    conn._host = server._remoteaddr[0]  # type: ignore[attr-defined]
     return conn
 
 
@@ -208,9 +186,9 @@ def secure_relay_session(server: Any, conn: smtplib.SMTP) -> None:
         raise RelaySecurityError("the upstream server does not offer AUTH") from None
     except smtplib.SMTPException as err:
         # The password is in neither the message nor the traceback.
-        code = getattr(err, "smtp_code", None)
-        reply = _reply_text(getattr(err, "smtp_error", "")) if code else str(err)
-        raise RelaySecurityError("upstream AUTH as %r failed: %s %s" % (login, code or "", reply)) from None
+        failed = getattr(err, "smtp_code", None)
+        reply = _reply_text(getattr(err, "smtp_error", "")) if failed else str(err)
+        raise RelaySecurityError("upstream AUTH as %r failed: %s %s" % (login, failed or "", reply)) from None
 
 
 def _reply_text(text: Any) -> str:

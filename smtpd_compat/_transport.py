@@ -33,7 +33,7 @@ import logging
 import socket
 import ssl
 from errno import EAGAIN
-from typing import Any, List
+from typing import Any, Callable, List
 
 log = logging.getLogger("smtpd_compat")
 
@@ -56,8 +56,9 @@ class PlainTransport:
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         # The socket's own methods (bound C functions for a real socket).
-        self.recv = sock.recv
-        self.send = sock.send
+        self.recv: Callable[[int], bytes] = sock.recv
+        self.send: Callable[[Any], int] = sock.send
+        self.sendmsg: Callable[[List[Any]], int]
         if type(sock) is socket.socket:
             self.sendmsg = sock.sendmsg
         elif isinstance(sock, ssl.SSLSocket):
@@ -70,7 +71,7 @@ class PlainTransport:
             self.sendmsg = self._send_each
 
     def _send_joined(self, chunks: List[Any]) -> int:
-        return self.send(b"".join(chunks))  # type: ignore[no-any-return]
+        return self.send(b"".join(chunks))
 
     def _send_each(self, chunks: List[Any]) -> int:
         total = 0
@@ -170,7 +171,7 @@ class TLSTransport:
     # -- bytes ------------------------------------------------------------------------------
     def recv(self, size: int) -> bytes:
         sock = self.sock
-        chunks = []
+        chunks: List[bytes] = []
         total = 0
         # One SSL read returns at most one TLS record (16 KiB): read until
         # the buffer size or until TLS has nothing more.

@@ -16,7 +16,7 @@ the package keeps privately, in three kinds:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar, overload
 from warnings import warn
 
 from . import _options
@@ -57,6 +57,12 @@ class Lazy(Generic[T]):
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: Optional[type] = None) -> "Lazy[T]": ...
+
+    @overload
+    def __get__(self, obj: object, owner: Optional[type] = None) -> T: ...
 
     def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
         if obj is None:

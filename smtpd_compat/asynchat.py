@@ -38,7 +38,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import Any, Deque, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import _reactor, asyncore
 from ._framing import Framer, find_prefix_at_end
@@ -110,7 +110,7 @@ class async_chat(asyncore.dispatcher):
             getattr(cls, name) is getattr(owner, name) for name in ("collect_incoming_data", "found_terminator")
         )
 
-    def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
+    def __init__(self, sock: Optional[Any] = None, map: Optional[Dict[int, Any]] = None) -> None:
         # The input read and not handed out yet (see _framing).
         self._ac_framer = Framer()
         self.incoming: List[bytes] = []
@@ -232,7 +232,7 @@ class async_chat(asyncore.dispatcher):
             return asyncore.dispatcher.recv(self, buffer_size)
         # asyncore's rules, over TLS.
         try:
-            data = transport.recv(buffer_size)
+            data: bytes = transport.recv(buffer_size)
         except BlockingIOError:
             raise
         except OSError as why:
@@ -279,11 +279,11 @@ class async_chat(asyncore.dispatcher):
         in one call instead of the two hooks'.
         """
         framer = self._ac_framer
-        record = self._ac_record if self._ac_records else None
+        record: Optional[Callable[[bytes], None]] = self._ac_record if self._ac_records else None
         self._ac_batching = True
         try:
             piece = framer.whole(data, self.terminator) if record is not None else None
-            if piece is not None:
+            if piece is not None and record is not None:
                 record(piece)  # the usual read: one line, or one small message
             else:
                 framer.feed(data)
@@ -340,7 +340,7 @@ class async_chat(asyncore.dispatcher):
                 collect(piece)
             if term.__class__ is int and term:
                 # A byte count: asynchat counted it down in place.
-                self.terminator = 0 if done else term - len(piece)  # type: ignore[operator]
+                self.terminator = 0 if done else term - len(piece)
             if done:
                 found()
         if self._ac_input_closed or self._fileno is None:

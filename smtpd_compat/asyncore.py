@@ -45,9 +45,9 @@ from errno import (
     EWOULDBLOCK,
     errorcode,
 )
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
-from . import _reactor
+from . import _pollers, _reactor
 
 __all__ = [
     "ExitNow",
@@ -80,7 +80,10 @@ _DISCONNECTED = frozenset({ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE,
 _ACCEPT_BACKOFF_ERRORS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 ACCEPT_BACKOFF = 0.1
 
-socket_map: Dict[int, "dispatcher"] = {}
+# A socket map: file descriptor -> dispatcher.
+SocketMap = Dict[int, Any]
+
+socket_map: SocketMap = {}
 
 
 class ExitNow(Exception):
@@ -141,11 +144,11 @@ def readwrite(obj: "dispatcher", flags: int) -> None:
 def _dispatch(obj: "dispatcher", mask: int) -> None:
     # In readwrite()'s order: read, write, then out-of-band data.
     try:
-        if mask & _reactor.EVENT_READ:
+        if mask & _pollers.EVENT_READ:
             obj.handle_read_event()
-        if mask & _reactor.EVENT_WRITE and obj._fileno is not None:
+        if mask & _pollers.EVENT_WRITE and obj._fileno is not None:
             obj.handle_write_event()
-        if mask & _reactor.EVENT_EXPT and obj._fileno is not None:
+        if mask & _pollers.EVENT_EXPT and obj._fileno is not None:
             obj.handle_expt_event()
     except BaseException as exc:
         _event_failed(obj, exc)
@@ -165,13 +168,15 @@ def _event_failed(obj: "dispatcher", exc: BaseException) -> None:
 
 
 # -- the loop -------------------------------------------------------------------
-def poll(timeout: Optional[float] = 0.0, map: Optional[dict] = None) -> None:
+def poll(timeout: Optional[float] = 0.0, map: Optional[SocketMap] = None) -> None:
     """Run one loop iteration over *map*, waiting at most *timeout* seconds."""
     if map is None:
         map = socket_map
     if not map:
         return
-    _reactor.reactor_for(map).poll(timeout, _dispatch, _event_failed)
+    reactor = _reactor.reactor_for(map)
+    assert reactor is not None  # create=True makes one
+    reactor.poll(timeout, _dispatch, _event_failed)
 
 
 # poll2 and poll3 chose between select() and poll() in asyncore; both are one
@@ -182,7 +187,7 @@ poll2 = poll3 = poll
 def loop(
     timeout: float = 30.0,
     use_poll: bool = False,
-    map: Optional[dict] = None,
+    map: Optional[SocketMap] = None,
     count: Optional[int] = None,
 ) -> None:
     """Serve the dispatchers in *map* until it is empty, or *count* iterations.
@@ -205,8 +210,8 @@ def loop(
 
 # Implementations of readable()/writable() whose answers only change when
 # the dispatcher says so (see dispatcher._interest_changed).
-_TRACKED_READABLE: set = set()
-_TRACKED_WRITABLE: set = set()
+_TRACKED_READABLE: Set[Any] = set()
+_TRACKED_WRITABLE: Set[Any] = set()
 
 
 class dispatcher:
@@ -223,9 +228,11 @@ class dispatcher:
     connecting = False
     closing = False
     addr: Any = None
+    # The socket (or socket-like object) under this dispatcher; None until one is set.
+    socket: Any
     ignore_log_types = frozenset({"warning"})
 
-    def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
+    def __init__(self, sock: Optional[Any] = None, map: Optional[SocketMap] = None) -> None:
         if map is None:
             self._map = socket_map
         else:
@@ -273,19 +280,20 @@ class dispatcher:
         if reactor is not None:
             reactor.mark(self._fileno)
 
-    def add_channel(self, map: Optional[dict] = None) -> None:
+    def add_channel(self, map: Optional[SocketMap] = None) -> None:
         if map is None:
             map = self._map
+        assert self._fileno is not None
         map[self._fileno] = self
         reactor = _reactor.reactor_for(map, create=False)
         if reactor is not None:
             reactor.mark(self._fileno)
 
-    def del_channel(self, map: Optional[dict] = None) -> None:
+    def del_channel(self, map: Optional[SocketMap] = None) -> None:
         fd = self._fileno
         if map is None:
             map = self._map
-        if fd in map:
+        if fd is not None and fd in map:
             del map[fd]
         reactor = _reactor.reactor_for(map, create=False)
         if reactor is not None:
@@ -298,7 +306,7 @@ class dispatcher:
         sock.setblocking(False)
         self.set_socket(sock)
 
-    def set_socket(self, sock: Any, map: Optional[dict] = None) -> None:
+    def set_socket(self, sock: Any, map: Optional[SocketMap] = None) -> None:
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
@@ -370,7 +378,8 @@ class dispatcher:
 
     def send(self, data: bytes) -> int:
         try:
-            return self.socket.send(data)
+            sent: int = self.socket.send(data)
+            return sent
         except OSError as why:
             if why.errno == EWOULDBLOCK:
                 return 0
@@ -381,7 +390,7 @@ class dispatcher:
 
     def recv(self, buffer_size: int) -> bytes:
         try:
-            data = self.socket.recv(buffer_size)
+            data: bytes = self.socket.recv(buffer_size)
         except OSError as why:
             if why.errno in _DISCONNECTED:
                 self.handle_close()
@@ -505,7 +514,7 @@ _reactor.DEFAULT_EXPT_HANDLERS.update((dispatcher.handle_expt_event, dispatcher.
 class dispatcher_with_send(dispatcher):
     """A dispatcher that buffers what ``send()`` could not write at once."""
 
-    def __init__(self, sock: Optional[Any] = None, map: Optional[dict] = None) -> None:
+    def __init__(self, sock: Optional[Any] = None, map: Optional[SocketMap] = None) -> None:
         dispatcher.__init__(self, sock, map)
         self.out_buffer = b""
 
@@ -544,7 +553,7 @@ def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
     return frames[-1], t, v, info
 
 
-def close_all(map: Optional[dict] = None, ignore_all: bool = False) -> None:
+def close_all(map: Optional[SocketMap] = None, ignore_all: bool = False) -> None:
     """Close every dispatcher in *map* (default: ``socket_map``) and empty it."""
     if map is None:
         map = socket_map
@@ -575,7 +584,7 @@ if os.name == "posix":
 
         def __del__(self) -> None:
             if self.fd >= 0:
-                warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)
+                warnings.warn("unclosed file %r" % self, ResourceWarning, stacklevel=1, source=self)
             self.close()
 
         def recv(self, *args: Any) -> bytes:
@@ -608,7 +617,7 @@ if os.name == "posix":
     class file_dispatcher(dispatcher):
         """A dispatcher over a file descriptor (pipes, ttys)."""
 
-        def __init__(self, fd: Any, map: Optional[dict] = None) -> None:
+        def __init__(self, fd: Any, map: Optional[SocketMap] = None) -> None:
             dispatcher.__init__(self, None, map)
             self.connected = True
             try:

@@ -126,7 +126,7 @@ class Controller:
     @property
     def port(self) -> int:
         """The port the server is bound to."""
-        return self.address[1]
+        return int(self.address[1])
 
     def __enter__(self) -> "Controller":
         return self.start()

@@ -116,7 +116,7 @@ class RecordingServer(SMTPServer):
             mailfrom=mailfrom,
             rcpttos=list(rcpttos),
             data=raw,
-            message=email.message_from_bytes(raw, policy=email.policy.default),  # type: ignore[arg-type]
+            message=email.message_from_bytes(raw, policy=email.policy.default),
             mail_options=list(kwargs.get("mail_options") or ()),
             rcpt_options=list(kwargs.get("rcpt_options") or ()),
             received_at=time.time(),

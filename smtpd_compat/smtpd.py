@@ -51,13 +51,32 @@ import logging
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
-from . import _auth, _delivery, _grammar, _guard, _limits, _logging, _options, _relay, _serving, _session, _tls, _transport, _views
-from . import asynchat, asyncore
+from . import (
+    _auth,
+    _delivery,
+    _grammar,
+    _guard,
+    _limits,
+    _logging,
+    _options,
+    _relay,
+    _serving,
+    _session,
+    _tls,
+    _transport,
+    _views,
+    asynchat,
+    asyncore,
+)
 from . import _replies as R
 from ._session import Session, State
+
+if _TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
 
@@ -198,7 +217,7 @@ class SMTPChannel(asynchat.async_chat):
         conn: Any,
         addr: Any,
         data_size_limit: int = DATA_SIZE_DEFAULT,
-        map: Optional[dict] = None,
+        map: Optional[Dict[int, Any]] = None,
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
@@ -389,7 +408,9 @@ class SMTPChannel(asynchat.async_chat):
         return _transport.can_start_tls(self.socket)  # not a test double
 
     def _session_start_tls(self) -> None:
-        self._ac_start_tls(_options.of(self.smtp_server).tls_context)
+        context = _options.of(self.smtp_server).tls_context
+        assert context is not None  # the session offers STARTTLS only with one
+        self._ac_start_tls(context)
 
     def _session_check(self, credentials: _auth.Credentials) -> None:
         _tls.check_credentials(self, credentials)
@@ -542,12 +563,12 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         localaddr: Tuple[Any, int],
         remoteaddr: Any,
         data_size_limit: int = DATA_SIZE_DEFAULT,
-        map: Optional[dict] = None,
+        map: Optional[Dict[int, Any]] = None,
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
-        **options: Any,
+        **options: Unpack[_options.ServerOptions],
     ) -> None:
-        self._apply_options(options)
+        self._apply_options(dict(options))
         self._localaddr = localaddr
         self._remoteaddr = remoteaddr
         self.data_size_limit = data_size_limit
@@ -577,7 +598,7 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         private _options.Options; an unknown keyword is a TypeError, as for
         any function."""
         try:
-            values = _options.Options(options)
+            values = _options.make(options)
         except TypeError as err:
             raise TypeError("%s() got %s" % (type(self).__name__, err)) from None
         self.__dict__[_options.ATTRIBUTE] = values
@@ -751,7 +772,10 @@ class PureProxy(SMTPServer):
         super().__init__(*args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
-        data = _grammar.add_peer_header(data, peer[0])
+        if isinstance(data, str):
+            data = _grammar.add_peer_header(data, peer[0])
+        else:
+            data = _grammar.add_peer_header(data, peer[0])
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data)
 
     def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Optional[str]:
@@ -789,7 +813,8 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
     """
     from . import _cli
 
-    return _cli.parse_smtpd_options(sys.argv[1:] if argv is None else argv)
+    options: Options = _cli.parse_smtpd_options(sys.argv[1:] if argv is None else argv)
+    return options
 
 
 if __name__ == "__main__":

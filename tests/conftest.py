@@ -34,8 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from smtpd_compat import asyncore, smtpd  # noqa: E402
-from smtpd_compat import _reactor, _serving  # noqa: E402
+from smtpd_compat import _reactor, _serving, asyncore, smtpd  # noqa: E402  # noqa: E402
 
 # Generous upper bound for anything a test waits for; a passing test never
 # comes near it, a failing one does not hang the suite.

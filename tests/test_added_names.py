@@ -12,9 +12,9 @@ import concurrent.futures
 import smtplib
 from typing import Any, List
 
-from conftest import GREETING, RawClient, running_server
-
 from smtpd_compat import Controller, smtpd
+
+from conftest import GREETING, RawClient, running_server
 
 
 class OwnNames(smtpd.SMTPServer):

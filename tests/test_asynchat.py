@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import TIMEOUT, stdlib_modules
 from smtpd_compat import asynchat, asyncore
 
+from conftest import TIMEOUT, stdlib_modules
 
 OURS = (asynchat, asyncore)
 STDLIB = stdlib_modules("asynchat", "asyncore")
@@ -72,7 +72,7 @@ def run_chat(modules: Tuple[Any, Any], terminator: Any, chunks: List[bytes], on_
         for chunk in chunks:
             before = chat.reads
             b.sendall(chunk)
-            pump(core, map, lambda: chat.reads > before or not map)
+            pump(core, map, lambda before=before: chat.reads > before or not map)
             if not map:
                 break
     finally:

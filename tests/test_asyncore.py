@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread
 from smtpd_compat import _pollers, _reactor, asyncore
+
+from conftest import GREETING, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread
 
 
 def run_until(map: dict, done: Callable[[], bool], timeout: float = TIMEOUT) -> None:

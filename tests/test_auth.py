@@ -15,6 +15,10 @@ import threading
 from typing import Any, List
 
 import pytest
+
+from smtpd_compat import _auth, smtpd
+from smtpd_compat._auth import PasswordFile
+
 from conftest import TIMEOUT, RawClient, RecordingSMTPServer
 from tls_helpers import (  # noqa: F401  (fixtures)
     PASSWORD,
@@ -26,9 +30,6 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     tls_client,
     tls_files,
 )
-
-from smtpd_compat import _auth, smtpd
-from smtpd_compat._auth import PasswordFile
 
 PLAIN_IR = b64(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())
 WRONG_IR = b64(b"\0" + USER.encode() + b"\0wrong")

@@ -21,9 +21,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import REPO_ROOT, TIMEOUT
 import smtpd_compat
 from smtpd_compat import _cli, smtpd
+
+from conftest import REPO_ROOT, TIMEOUT
 
 
 def env() -> Dict[str, str]:
@@ -64,7 +65,7 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            raise AssertionError("the server did not stop on signal %d; stderr: %s" % (sig, err))
+            raise AssertionError("the server did not stop on signal %d; stderr: %s" % (sig, err)) from None
         return self.proc.returncode, out, err
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import pytest
-from conftest import FQDN, REPO_ROOT, TIMEOUT, RawClient
 from test_cli import env, one_error_line, run_cli
-from tls_helpers import cli_server  # noqa: F401  (fixture)
 
 from smtpd_compat import _cli, _limits, _replies
+
+from conftest import FQDN, REPO_ROOT, TIMEOUT, RawClient
+from tls_helpers import cli_server  # noqa: F401  (fixture)
 
 IDLE = (_replies.IDLE_TIMEOUT % FQDN + "\r\n").encode("ascii")
 TOO_MANY_ERRORS = (_replies.TOO_MANY_ERRORS % FQDN + "\r\n").encode("ascii")

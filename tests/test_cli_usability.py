@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import REPO_ROOT, TIMEOUT
 from test_cli import env, one_error_line, run_cli
-from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
 
 import smtpd_compat
 from smtpd_compat import Controller, _cli, servers, smtpd
+
+from conftest import REPO_ROOT, TIMEOUT
+from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
 
 STARTUP = re.compile(r"^smtpd_compat (\S+): (\w+) listening on 127\.0\.0\.1:(\d+)(.*)$")
 

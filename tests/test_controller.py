@@ -13,8 +13,9 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import TIMEOUT, RawClient
 from smtpd_compat import Controller, RecordingServer, SMTPServer, _reactor, asyncore
+
+from conftest import TIMEOUT, RawClient
 
 
 def open_fds() -> List[str]:
@@ -100,7 +101,7 @@ def test_stop_is_idempotent_and_start_twice_is_an_error() -> None:
 
 def test_address_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError):
-        Controller(RecordingServer).address
+        _ = Controller(RecordingServer).address
 
 
 def test_server_kwargs_reach_the_server() -> None:

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple
 
 import pytest
-from conftest import REPO_ROOT
-from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
 
 import doc_placeholders
+from conftest import REPO_ROOT
+from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
 
 TESTS_DIR = Path(__file__).resolve().parent
 MARKER = re.compile(r"^<!-- example: (.*) -->$")

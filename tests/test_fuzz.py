@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any, Dict, Iterator, List
+from typing import Dict, Iterator, List
 
 import pytest
 from hypothesis import HealthCheck, given, settings

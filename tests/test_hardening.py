@@ -19,9 +19,10 @@ from typing import Any, List, Optional
 
 import pytest
 
-from conftest import FQDN, GREETING, REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
-from smtpd_compat import smtpd
 from smtpd_compat import _replies as R
+from smtpd_compat import smtpd
+
+from conftest import FQDN, GREETING, REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
 from test_limits import SmallBufferServer, channels, non_reading_client
 
 START_DATA = b"354 End data with <CR><LF>.<CR><LF>\r\n"

@@ -15,11 +15,12 @@ import time
 from typing import List, Optional
 
 import pytest
-from conftest import REPO_ROOT, TIMEOUT
 from test_cli import env
 
 from smtpd_compat import _auth
 from smtpd_compat._auth import PasswordFile
+
+from conftest import REPO_ROOT, TIMEOUT
 
 
 def hash_password(*args: str, stdin: str = "", module: str = "smtpd_compat",

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpd_compat import _framing, _grammar, _reactor, asynchat, asyncore
-from test_grammar import smtpd_unstuff
 
+from test_grammar import smtpd_unstuff
 
 _STOP = frozenset(' \t\r\n<>()[],;:@"\\')
 

@@ -16,10 +16,11 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
-from tls_helpers import client_context, server_context, tls_files  # noqa: F401  (fixtures)
 from smtpd_compat import _limits, _reactor, smtpd
 from smtpd_compat import _replies as R
+
+from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, running_server, send_while_reading
+from tls_helpers import client_context, server_context, tls_files  # noqa: F401  (fixtures)
 
 IDLE = ("%s\r\n" % (R.IDLE_TIMEOUT % FQDN)).encode()
 TOO_MANY_ERRORS = ("%s\r\n" % (R.TOO_MANY_ERRORS % FQDN)).encode()

@@ -10,9 +10,9 @@ from typing import Any, List
 
 import pytest
 
+from smtpd_compat import Controller, RecordingServer, _logging, smtpd
+
 from conftest import TIMEOUT, RawClient
-from smtpd_compat import Controller, RecordingServer, smtpd
-from smtpd_compat import _logging
 
 LOGGER = "smtpd_compat"
 

@@ -18,8 +18,9 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import REPO_ROOT, TIMEOUT
 from smtpd_compat import MailboxServer, servers
+
+from conftest import REPO_ROOT, TIMEOUT
 
 OLD_ENTRY = servers.mbox_entry(b"From old@example.com Sat Nov 28 23:59:00 2026", b"Subject: old\n\nold body\n")
 

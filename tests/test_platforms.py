@@ -20,10 +20,11 @@ import textwrap
 from typing import Any
 
 import pytest
+from test_cli import one_error_line, run_cli, start
+
+from smtpd_compat import _platform, _pollers, _reactor
 
 from conftest import REPO_ROOT, TIMEOUT
-from smtpd_compat import _platform, _pollers, _reactor
-from test_cli import one_error_line, run_cli, start
 
 MESSAGE = b"Subject: platforms\r\n\r\nFrom here on\r\n"
 

@@ -24,9 +24,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import TIMEOUT, RawClient, running_server
 from smtpd_compat import _relay, smtpd
 from smtpd_compat import _replies as R
+
+from conftest import TIMEOUT, RawClient, running_server
 
 START_DATA = b"354 End data with <CR><LF>.<CR><LF>\r\n"
 

@@ -14,7 +14,6 @@ import importlib
 import inspect
 import io
 import os
-import pkgutil
 import subprocess
 import sys
 from typing import Any, List, Optional
@@ -22,8 +21,10 @@ from typing import Any, List, Optional
 import pytest
 
 import smtpd_compat
-from conftest import REPO_ROOT, TIMEOUT, RawClient, RecordingSMTPServer, ServerThread
 from smtpd_compat import asynchat, asyncore, smtpd
+
+from conftest import REPO_ROOT, RawClient, RecordingSMTPServer, ServerThread
+
 
 # -- smtpd -----------------------------------------------------------------------------------
 def test_smtpd_all_is_exactly_cpythons() -> None:

@@ -21,8 +21,9 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from conftest import GREETING, RawClient, RecordingSMTPServer
 from smtpd_compat import asyncore
+
+from conftest import GREETING, RawClient, RecordingSMTPServer
 from test_transcripts import CONFIGS, TRANSCRIPTS, Transcript, check_messages, full_steps
 
 

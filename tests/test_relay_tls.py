@@ -15,6 +15,9 @@ import ssl
 from typing import Any
 
 import pytest
+
+from smtpd_compat import smtpd
+
 from conftest import TIMEOUT
 from tls_helpers import (  # noqa: F401  (fixtures)
     PASSWORD,
@@ -24,8 +27,6 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     server_context,
     tls_files,
 )
-
-from smtpd_compat import smtpd
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: relayed\r\n\r\nline one\r\n.dot line\r\n"
 

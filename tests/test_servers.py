@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
+from test_serving import cli_server  # noqa: F401  (the fixture, shared)
+
+from smtpd_compat import Controller, MailboxServer, RecordingServer, _cli, servers
 
 from conftest import TIMEOUT
-from smtpd_compat import Controller, MailboxServer, RecordingServer, _cli, servers
-from test_serving import cli_server  # noqa: F401  (the fixture, shared)
 
 # Bodies chosen to catch every kind of mangling: dot-stuffing, blank lines,
 # trailing spaces, 8-bit text, long lines, a lone CR, a missing final EOL.

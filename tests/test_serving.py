@@ -23,10 +23,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import TIMEOUT, RawClient, has_ipv6
-from smtpd_compat import Controller, RecordingServer, asyncore, smtpd
+from smtpd_compat import Controller, RecordingServer, _reactor, _serving, asyncore, smtpd
 from smtpd_compat import _replies as R
-from smtpd_compat import _reactor, _serving
+
+from conftest import TIMEOUT, RawClient, has_ipv6
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHUTTING_DOWN = (R.SHUTTING_DOWN % smtpd._getfqdn()).encode("ascii") + b"\r\n"

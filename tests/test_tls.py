@@ -13,6 +13,9 @@ import threading
 from typing import Any
 
 import pytest
+
+from smtpd_compat import _reactor, _transport, asyncore, smtpd
+
 from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer, has_ipv6
 from tls_helpers import (  # noqa: F401  (fixtures)
     PASSWORD,
@@ -27,8 +30,6 @@ from tls_helpers import (  # noqa: F401  (fixtures)
     tls_client,
     tls_files,
 )
-
-from smtpd_compat import _reactor, _tls, _transport, asyncore, smtpd
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: over TLS\r\n\r\n"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import sys
 import threading
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -460,8 +459,8 @@ def servers() -> Iterator[Dict[str, ServerThread]]:
     for name, kwargs in CONFIGS.items():
         started[name] = ServerThread(CountingServer, **kwargs)
     yield started
-    for st in started.values():
-        st.stop()
+    for thread in started.values():
+        thread.stop()
 
 
 def check_messages(received: List[Any], t: Transcript) -> None:
@@ -732,7 +731,8 @@ def test_random_sessions_equal_cpython_smtpd(
 def test_classic_usage_on_the_global_socket_map() -> None:
     """The pattern of most scripts being migrated: a server on the default
     map, served by a bare ``asyncore.loop()``, ended by ``close_all()``."""
-    from smtpd_compat import _reactor, asyncore as compat_asyncore
+    from smtpd_compat import _reactor
+    from smtpd_compat import asyncore as compat_asyncore
 
     assert compat_asyncore.socket_map == {}, "another test left dispatchers on the global map"
     server = RecordingSMTPServer(("127.0.0.1", 0), None)

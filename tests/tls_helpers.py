@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
-from conftest import REPO_ROOT, TIMEOUT, RawClient
 
 from smtpd_compat import smtpd
+
+from conftest import REPO_ROOT, TIMEOUT, RawClient
 
 TESTS_DIR = Path(__file__).resolve().parent
 SPOOL_ENV = "SMTPD_COMPAT_TEST_SPOOL"
