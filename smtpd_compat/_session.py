@@ -415,6 +415,11 @@ class Session:
             if parsed:
                 host.push(R.MAIL_PARAMS_UNKNOWN)
                 return
+        if self.features.ask_mail:
+            refusal = host._session_accept("MAIL", address, self.mail_options)
+            if refusal:
+                host.push(refusal)
+                return
         self.mailfrom = address
         if self.tracing:
             host._session_trace("sender:", address)
@@ -450,6 +455,11 @@ class Session:
         if parsed:
             host.push(R.RCPT_PARAMS_UNKNOWN)
             return
+        if self.features.ask_rcpt:
+            refusal = host._session_accept("RCPT", address, self.rcpt_options)
+            if refusal:
+                host.push(refusal)
+                return
         self.rcpttos.append(address)
         if self.tracing:
             host._session_trace("recips:", self.rcpttos)

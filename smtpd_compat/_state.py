@@ -99,6 +99,8 @@ class Features:
         "auth_require_tls",
         "auth_required",
         "max_auth_failures",
+        "ask_mail",
+        "ask_rcpt",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -110,6 +112,9 @@ class Features:
         self.auth_require_tls = True
         self.auth_required = False
         self.max_auth_failures: Optional[int] = None
+        # The server overrides accept_mail()/accept_rcpt(): ask it.
+        self.ask_mail = False
+        self.ask_rcpt = False
         for name, value in values.items():
             setattr(self, name, value)
 
@@ -167,6 +172,11 @@ class Host:
         """Decide on *credentials*; answer through Session.auth_verdict()
         (at once or later) or Session.auth_failed_to_check()."""
         raise NotImplementedError
+
+    def _session_accept(self, verb: str, address: str, params: List[str]) -> Optional[str]:
+        """The server's decision on a sender (``"MAIL"``) or a recipient
+        (``"RCPT"``): None to accept, or the reply refusing it."""
+        return None
 
     def _session_trace(self, *args: Any) -> None:
         """smtpd's debug output (DEBUGSTREAM); called only when tracing."""

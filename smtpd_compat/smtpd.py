@@ -401,6 +401,14 @@ class SMTPChannel(asynchat.async_chat):
         # so a message may be empty ("DATA", then "." at once).
         self._ac_framer.prefix_seen = _grammar.DATA_START
 
+    def _session_accept(self, verb: str, address: str, params: List[str]) -> Optional[str]:
+        server = self.smtp_server
+        if verb == "MAIL":
+            reply = server.accept_mail(self, address, params)
+        else:
+            reply = server.accept_rcpt(self, address, params)
+        return None if reply is None else str(reply)
+
     def _session_trace(self, *args: Any) -> None:
         _debug(*args)
 
@@ -529,7 +537,15 @@ def _features(server: Any) -> _session.Features:
         auth_require_tls=options.auth_require_tls,
         auth_required=options.auth_required,
         max_auth_failures=options.max_auth_failures,
+        ask_mail=_overrides(server, "accept_mail"),
+        ask_rcpt=_overrides(server, "accept_rcpt"),
     )
+
+
+def _overrides(server: Any, name: str) -> bool:
+    """Whether *server*'s class has its own SMTPServer method *name*."""
+    method = getattr(type(server), name, None)
+    return method is not None and method is not getattr(SMTPServer, name)
 
 
 for _old, _new in (
@@ -678,6 +694,33 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             self.enable_SMTPUTF8,
             self._decode_data,
         )
+
+    def accept_mail(self, channel: SMTPChannel, address: str, params: List[str]) -> Optional[str]:
+        """Decide on the sender of a new transaction; override this to refuse
+        some.
+
+        Called once ``MAIL FROM:<address>`` has passed every check of its
+        own (syntax, sequence, parameters), with the session's channel
+        (``channel.peer``, ``channel.auth_login``...), the *address* as
+        ``process_message`` will get it and the upper-cased *params*.
+        Return None to accept it (``250 OK``), or the complete reply line
+        refusing it, such as ``"550 5.7.1 Sender rejected"``.  Not called
+        unless a subclass overrides it, so the default costs nothing.
+        """
+        return None
+
+    def accept_rcpt(self, channel: SMTPChannel, address: str, params: List[str]) -> Optional[str]:
+        """Decide on one recipient; override this to refuse some.
+
+        Called for each ``RCPT TO:<address>`` that has passed every check
+        of its own; ``channel.mailfrom`` and ``channel.rcpttos`` (the
+        recipients accepted so far) describe the transaction.  Return None
+        to accept it (``250 OK``), or the complete reply line refusing it,
+        such as ``"550 5.1.1 No such user here"``: the transaction goes on
+        with the other recipients.  Not called unless a subclass overrides
+        it.
+        """
+        return None
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:  # noqa: E501
         """Handle one message; override this.
