@@ -248,7 +248,8 @@ class Session:
                 host.push(R.DATA_NOT_UTF8)
                 return None
         self.received_data = data
-        self._move_if(State.DATA, Event.MESSAGE)
+        if self.state is State.DATA:  # (a subclass may have set smtp_state by hand)
+            self._move(Event.MESSAGE)
         return data
 
     def _move_if(self, state: State, event: Event) -> None:
@@ -379,10 +380,11 @@ class Session:
         if not self.seen_greeting:
             host.push(R.NEED_HELO)
             return
-        refusal = self._refuse_mail()
-        if refusal:
-            host.push(refusal)
-            return
+        if self.features.mail_rules:
+            refusal = self._refuse_mail()
+            if refusal:
+                host.push(refusal)
+                return
         if self.tracing:
             host._session_trace("===> MAIL", arg)
         syntaxerr = self._syntax_error(R.SYNTAX_MAIL)

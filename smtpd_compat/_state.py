@@ -101,6 +101,7 @@ class Features:
         "max_auth_failures",
         "ask_mail",
         "ask_rcpt",
+        "mail_rules",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -117,6 +118,8 @@ class Features:
         self.ask_rcpt = False
         for name, value in values.items():
             setattr(self, name, value)
+        # Whether MAIL must pass a rule of these features (TLS or AUTH first).
+        self.mail_rules = self.require_starttls or self.auth_required
 
 
 class Host:
