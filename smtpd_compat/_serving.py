@@ -48,7 +48,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import _grammar, _logging, _options, _reactor
 
@@ -120,14 +120,16 @@ def _state(server: Any) -> _State:
 
 
 # -- address -------------------------------------------------------------------
-def bound_address(server: Any) -> Any:
+def bound_address(server: Any) -> Tuple[str, int]:
     """``(host, port)`` the server's socket is bound to, also after closing.
 
     IPv6 addresses are reported as ``(host, port)`` too (without flow info
     and scope id), so ``smtplib.SMTP(*server.address)`` works for both
-    families.  A Unix socket's address is returned as the kernel reports it.
+    families.  A Unix socket's address is returned as the kernel reports it
+    (a ``str``: typed for the TCP servers SMTP is served on).
     """
     sock = getattr(server, "socket", None)
+    name: Any
     if sock is not None:
         try:
             name = sock.getsockname()
@@ -137,8 +139,9 @@ def bound_address(server: Any) -> Any:
             if isinstance(name, tuple) and len(name) > 2:
                 name = name[:2]
             server.__dict__["_bound_address"] = name
-            return name
-    cached = server.__dict__.get("_bound_address")
+            address: Tuple[str, int] = name
+            return address
+    cached: Optional[Tuple[str, int]] = server.__dict__.get("_bound_address")
     if cached is None:
         raise OSError(errno.EBADF, "the server socket is not open")
     return cached

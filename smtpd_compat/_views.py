@@ -41,6 +41,12 @@ class View(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.__name__ = name
 
+    @overload
+    def __get__(self, obj: None, owner: Optional[type] = None) -> "View[T]": ...
+
+    @overload
+    def __get__(self, obj: object, owner: Optional[type] = None) -> T: ...
+
     def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
         if obj is None:
             return self

@@ -19,15 +19,22 @@ own, so servers never see each other's sessions.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Tuple, TypeVar
 
 from . import _serving, asyncore
 from ._serving import log
 
+if TYPE_CHECKING:  # smtpd imports this package's modules, not this one
+    from .smtpd import SMTPServer
+
 __all__ = ["Controller"]
 
+#: The server class a controller runs: ``Controller(RecordingServer).server``
+#: is a ``RecordingServer`` to a type checker.
+S = TypeVar("S", bound="SMTPServer")
 
-class Controller:
+
+class Controller(Generic[S]):
     """Start a server in a thread; stop it, close every session and join.
 
     *server_class* is called as ``server_class(addr, remoteaddr,
@@ -42,7 +49,7 @@ class Controller:
 
     def __init__(
         self,
-        server_class: Callable[..., Any],
+        server_class: Callable[..., S],
         addr: Tuple[str, int] = ("127.0.0.1", 0),
         *,
         remoteaddr: Any = None,
@@ -54,13 +61,13 @@ class Controller:
         self.remoteaddr = remoteaddr
         self.poll_interval = poll_interval
         self.server_kwargs = server_kwargs
-        self.server: Any = None
+        self._server: Optional[S] = None
         self.thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._own_map = True
 
     # -- the caller's API ------------------------------------------------------
-    def start(self) -> "Controller":
+    def start(self) -> "Controller[S]":
         """Create the server and serve it in a daemon thread.
 
         Returns once the server listens (it was bound and put in listening
@@ -72,7 +79,7 @@ class Controller:
         self._own_map = "map" not in kwargs
         kwargs.setdefault("map", {})
         server = self.server_class(self.addr, self.remoteaddr, **kwargs)
-        self.server = server
+        self._server = server
         self._error = None
         thread = threading.Thread(
             target=self._run,
@@ -117,10 +124,15 @@ class Controller:
             raise error
 
     @property
-    def address(self) -> Any:
-        """``(host, port)`` the server is bound to."""
-        if self.server is None:
+    def server(self) -> S:
+        """The server this controller made; it stays readable after :meth:`stop`."""
+        if self._server is None:
             raise RuntimeError("the controller has not been started")
+        return self._server
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """``(host, port)`` the server is bound to."""
         return _serving.bound_address(self.server)
 
     @property
@@ -128,7 +140,7 @@ class Controller:
         """The port the server is bound to."""
         return int(self.address[1])
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> "Controller[S]":
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -137,7 +149,7 @@ class Controller:
     def __repr__(self) -> str:
         state = "running" if self.thread is not None else "stopped"
         where = ""
-        if self.server is not None:
+        if self._server is not None:
             try:
                 where = " %s:%s" % self.address
             except (OSError, TypeError):

@@ -59,7 +59,7 @@ def _options(request: Any) -> Dict[str, Any]:
 
 
 @pytest.fixture
-def smtpd_controller(request: Any) -> Iterator[Controller]:
+def smtpd_controller(request: Any) -> "Iterator[Controller[Any]]":
     """A started :class:`Controller` running a RecordingServer (or the
     marker's ``server_class``); stopped after the test."""
     options = _options(request)
@@ -75,6 +75,6 @@ def smtpd_controller(request: Any) -> Iterator[Controller]:
 
 
 @pytest.fixture
-def smtpd_server(smtpd_controller: Controller) -> Any:
+def smtpd_server(smtpd_controller: "Controller[Any]") -> Any:
     """The running server: ``address``, ``port``, ``messages``, ``wait_for()``."""
     return smtpd_controller.server
