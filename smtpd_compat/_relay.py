@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import _options, _tls
+from . import _globals, _options, _tls
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -133,9 +133,7 @@ def _path(address: str) -> str:
 
 # -- the upstream session --------------------------------------------------------------
 def _local_hostname() -> str:
-    from .smtpd import _getfqdn  # memoised; smtplib would ask DNS each time
-
-    return _getfqdn()
+    return _globals.fqdn()  # memoised; smtplib would ask DNS each time
 
 
 def connect(server: Any) -> smtplib.SMTP:

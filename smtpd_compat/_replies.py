@@ -26,8 +26,9 @@ def format_reply(code: int, texts: Sequence[str]) -> str:
     return "\r\n".join(reply_lines(code, texts))
 
 
-# Greeting: "220 <fqdn> <version>"
+# Greeting: "220 <fqdn> <version>", the version being smtpd's (smtpd.__version__).
 GREETING = "220 %s %s"
+SMTPD_VERSION = "Python SMTP proxy version 0.3"
 
 OK = "250 OK"
 HELO_OK = "250 %s"
