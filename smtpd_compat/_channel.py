@@ -54,6 +54,7 @@ _QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startsw
 # Its answers are kept in the logger's _cache dict, which logging empties
 # whenever a level changes: an answer found there is the same without the call.
 _log_cache_get = getattr(log, "_cache", {}).get
+_DEBUG = logging.DEBUG
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
 
 
@@ -190,8 +191,8 @@ class SMTPChannel(asynchat.async_chat):
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
         """Send the reply line *msg* (a str without line ending)."""
-        debug = _log_cache_get(logging.DEBUG)
-        if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
+        debug = _log_cache_get(_DEBUG)
+        if debug or (debug is None and log.isEnabledFor(_DEBUG)):
             _logging.log_reply(self, msg)
         data = _QUEUED_AS_IS.get(msg)
         if data is not None and self._ac_batching:
@@ -274,29 +275,20 @@ class SMTPChannel(asynchat.async_chat):
         traced, logged, then dispatched to smtp_<VERB>; found_terminator()
         passes one with its *size* (what was counted of it)."""
         session = self._session
-        state = session.state
-        if session.received_lines or state is not _COMMAND:
-            if state is _DATA and not session.received_lines:
-                if piece and self.data_size_limit:
-                    session.num_bytes = len(piece)
-                _delivery.deliver(self, [piece] if piece else [], _globals.tracing)
-                _serving.after_data(self)  # a graceful shutdown ends the session here
-            else:
-                self.collect_incoming_data(piece)
-                self.found_terminator()
+        if session.received_lines or session.state is not _COMMAND:
+            self._record_other(piece)
             return
-        tracing = _globals.tracing
-        session.tracing = tracing
+        tracing = session.tracing = _globals.tracing
         if tracing:
             shown = _logging.redact_debug_line(piece)
             _globals.debug("Data:", repr(shown.decode("utf-8", "surrogateescape") if self._decode_data else shown))
-        debug = _log_cache_get(logging.DEBUG)
-        if debug or (debug is None and log.isEnabledFor(logging.DEBUG)):
+        debug = _log_cache_get(_DEBUG)
+        if debug or (debug is None and log.isEnabledFor(_DEBUG)):
             _logging.log_command(self, piece)
         serving = getattr(self.smtp_server, "_serving_state", None)
         if serving is not None and serving.closing and _serving.refuse_command(self, piece):
             return  # the server is shutting down: answered 421
-        command = session.command_line(piece, size if size >= 0 else len(piece))
+        command = session.command_line(piece, size)
         if command is None:
             return
         verb, arg = command
@@ -310,6 +302,19 @@ class SMTPChannel(asynchat.async_chat):
             session.unknown(verb)
         else:
             method(arg)
+
+    def _record_other(self, piece: bytes) -> None:
+        """_ac_record() of what is not a whole command line: a message that
+        arrived whole, or the last piece of a line or message."""
+        session = self._session
+        if session.state is _DATA and not session.received_lines:
+            if piece and self.data_size_limit:
+                session.num_bytes = len(piece)
+            _delivery.deliver(self, [piece] if piece else [], _globals.tracing)
+            _serving.after_data(self)  # a graceful shutdown ends the session here
+        else:
+            self.collect_incoming_data(piece)
+            self.found_terminator()
 
     # -- what the session asks of its host beyond smtpd (see _session.Host) --------
     def _session_data_started(self) -> None:

@@ -166,13 +166,16 @@ class Session:
             return [p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p for p in pieces]
         return pieces
 
-    def command_line(self, line: bytes, size: int) -> Optional[Tuple[str, Optional[str]]]:
+    def command_line(self, line: bytes, size: int = -1) -> Optional[Tuple[str, Optional[str]]]:
         """A complete command line: ``(VERB, argument)`` for the host to
         dispatch, or None when it was answered here (empty, too long, not
-        UTF-8).  *size* is what was counted of it (num_bytes)."""
+        UTF-8).  *size* is what was counted of it (num_bytes), when it was
+        collected in pieces; by default its length."""
         if not line:
             self.host.push(R.BAD_SYNTAX)
             return None
+        if size < 0:
+            size = len(line)
         limits = self.command_size_limits
         largest = limits.largest if limits.__class__ is _CommandSizeLimits else None
         if largest is _NO_LIMITS:
@@ -196,18 +199,21 @@ class Session:
         verb, space, rest = text.partition(" ")
         command = verb.upper()
         arg = rest.strip() if space else None
-        if self.extended_smtp:
-            if command in limits:
-                max_size = limits[command]
-            else:
-                factory = getattr(limits, "default_factory", None)
-                max_size = factory() if factory else self.host.command_size_limit
-        else:
-            max_size = self.host.command_size_limit
-        if size > max_size:
+        if size > (self._size_limit(command) if self.extended_smtp else self.host.command_size_limit):
             self.host.push(R.LINE_TOO_LONG)
             return None
         return command, arg
+
+    def _size_limit(self, command: str) -> int:
+        """The largest *command* line after EHLO (RFC 1869 extensions may
+        raise it for their command)."""
+        limits = self.command_size_limits
+        if command in limits:
+            limit: int = limits[command]
+        else:
+            factory = getattr(limits, "default_factory", None)
+            limit = factory() if factory else self.host.command_size_limit
+        return limit
 
     def unknown(self, verb: str) -> None:
         """No smtp_<VERB> method: smtpd's 500."""

@@ -37,7 +37,7 @@ from typing import Any, Callable, List
 
 log = logging.getLogger("smtpd_compat")
 
-__all__ = ["HANDSHAKE_DONE", "HANDSHAKE_READ", "HANDSHAKE_WRITE", "PlainTransport", "TLSTransport", "can_start_tls"]
+__all__ = ["HANDSHAKE_DONE", "HANDSHAKE_READ", "HANDSHAKE_WRITE", "PlainTransport", "TLSTransport", "can_start_tls", "send_each"]
 
 # What TLSTransport.handshake() returns.
 HANDSHAKE_DONE = "done"
@@ -68,19 +68,10 @@ class PlainTransport:
         else:
             # Socket-like objects (test doubles) get one send() per chunk,
             # as asynchat did.
-            self.sendmsg = self._send_each
+            self.sendmsg = lambda chunks: send_each(self.send, chunks)
 
     def _send_joined(self, chunks: List[Any]) -> int:
         return self.send(b"".join(chunks))
-
-    def _send_each(self, chunks: List[Any]) -> int:
-        total = 0
-        for chunk in chunks:
-            sent = self.send(chunk)
-            total += sent
-            if sent < len(chunk):
-                break
-        return total
 
     @staticmethod
     def readable(wanted: bool) -> bool:
@@ -93,6 +84,18 @@ class PlainTransport:
     @staticmethod
     def pending() -> int:
         return 0
+
+
+def send_each(send: Callable[[Any], int], chunks: List[Any]) -> int:
+    """Write *chunks* with one ``send(chunk)`` each, stopping at the first
+    the socket does not take whole; the number of bytes taken."""
+    total = 0
+    for chunk in chunks:
+        sent = send(chunk)
+        total += sent
+        if sent < len(chunk):
+            break
+    return total
 
 
 def can_start_tls(sock: Any) -> bool:

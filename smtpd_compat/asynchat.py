@@ -4,32 +4,18 @@ Drop-in for the ``asynchat`` module removed from Python 3.12.  Subclass
 :class:`async_chat`, call ``set_terminator()``, and implement
 ``collect_incoming_data()`` and ``found_terminator()``.
 
-Underneath, a channel is composed of a transport (``_transport``: the socket,
-or TLS over it), which alone reads and writes, and a framer (``_framing``),
-which splits the input by the terminator.  One read takes one path: the read
-event reads through the transport, the framer hands the pieces to
+A channel is composed of a transport (``_transport``: the socket, or TLS
+over it, driven by ``_tls_phases``), which alone reads and writes, a framer
+(``_framing``), which splits the input by the terminator, and its output
+queue (``producer_fifo``, see ``_output``).  One read takes one path: the
+read event reads through the transport, the framer hands the pieces to
 ``collect_incoming_data()``/``found_terminator()``, and the replies pushed
-meanwhile leave together.  A subclass that overrides ``handle_read()`` or
-``recv()`` is called as asynchat called it (detected once per class).
-
-Differences from the original (listed with their reasons in
-docs/differences.md):
-
-* input is kept in one ``bytearray`` consumed front to back, instead of a
-  ``bytes`` object re-built for every terminator found; ``ac_in_buffer`` is
-  a property over it;
-* ``push()`` made while input is being processed is sent once the whole
-  read has been handled (inside a running loop, once every socket event of
-  the loop iteration has been), so replies to pipelined commands leave in
-  one system call (``sendmsg``) instead of one ``send()`` per reply.  A
-  subclass sees the difference only in timing: whatever ends the
-  processing early (``close()``, an exception, ``asyncore.ExitNow``) sends
-  the queued output first, in order, as asynchat's immediate sends had;
-* once ``close_when_done()`` has been called, input that arrives after it is
-  ignored (nothing after SMTP ``QUIT`` is processed);
-* ``pause_reading()``/``resume_reading()`` suspend input processing (a
-  channel waiting for a slow reply, or whose client does not read what it is
-  sent), and ``ac_max_output`` bounds the output queued for a client.
+meanwhile leave together, in one system call, once the loop iteration has
+handled its events.  A subclass that overrides ``handle_read()``,
+``recv()`` or ``send()`` is called as asynchat called it (detected once per
+class).  What a subclass can tell apart from asynchat (input in one
+buffer, batched replies, ``pause_reading()``, ``ac_max_output``) is listed
+with its reasons in docs/differences.md.
 """
 
 from __future__ import annotations
@@ -38,11 +24,12 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
-from . import _reactor, asyncore
+from . import _output, _reactor, _tls_phases, asyncore
 from ._framing import Framer, find_prefix_at_end
-from ._transport import HANDSHAKE_DONE, PlainTransport, TLSTransport
+from ._output import simple_producer
+from ._transport import PlainTransport, TLSTransport, send_each
 
 __all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
 # CPython's asynchat had no __all__: "from asynchat import *" also gave
@@ -53,8 +40,6 @@ log = logging.getLogger("smtpd_compat")
 
 Terminator = Union[bytes, int, None]
 
-# sendmsg() takes at most IOV_MAX buffers; stay well below it.
-_MAX_IOV = 64
 _monotonic = time.monotonic
 _reactor_of = _reactor.reactor_of
 _DISCONNECTED = asyncore._DISCONNECTED
@@ -190,7 +175,7 @@ class async_chat(asyncore.dispatcher):
     # -- input --------------------------------------------------------------------
     def handle_read_event(self) -> None:
         transport = self._ac_transport
-        if transport is not None and transport.tls and not self._ac_tls_read_event(transport):
+        if transport is not None and transport.tls and not _tls_phases.before_read(self, transport):
             return
         if not (self._ac_own_reads and self.connected):
             asyncore.dispatcher.handle_read_event(self)  # asyncore's rules and hooks
@@ -199,10 +184,11 @@ class async_chat(asyncore.dispatcher):
         try:
             data = transport.recv(self.ac_in_buffer_size)
         except BlockingIOError:
-            self._ac_tls_blocked(transport)
+            if transport.read_needs_write:
+                self._interest_changed()  # a TLS read must write first
             return
         except OSError as why:
-            self._ac_recv_failed(why)
+            self._ac_failed(why)
             return
         if data:
             self._ac_last_read = _monotonic()
@@ -230,44 +216,24 @@ class async_chat(asyncore.dispatcher):
         transport = self._ac_transport
         if transport is None or not transport.tls:
             return asyncore.dispatcher.recv(self, buffer_size)
-        # asyncore's rules, over TLS.
-        try:
-            data: bytes = transport.recv(buffer_size)
-        except BlockingIOError:
-            raise
-        except OSError as why:
-            self._ac_tls_failed(why)
-            return b""
-        if not data:
-            self.handle_close()
-        elif transport.pending():
-            self._ac_read_again()
-        return data
+        return _tls_phases.recv(self, transport, buffer_size)
 
     def send(self, data: bytes) -> int:
         transport = self._ac_transport
         if transport is None or not transport.tls:
             return asyncore.dispatcher.send(self, data)
-        try:
-            return transport.send(data)  # type: ignore[no-any-return]
-        except OSError as why:
-            self._ac_tls_failed(why)
-            return 0
+        return _tls_phases.send(self, transport, data)
 
-    def _ac_recv_failed(self, why: OSError) -> None:
-        """The transport's recv() raised *why* (asyncore's recv() rules)."""
+    def _ac_failed(self, why: OSError) -> None:
+        """The transport's recv() or send() raised *why* (asyncore's rules:
+        a connection the client dropped is closed, anything else is an
+        error; over TLS both are the client's doing)."""
         if self._ac_transport.tls:
-            self._ac_tls_failed(why)
+            _tls_phases.failed(self, why)
         elif why.errno in _DISCONNECTED:
             self.handle_close()
         else:
             self.handle_error()
-
-    def _ac_tls_failed(self, why: OSError) -> None:
-        # The client broke the TLS session or went away: not the server's
-        # error, so no traceback.
-        log.info("TLS connection with %r failed: %s", getattr(self, "addr", None), why)
-        self.handle_close()
 
     def _ac_consume(self, data: bytes) -> None:
         """Frame *data* (plus what is buffered) and get the replies out.
@@ -279,15 +245,15 @@ class async_chat(asyncore.dispatcher):
         in one call instead of the two hooks'.
         """
         framer = self._ac_framer
-        record: Optional[Callable[[bytes], None]] = self._ac_record if self._ac_records else None
+        records = self._ac_records
         self._ac_batching = True
         try:
-            piece = framer.whole(data, self.terminator) if record is not None else None
-            if piece is not None and record is not None:
-                record(piece)  # the usual read: one line, or one small message
+            piece = framer.whole(data, self.terminator) if records else None
+            if piece is not None:
+                self._ac_record(piece)  # the usual read: one line, or one small message
             else:
                 framer.feed(data)
-                self._ac_steps(framer, record)
+                self._ac_steps(framer, self._ac_record if records else None)
         except BaseException:
             # A handler raised (asyncore.ExitNow included): what it pushed
             # before would have been sent at once by asynchat.
@@ -316,18 +282,7 @@ class async_chat(asyncore.dispatcher):
         # Looked up once per read, not once per line.
         collect = self.collect_incoming_data
         found = self.found_terminator
-        while not self._ac_input_closed and self._fileno is not None and not self._ac_paused:
-            if max_output is not None and self._ac_out_queued > max_output:
-                # A client that does not read its replies: send what it
-                # takes, and go on only if that brought the output back
-                # under the bound.
-                self._ac_batching = False
-                self.initiate_send()
-                self._ac_batching = True
-                if self._ac_out_queued > max_output:
-                    self._ac_pause("output")
-                    break
-                continue
+        while self._ac_taking(max_output):
             term = self.terminator
             step = framer.next(term)
             if step is None:
@@ -345,6 +300,23 @@ class async_chat(asyncore.dispatcher):
                 found()
         if self._ac_input_closed or self._fileno is None:
             framer.clear()  # nothing after QUIT (or a close) is read
+
+    def _ac_taking(self, max_output: Optional[int]) -> bool:
+        """Whether the channel takes its next piece of input now: open, not
+        paused, and its client reading its replies (ac_max_output)."""
+        if self._ac_input_closed or self._fileno is None or self._ac_paused:
+            return False
+        if max_output is None or self._ac_out_queued <= max_output:
+            return True
+        # A client that does not read its replies: send what it takes, and
+        # go on only if that brought the output back under the bound.
+        self._ac_batching = False
+        self.initiate_send()
+        self._ac_batching = True
+        if self._ac_out_queued > max_output:
+            self._ac_pause("output")
+            return False
+        return not (self._ac_input_closed or self._fileno is None or self._ac_paused)
 
     # A class that sets _ac_records (see __init_subclass__) gets the records
     # that arrived whole here, instead of collect_incoming_data() then
@@ -447,7 +419,7 @@ class async_chat(asyncore.dispatcher):
 
     def handle_write_event(self) -> None:
         transport = self._ac_transport
-        if transport is not None and transport.tls and not self._ac_tls_write_event(transport):
+        if transport is not None and transport.tls and not _tls_phases.before_write(self, transport):
             return
         asyncore.dispatcher.handle_write_event(self)
 
@@ -497,32 +469,10 @@ class async_chat(asyncore.dispatcher):
     def _ac_gather(self) -> Tuple[List[Any], int]:
         """Take the bytes at the head of the queue, running producers;
         return them and their total size."""
-        fifo = self.producer_fifo
-        chunks: List[Any] = []
-        size = 0
-        limit = self.ac_out_buffer_size
-        while fifo and len(chunks) < _MAX_IOV and size < limit:
-            first = fifo[0]
-            if first is None:
-                break
-            if first.__class__ is bytes or isinstance(first, (bytearray, memoryview)):
-                n = len(first)
-                if n:
-                    chunks.append(first)
-                    size += n
-                    self._ac_out_queued -= n
-                fifo.popleft()
-                continue
-            if chunks:
-                break
-            data = first.more()
-            if data:
-                if isinstance(data, str) and self.use_encoding:
-                    data = bytes(data, self.encoding)
-                chunks.append(data)
-                size += len(data)
-                break
-            fifo.popleft()
+        chunks, size, counted = _output.take(
+            self.producer_fifo, self.ac_out_buffer_size, self.encoding if self.use_encoding else None
+        )
+        self._ac_out_queued -= counted
         return chunks, size
 
     def _ac_send(self, chunks: List[Any]) -> int:
@@ -530,14 +480,7 @@ class async_chat(asyncore.dispatcher):
         transport write fails for good, handle_close() is called (and 0
         returned), as asyncore's send() did."""
         if not self._ac_own_sends:
-            # send() is overridden: call it as asynchat did, once per chunk.
-            total = 0
-            for chunk in chunks:
-                sent = self.send(chunk)
-                total += sent
-                if sent < len(chunk):
-                    break
-            return total
+            return send_each(self.send, chunks)  # send() is overridden: as asynchat called it
         transport = self._ac_transport
         try:
             return transport.send(chunks[0]) if len(chunks) == 1 else transport.sendmsg(chunks)  # type: ignore[no-any-return]
@@ -545,54 +488,59 @@ class async_chat(asyncore.dispatcher):
             return 0
         except OSError as why:
             if transport.tls or why.errno in _DISCONNECTED:
-                self._ac_write_failed(why)
+                self._ac_failed(why)
                 return 0
             raise
-
-    def _ac_write_failed(self, why: OSError) -> None:
-        """The transport's send() raised *why* (asyncore's send() rules)."""
-        if self._ac_transport.tls:
-            self._ac_tls_failed(why)
-        elif why.errno in _DISCONNECTED:
-            self.handle_close()
-        else:
-            self.handle_error()
 
     def initiate_send(self) -> None:
         self._ac_flush_due = False  # when called from the after-events pass
         fifo = self.producer_fifo
         transport = self._ac_transport
-        if transport.__class__ is not PlainTransport:
-            if transport is not None and (transport.handshaking or transport.write_needs_read):
-                return  # replies wait for TLS (the SMTPS greeting; a read first)
-            if fifo:
-                self._ac_send_queue(fifo)
-        elif len(fifo) == 1 and fifo[0].__class__ is bytes and self._ac_own_sends and self.connected:
-            # One reply queued on a plain socket, the usual case: written
-            # without the queue walk of _ac_send_queue(), same outcome.
-            first = fifo[0]
-            try:
-                sent = transport.send(first)
-            except BlockingIOError:
-                sent = 0
-            except OSError as why:
-                self._ac_write_failed(why)
-                return
-            if sent == len(first):
-                fifo.popleft()
-            else:  # the socket is full: the rest waits for it
-                fifo[0] = memoryview(first)[sent:]
-            self._ac_out_queued -= sent
-        elif fifo:
+        if not (
+            transport.__class__ is PlainTransport
+            and len(fifo) == 1
+            and fifo[0].__class__ is bytes
+            and self._ac_own_sends
+            and self.connected
+        ):
+            self._ac_send_all(fifo, transport)
+            return
+        # One reply queued on a plain socket, the usual case: written
+        # without the queue walk of _ac_send_queue(), same outcome.
+        first = fifo[0]
+        try:
+            sent = transport.send(first)
+        except BlockingIOError:
+            sent = 0
+        except OSError as why:
+            self._ac_failed(why)
+            return
+        if sent == len(first):
+            fifo.popleft()
+        else:  # the socket is full: the rest waits for it
+            fifo[0] = memoryview(first)[sent:]
+        self._ac_out_queued -= sent
+        if fifo or self._ac_want_write or self._ac_paused or self._ac_tls_upgrade is not None:
+            self._ac_sent()
+
+    def _ac_send_all(self, fifo: Deque[Any], transport: Any) -> None:
+        """initiate_send() for any queue and transport."""
+        if transport is not None and (transport.handshaking or transport.write_needs_read):
+            return  # replies wait for TLS (the SMTPS greeting; a read first)
+        if fifo:
             self._ac_send_queue(fifo)
-        # What the write changed: the write interest, the output pause, and
-        # STARTTLS once its reply is out.
+        self._ac_sent()
+
+    def _ac_sent(self) -> None:
+        """What a write changed: the write interest, the output pause, and
+        STARTTLS once its reply is out."""
+        fifo = self.producer_fifo
         if self._ac_want_write != bool(fifo):
             self._ac_interest()
-        if self._ac_paused and "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
+        if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
             self._ac_resume("output")
         if self._ac_tls_upgrade is not None and not fifo and self._fileno is not None:
-            self._ac_tls_wrap()
+            _tls_phases.wrap(self)
 
     def _ac_send_queue(self, fifo: Deque[Any]) -> None:
         """Write the queue until it is empty, the socket is full, or a
@@ -613,19 +561,8 @@ class async_chat(asyncore.dispatcher):
                 return
             if sent >= size:
                 continue
-            # The socket took less than offered: the first `sent` bytes
-            # left, from the front.  Put the rest back, in order, and wait
-            # until the socket is writable again.
-            unsent = []
-            for chunk in chunks:
-                if sent >= len(chunk):
-                    sent -= len(chunk)
-                    continue
-                unsent.append(memoryview(chunk)[sent:] if sent else chunk)
-                sent = 0
-            for chunk in reversed(unsent):
-                fifo.appendleft(chunk)
-                self._ac_out_queued += len(chunk)
+            # The socket took less than offered: the rest waits for it.
+            self._ac_out_queued += _output.put_back(fifo, chunks, sent)
             return
 
     def discard_buffers(self) -> None:
@@ -636,82 +573,10 @@ class async_chat(asyncore.dispatcher):
         self._ac_out_queued = 0
         self._ac_interest()
 
-    # -- TLS (the transport's phases, as seen from the loop) --------------------------
+    # -- TLS (the transport's phases, as seen from the loop: see _tls_phases) -----------
     def _ac_start_tls(self, context: ssl.SSLContext) -> None:
-        """Switch to TLS once what is queued (the reply to STARTTLS) is sent.
-
-        Input is not read meanwhile: the next bytes are the client's
-        handshake, and what it pipelined in clear must never be read as if
-        it came over TLS.
-        """
-        self._ac_tls_upgrade = context
-        self._ac_input_closed = True
-        self._interest_changed()
-        self._ac_tls_starting()
-
-    def _ac_tls_wrap(self) -> None:
-        context, self._ac_tls_upgrade = self._ac_tls_upgrade, None
-        assert context is not None
-        try:
-            transport = TLSTransport.start(self.socket, context)
-        except (OSError, ValueError) as err:
-            log.warning("STARTTLS with %r failed: %s", getattr(self, "addr", None), err)
-            self.handle_close()
-            return
-        self._ac_transport = transport
-        self.socket = transport.sock  # same descriptor: the map entry stays valid
-        self._ac_framer.clear()
-        self._interest_changed()
-
-    def _ac_tls_read_event(self, transport: Any) -> bool:
-        """TLS steps before a read; True when the read may go on."""
-        if transport.handshaking:
-            self._ac_handshake(transport)
-            return False
-        if transport.write_needs_read:
-            transport.write_needs_read = False
-            self._interest_changed()
-            self.initiate_send()
-            if self._fileno is None:
-                return False
-        return not self._ac_paused
-
-    def _ac_tls_write_event(self, transport: Any) -> bool:
-        """TLS steps before a write; True when the write may go on."""
-        if transport.handshaking:
-            self._ac_handshake(transport)
-            return False
-        if transport.read_needs_write:
-            transport.read_needs_write = False
-            self._interest_changed()
-            self.handle_read()
-            if self._fileno is None:
-                return False
-        return True
-
-    def _ac_tls_blocked(self, transport: Any) -> None:
-        # A TLS read found no application data; it may need a write first.
-        if transport.read_needs_write:
-            self._interest_changed()
-
-    def _ac_handshake(self, transport: TLSTransport) -> None:
-        try:
-            state = transport.handshake()
-        except (OSError, ValueError) as err:
-            # A client that is not speaking TLS, or disagrees on versions or
-            # ciphers, or went away; not the server's error.
-            log.info("TLS handshake with %r failed: %s", getattr(self, "addr", None), err)
-            self.handle_close()
-            return
-        self._interest_changed()
-        if state == HANDSHAKE_DONE:
-            self._ac_tls_ready()
-            self._ac_input_closed = None in self.producer_fifo
-            self._interest_changed()
-            # What was queued meanwhile (the SMTPS greeting) goes out now.
-            self.initiate_send()
-            # The client's first command may already sit in the TLS buffers.
-            self._ac_read_again()
+        """Switch to TLS once what is queued (the reply to STARTTLS) is sent."""
+        _tls_phases.start(self, context)
 
     def _ac_tls_pending(self) -> bool:
         """Whether TLS is being started (its handshake not done)."""
@@ -728,20 +593,3 @@ class async_chat(asyncore.dispatcher):
 
 asyncore._TRACKED_READABLE.add(async_chat.readable)
 asyncore._TRACKED_WRITABLE.add(async_chat.writable)
-
-
-class simple_producer:
-    """Serve *data* in pieces of *buffer_size* bytes through ``more()``."""
-
-    def __init__(self, data: bytes, buffer_size: int = 512) -> None:
-        self.data = data
-        self.buffer_size = buffer_size
-
-    def more(self) -> bytes:
-        if len(self.data) > self.buffer_size:
-            result = self.data[: self.buffer_size]
-            self.data = self.data[self.buffer_size :]
-            return result
-        result = self.data
-        self.data = b""
-        return result
