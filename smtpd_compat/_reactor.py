@@ -35,6 +35,12 @@ from ._pollers import _IN, _OUT, EVENT_EXPT, EVENT_READ, EVENT_WRITE, POLLER, PO
 log = logging.getLogger("smtpd_compat")
 
 
+class ExitNow(Exception):
+    """Raise from a handler to leave ``loop()`` at once."""
+
+    __module__ = "smtpd_compat.asyncore"  # asyncore.ExitNow, where users meet it
+
+
 # id(map) -> Reactor.  The reactor holds the map itself, so an id is never
 # reused while its entry exists; the entry is dropped by forget().
 _reactors: Dict[int, "Reactor"] = {}
@@ -516,12 +522,8 @@ class Reactor:
 
     @staticmethod
     def _failed(callback: Callable[[], Any], exc: Exception) -> None:
-        # Imported here, on the rare error path: asyncore imports this
-        # module, and an import per call would cost more than the call.
-        from .asyncore import _reraised_exceptions
-
-        if isinstance(exc, _reraised_exceptions):
-            raise exc  # asyncore.ExitNow ends the loop
+        if isinstance(exc, ExitNow):
+            raise exc  # it ends the loop
         log.exception("error in scheduled callback %r", callback, exc_info=exc)
 
     def _reopen_after_fork(self) -> None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 import re
-from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, Union
 
 from . import _replies as R
 from ._grammar import ReplyError
-from ._state import Event, State
+from ._state import Credentials, Event, State
 
 log = logging.getLogger("smtpd_compat")
 
@@ -49,33 +48,6 @@ CANCEL = "*"
 # RFC 4954 section 4: "=" alone is an empty initial response (an empty
 # argument would be no initial response at all).
 EMPTY_INITIAL_RESPONSE = "="
-
-
-class Credentials(NamedTuple):
-    """What the client presented: checked by the server's authenticator.
-
-    For mechanisms that send the password (PLAIN, LOGIN) ``password`` holds
-    it; :meth:`check` compares it with a stored secret in constant time.
-    """
-
-    mechanism: str
-    login: str
-    password: str
-    # PLAIN's authorization identity ("act as"); empty when not given.
-    authzid: str = ""
-
-    def check(self, secret: str) -> bool:
-        """Whether the client proved knowledge of *secret* (the password)."""
-        return hmac.compare_digest(self.password.encode("utf-8"), secret.encode("utf-8"))
-
-    def __repr__(self) -> str:
-        # A Credentials may end up in a traceback or a debug print: never
-        # show the password.
-        return "Credentials(mechanism=%r, login=%r, password=<redacted>, authzid=%r)" % (
-            self.mechanism,
-            self.login,
-            self.authzid,
-        )
 
 
 Step = Union[str, Credentials]

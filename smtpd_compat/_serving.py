@@ -8,7 +8,7 @@ manager, ``address``/``port``); the implementation lives here so that
 Graceful shutdown, in the order it happens on the loop thread:
 
 1. the kernel is told to start no new connections (on Linux; see
-   :func:`_refuse_handshakes`), the connections it has already completed
+   ``_listener``), the connections it has already completed
    are accepted until none is left (so they are answered instead of reset)
    and the listening socket is closed: new connections are refused from
    then on;
@@ -33,24 +33,18 @@ Graceful shutdown, in the order it happens on the loop thread:
 So a message is either acknowledged with ``250`` and handed to
 ``process_message()``, or not acknowledged at all: nothing in between.
 
-Logging goes to the ``smtpd_compat`` logger: connections at INFO, commands
-and replies at DEBUG (``AUTH`` lines and SASL exchanges redacted), errors at
-ERROR, shutdown progress at INFO.
+Shutdown progress is logged at INFO to the ``smtpd_compat`` logger.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import select
-import socket
-import struct
-import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from . import _grammar, _logging, _options, _reactor
+from . import _grammar, _listener, _logging, _options, _reactor
 
 # The keyword options of SMTPServer that this module applies, with their
 # defaults (all declared in _options.Options).
@@ -70,23 +64,6 @@ _LATE_SWEEP_INTERVAL = 0.1
 # (smtplib's "with SMTP(...)" raises SMTPResponseException).  Sessions idle
 # for longer are told at once; the shutdown timeout cuts this short.
 _QUIT_GRACE = 1.0
-# Bounds on accepting the backlog (and answering it 421) before the listening
-# socket is closed: handle_accept() calls, and seconds.  Only a handle_accept()
-# that does not accept, or connections arriving faster than they are accepted
-# where new handshakes cannot be stopped, come near them.
-_BACKLOG_DRAIN_CALLS = 4096
-_BACKLOG_DRAIN_SECONDS = 1.0
-# A classic BPF program (SO_ATTACH_FILTER) for a listening TCP socket: drop
-# segments with SYN set, keep the others.  A socket filter sees the TCP
-# header at offset 0; byte 13 holds its flags (SYN is 0x02).
-_SO_ATTACH_FILTER = 26
-_DROP_SYN = (
-    (0x30, 0, 0, 13),  # ldb [13]
-    (0x45, 0, 1, 0x02),  # jset #SYN, next, skip one
-    (0x06, 0, 0, 0),  # ret #0: drop
-    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: keep all
-)
-
 _states_lock = threading.Lock()
 
 
@@ -352,8 +329,8 @@ def begin_shutdown(server: Any) -> None:
     st.requested = True
     _remember_address(server)
     if server._fileno is not None and server.accepting:
-        _refuse_handshakes(server.socket)
-        _drain_backlog(server)
+        _listener.refuse_handshakes(server.socket)
+        _listener.drain_backlog(server)
         server.close()
     in_data = 0
     told = 0
@@ -539,71 +516,6 @@ def refuse_command(channel: Any, line: Optional[bytes] = None) -> bool:
 
 def _is_quit(line: bytes) -> bool:
     return _grammar.split_command(line.decode("utf-8", "replace"))[0] == "QUIT"
-
-
-def _refuse_handshakes(sock: Any) -> bool:
-    """Make the kernel start no new connection on the listening TCP socket
-    *sock*, while it still completes those under way; True if it could.
-
-    Closing a listening socket resets every connection the kernel has
-    completed but nobody accepted, so accepting them first (see
-    :func:`_drain_backlog`) is only as good as the gap between the last
-    accept() and close() is empty.  Lowering the backlog does not empty it
-    (and while the backlog is full the kernel drops the ACK that completes
-    a handshake it has answered, leaving that client waiting for nothing),
-    and shutdown() of a listening socket resets its backlog at once.  A socket filter that drops SYN segments does: clients
-    that try now retransmit their SYN a second later and are refused then,
-    while a handshake already under way still ends in the backlog and is
-    accepted.  Linux only (SO_ATTACH_FILTER); elsewhere the gap stays.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
-            return False
-        import ctypes  # the filter's address goes in the option; stdlib, though not everywhere
-
-        code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_SYN)
-        program = ctypes.create_string_buffer(code, len(code))
-        fprog = struct.pack("HP", len(_DROP_SYN), ctypes.addressof(program))
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
-    except (ImportError, OSError, AttributeError) as err:
-        log.debug("cannot stop new connections before closing the listening socket: %s", err)
-        return False
-    return True
-
-
-def _drain_backlog(server: Any) -> None:
-    """Accept what already waits in the backlog, until nothing is left, so
-    that it can be answered."""
-    reactor = _reactor.reactor_for(server._map, create=False)
-    deadline = time.monotonic() + _BACKLOG_DRAIN_SECONDS
-    for _ in range(_BACKLOG_DRAIN_CALLS):
-        fd = server._fileno
-        if fd is None or not server.accepting or not _connection_waiting(fd):
-            return
-        if reactor is not None and fd in reactor.suspended:
-            return  # accept() hit EMFILE and backs off: it cannot take them
-        if time.monotonic() > deadline:
-            log.warning("closing the listening socket with connections still in its backlog")
-            return
-        try:
-            server.handle_accept()
-        except Exception:
-            log.exception("accepting the backlog during shutdown failed")
-            return
-
-
-def _connection_waiting(fd: int) -> bool:
-    """Whether the listening socket *fd* has a connection to accept."""
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([fd], [], [], 0)[0])
-    except (OSError, ValueError):
-        return False
 
 
 def _remember_address(server: Any) -> None:

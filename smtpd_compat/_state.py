@@ -5,17 +5,17 @@ session needs of its host: the vocabulary of ``_session``, without rules.
 (``Session._move`` applies it).  :class:`Features` is what the server offers
 beyond smtpd, :class:`Host` the interface of the object that owns the
 connection (``SMTPChannel``), :class:`CommandSizeLimits` smtpd's
-``command_size_limits`` with its largest value remembered.
+``command_size_limits`` with its largest value remembered, and
+:class:`Credentials` what a session hands its host to check (made by the
+SASL mechanisms of ``_sasl``).
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
-
-if TYPE_CHECKING:  # _sasl imports this module
-    from ._sasl import Credentials
+import hmac
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -24,6 +24,7 @@ __all__ = [
     "NO_LIMITS",
     "TRANSITIONS",
     "CommandSizeLimits",
+    "Credentials",
     "Detached",
     "Event",
     "Features",
@@ -35,6 +36,33 @@ __all__ = [
 # an initial response of reasonable size fits; the same bound applies to
 # each response line of the exchange.
 AUTH_LINE_LIMIT = 12288
+
+
+class Credentials(NamedTuple):
+    """What the client presented: checked by the server's authenticator.
+
+    For mechanisms that send the password (PLAIN, LOGIN) ``password`` holds
+    it; :meth:`check` compares it with a stored secret in constant time.
+    """
+
+    mechanism: str
+    login: str
+    password: str
+    # PLAIN's authorization identity ("act as"); empty when not given.
+    authzid: str = ""
+
+    def check(self, secret: str) -> bool:
+        """Whether the client proved knowledge of *secret* (the password)."""
+        return hmac.compare_digest(self.password.encode("utf-8"), secret.encode("utf-8"))
+
+    def __repr__(self) -> str:
+        # A Credentials may end up in a traceback or a debug print: never
+        # show the password.
+        return "Credentials(mechanism=%r, login=%r, password=<redacted>, authzid=%r)" % (
+            self.mechanism,
+            self.login,
+            self.authzid,
+        )
 
 
 class State(enum.Enum):
@@ -171,7 +199,7 @@ class Host:
         """STARTTLS was accepted: read nothing more in clear, and wrap the
         connection once the 220 is sent."""
 
-    def _session_check(self, credentials: "Credentials") -> None:
+    def _session_check(self, credentials: Credentials) -> None:
         """Decide on *credentials*; answer through Session.auth_verdict()
         (at once or later) or Session.auth_failed_to_check()."""
         raise NotImplementedError
@@ -218,7 +246,7 @@ class Detached(Host):
     def _strip_command_keyword(self, keyword: str, arg: str) -> str:
         return ""
 
-    def _session_check(self, credentials: "Credentials") -> None:
+    def _session_check(self, credentials: Credentials) -> None:
         pass
 
 

@@ -48,6 +48,7 @@ from errno import (
 from typing import Any, Dict, Optional, Set, Tuple
 
 from . import _pollers, _reactor
+from ._reactor import ExitNow
 
 __all__ = [
     "ExitNow",
@@ -84,10 +85,6 @@ ACCEPT_BACKOFF = 0.1
 SocketMap = Dict[int, Any]
 
 socket_map: SocketMap = {}
-
-
-class ExitNow(Exception):
-    """Raise from a handler to leave ``loop()`` at once."""
 
 
 _reraised_exceptions = (ExitNow, KeyboardInterrupt, SystemExit)
@@ -575,44 +572,7 @@ def close_all(map: Optional[SocketMap] = None, ignore_all: bool = False) -> None
 
 
 if os.name == "posix":
-
-    class file_wrapper:
-        """Make a file descriptor look enough like a socket for a dispatcher."""
-
-        def __init__(self, fd: int) -> None:
-            self.fd = os.dup(fd)
-
-        def __del__(self) -> None:
-            if self.fd >= 0:
-                warnings.warn("unclosed file %r" % self, ResourceWarning, stacklevel=1, source=self)
-            self.close()
-
-        def recv(self, *args: Any) -> bytes:
-            return os.read(self.fd, *args)
-
-        def send(self, *args: Any) -> int:
-            return os.write(self.fd, *args)
-
-        def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
-            if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
-                return 0
-            raise NotImplementedError("Only asyncore specific behaviour implemented.")
-
-        read = recv
-        write = send
-
-        def close(self) -> None:
-            if self.fd < 0:
-                return
-            fd = self.fd
-            self.fd = -1
-            os.close(fd)
-
-        def fileno(self) -> int:
-            return self.fd
-
-        def setblocking(self, flag: bool) -> None:
-            os.set_blocking(self.fd, flag)
+    from ._file_wrapper import file_wrapper
 
     class file_dispatcher(dispatcher):
         """A dispatcher over a file descriptor (pipes, ttys)."""
