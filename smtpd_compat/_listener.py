@@ -1,5 +1,8 @@
-"""The end of a listening socket: closing it without resetting the
-connections the kernel has already completed.
+"""The listening socket's options, and its end: closing it without
+resetting the connections the kernel has already completed.
+
+:func:`exclusive_address` is what ``SMTPServer.server_bind()`` sets on
+Windows instead of ``SO_REUSEADDR``.
 
 A graceful shutdown (``_serving``) first makes the kernel start no new
 handshake (:func:`refuse_handshakes`, Linux), then accepts what waits in the
@@ -19,7 +22,7 @@ from typing import Any
 
 from . import _reactor
 
-__all__ = ["drain_backlog", "refuse_handshakes"]
+__all__ = ["drain_backlog", "exclusive_address", "refuse_handshakes"]
 
 log = logging.getLogger("smtpd_compat")
 
@@ -105,3 +108,19 @@ def _connection_waiting(fd: int) -> bool:
         return bool(select.select([fd], [], [], 0)[0])
     except (OSError, ValueError):
         return False
+
+
+def exclusive_address(sock: Any) -> None:
+    """Keep every other socket off *sock*'s address (Windows'
+    ``SO_EXCLUSIVEADDRUSE``).  There ``SO_REUSEADDR`` lets a second process
+    bind a port that a server listens on, and connections then go to
+    either; the price of exclusivity is that a restarted server cannot bind
+    while connections of the old one linger.  Best effort: where the option
+    does not exist or is refused, the socket is left as it is."""
+    option = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
+    if option is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, 1)
+    except OSError as err:
+        log.debug("cannot make the listening address exclusive: %s", err)

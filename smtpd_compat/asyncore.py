@@ -326,10 +326,13 @@ class dispatcher:
         return True
 
     # -- socket methods --------------------------------------------------------
+    # asyncore's own cap on the backlog on Windows (SMTPServer lifts it).
+    _cap_backlog_on_windows = True
+
     def listen(self, num: int) -> Any:
         self.accepting = True
         self._interest_changed()
-        if os.name == "nt" and num > 5:
+        if os.name == "nt" and num > 5 and self._cap_backlog_on_windows:
             num = 5
         return self.socket.listen(num)
 

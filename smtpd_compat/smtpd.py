@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections  # noqa: F401  (CPython's smtpd namespace had it)
 import errno  # noqa: F401  (so did this)
 import logging
+import os
 import socket
 import sys
 import time
@@ -59,6 +60,7 @@ from . import (
     _globals,
     _grammar,
     _limits,
+    _listener,
     _logging,
     _options,
     _relay,
@@ -150,9 +152,8 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         try:
             gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
             self.create_socket(gai_results[0][0], gai_results[0][1])
-            self.set_reuse_addr()
-            self.bind(localaddr)
-            self.listen(_LISTEN_BACKLOG)
+            self.server_bind()
+            self.server_activate()
         except BaseException:
             self.close()
             raise
@@ -187,6 +188,31 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
         after the server was closed.""",
     )
     port = _views.View(lambda self: _serving.bound_address(self)[1], "The port the server is bound to.")
+
+    # -- the listening socket (socketserver's hooks) -----------------------
+    # asyncore capped listen()'s backlog at 5 on Windows; a server asks for more.
+    _cap_backlog_on_windows = False
+
+    def server_bind(self) -> None:
+        """Bind the listening socket to *localaddr*; called once by
+        ``__init__``.  Override it to set socket options before the bind
+        (call this one).
+
+        As smtpd, it calls ``set_reuse_addr()`` then ``bind()``; on
+        Windows, where ``SO_REUSEADDR`` would let a second server bind the
+        same port, it makes the port exclusive instead (``SO_EXCLUSIVEADDRUSE``).
+        """
+        if os.name == "nt":
+            _listener.exclusive_address(self.socket)
+        else:
+            self.set_reuse_addr()
+        self.bind(self._localaddr)
+
+    def server_activate(self) -> None:
+        """Start listening; called once by ``__init__`` after
+        :meth:`server_bind`.  The backlog is 4096 (the system may lower it);
+        smtpd's 5 made clients that connect at once wait for retransmits."""
+        self.listen(_LISTEN_BACKLOG)
 
     # -- serving API (socketserver style); implemented in _serving ----------
     def serve_forever(self, poll_interval: float = 0.5) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import smtplib
 import subprocess
 import sys
@@ -248,3 +249,53 @@ def test_mailboxes_have_the_platforms_line_ends(emulate: Any, tmp_path: Any) -> 
         print("ok")
     '''), str(tmp_path))
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
+WINDOWS_LISTENER = r'''
+import os, socket
+from smtpd_compat import asyncore, smtpd
+
+calls = []
+real_setsockopt, real_listen = socket.socket.setsockopt, socket.socket.listen
+
+
+def setsockopt(self, level, option, value):
+    calls.append(("setsockopt", level, option, value))
+    if option != EXCLUSIVE:  # Linux has no such option
+        real_setsockopt(self, level, option, value)
+
+
+def listen(self, backlog):
+    calls.append(("listen", backlog))
+    real_listen(self, backlog)
+
+
+EXCLUSIVE = -5  # Windows' SO_EXCLUSIVEADDRUSE (~SO_REUSEADDR)
+socket.SO_EXCLUSIVEADDRUSE = EXCLUSIVE
+socket.socket.setsockopt, socket.socket.listen = setsockopt, listen
+os.name = "nt"  # after the imports: read where the listening socket is set up
+
+server = smtpd.SMTPServer(("127.0.0.1", 0), None)
+print(calls)
+print(server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+server.close()
+del calls[:]
+plain = asyncore.dispatcher()
+plain.create_socket()
+plain.bind(("127.0.0.1", 0))
+plain.listen(4096)
+print(calls)
+plain.close()
+'''
+
+
+def test_on_windows_the_port_is_exclusive_and_the_backlog_is_not_capped() -> None:
+    """On Windows SO_REUSEADDR lets a second server bind a port in use:
+    SMTPServer makes its port exclusive instead, and asks for its backlog
+    of 4096, not asyncore's 5 (a plain dispatcher keeps asyncore's cap)."""
+    result = run_python(WINDOWS_LISTENER, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    server_calls, reuse, dispatcher_calls = result.stdout.splitlines()
+    assert server_calls == "[('setsockopt', %d, -5, 1), ('listen', 4096)]" % socket.SOL_SOCKET
+    assert reuse == "0"
+    assert dispatcher_calls == "[('listen', 5)]"

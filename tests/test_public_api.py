@@ -14,6 +14,7 @@ import importlib
 import inspect
 import io
 import os
+import socket
 import subprocess
 import sys
 from typing import Any, List, Optional
@@ -446,3 +447,55 @@ def test_every_runtime_module_loads_only_the_standard_library() -> None:
 def test_pyproject_declares_no_runtime_dependencies() -> None:
     text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert "\ndependencies = []" in text
+
+
+# -- the listening socket's hooks ----------------------------------------------------------------
+def test_server_bind_and_server_activate_are_hooks_around_smtpds_calls() -> None:
+    """socketserver's hooks: server_bind() (an override sets options before
+    the bind) then server_activate(); underneath, the calls smtpd made
+    (set_reuse_addr, bind, listen) still reach a subclass that overrides
+    them, and the server accepts sessions as usual."""
+    calls: List[Any] = []
+
+    class Hooked(RecordingSMTPServer):
+        def server_bind(self) -> None:
+            calls.append("server_bind")
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            super().server_bind()
+
+        def server_activate(self) -> None:
+            calls.append("server_activate")
+            super().server_activate()
+
+        def set_reuse_addr(self) -> None:
+            calls.append("set_reuse_addr")
+            super().set_reuse_addr()
+
+        def bind(self, addr: Any) -> Any:
+            calls.append(("bind", addr))
+            return super().bind(addr)
+
+        def listen(self, num: int) -> Any:
+            calls.append(("listen", num))
+            return super().listen(num)
+
+    with ServerThread(Hooked) as thread:
+        server = thread.server
+        assert calls == ["server_bind", "set_reuse_addr", ("bind", ("127.0.0.1", 0)), "server_activate", ("listen", 4096)]
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        with RawClient(thread.address) as client:
+            assert client.read_reply().startswith(b"220 ")
+
+
+def test_a_failing_server_bind_closes_the_socket() -> None:
+    made: List[Any] = []
+
+    class Failing(RecordingSMTPServer):
+        def server_bind(self) -> None:
+            made.append(self.socket)
+            raise OSError("no")
+
+    with pytest.raises(OSError, match="no"):
+        Failing(("127.0.0.1", 0), None, map={})
+    assert made and made[0].fileno() == -1  # closed
