@@ -9,9 +9,9 @@ Where the pieces live: the TLS transport and its handshake are in
 ``_transport`` (driven by ``async_chat``); the STARTTLS and AUTH commands
 and the SASL exchange are the session's (``_session``, ``_sasl``).  This
 module holds what the server decides: :func:`check_options`,
-:func:`auth_enabled`, :func:`wrap_accepted` (SMTPS), the
-:meth:`SecureServerMixin.authenticate` override point and
-:func:`check_credentials`, which asks it; and the client side of
+:func:`auth_enabled`, :func:`wrap_accepted` (SMTPS), what
+``SMTPServer.authenticate()`` does by default and when an override of it
+counts, and :func:`check_credentials`, which asks it; and the client side of
 PureProxy's upstream connection (:func:`relay_client`,
 :func:`secure_relay_session`, used by ``_relay.connect``).
 """
@@ -43,12 +43,21 @@ RELAY_TLS_MODES = ("starttls", "smtps")
 # -- server side ---------------------------------------------------------------------
 def check_options(options: Any, server: Any) -> None:
     """Reject inconsistent TLS/AUTH *options* when *server* is created."""
+    _check_tls(options)
+    _check_auth(options, server)
+    _check_relay(options)
+
+
+def _check_tls(options: Any) -> None:
     for name in ("tls_context", "implicit_tls_context"):
         value = getattr(options, name)
         if value is not None and not isinstance(value, ssl.SSLContext):
             raise TypeError("%s must be an ssl.SSLContext, not %s" % (name, type(value).__name__))
     if options.require_starttls and options.tls_context is None and options.implicit_tls_context is None:
         raise ValueError("require_starttls needs tls_context (the certificate to offer STARTTLS with)")
+
+
+def _check_auth(options: Any, server: Any) -> None:
     mechanisms = tuple(m.upper() for m in options.auth_mechanisms)
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown:
@@ -56,58 +65,49 @@ def check_options(options: Any, server: Any) -> None:
     options.auth_mechanisms = mechanisms
     if options.authenticator is not None and not callable(options.authenticator):
         raise TypeError("authenticator must be callable(server, channel, mechanism, login, password)")
-    if auth_enabled(server):
-        if not mechanisms:
-            raise ValueError("auth_mechanisms is empty: no way to authenticate")
-        if options.auth_require_tls and options.tls_context is None and options.implicit_tls_context is None:
-            raise ValueError(
-                "AUTH is only offered over TLS: give tls_context or implicit_tls_context, "
-                "or auth_require_tls=False to accept passwords in clear"
-            )
-    elif options.auth_required:
-        raise ValueError("auth_required needs an authenticator (or an authenticate() override)")
+    if not auth_enabled(server):
+        if options.auth_required:
+            raise ValueError("auth_required needs an authenticator (or an authenticate() override)")
+        return
+    if not mechanisms:
+        raise ValueError("auth_mechanisms is empty: no way to authenticate")
+    if options.auth_require_tls and options.tls_context is None and options.implicit_tls_context is None:
+        raise ValueError(
+            "AUTH is only offered over TLS: give tls_context or implicit_tls_context, "
+            "or auth_require_tls=False to accept passwords in clear"
+        )
+
+
+def _check_relay(options: Any) -> None:
     if options.relay_tls not in (None,) + RELAY_TLS_MODES:
         raise ValueError("relay_tls must be None, 'starttls' or 'smtps', not %r" % (options.relay_tls,))
     if options.relay_tls_context is not None and not isinstance(options.relay_tls_context, ssl.SSLContext):
         raise TypeError("relay_tls_context must be an ssl.SSLContext")
-    if options.relay_auth is not None:
-        auth = options.relay_auth
-        if not (isinstance(auth, (tuple, list)) and len(auth) == 2 and all(isinstance(x, str) and x for x in auth)):
-            raise TypeError("relay_auth must be a (login, password) pair of non-empty strings")
-        if options.relay_tls is None:
-            raise ValueError("relay_auth would send the password in clear: set relay_tls to 'starttls' or 'smtps'")
+    auth = options.relay_auth
+    if auth is None:
+        return
+    if not (isinstance(auth, (tuple, list)) and len(auth) == 2 and all(isinstance(x, str) and x for x in auth)):
+        raise TypeError("relay_auth must be a (login, password) pair of non-empty strings")
+    if options.relay_tls is None:
+        raise ValueError("relay_auth would send the password in clear: set relay_tls to 'starttls' or 'smtps'")
 
 
 def auth_enabled(server: Any) -> bool:
     """Whether *server* offers AUTH: it has an ``authenticator``, or its
-    class overrides :meth:`SecureServerMixin.authenticate`."""
+    class overrides ``SMTPServer.authenticate()`` (noted once per class)."""
     if _options.of(server).authenticator is not None:
         return True
-    return _overrides_authenticate(type(server))
+    return "authenticate" in getattr(server, "_overridden_hooks", ())
 
 
-def _overrides_authenticate(cls: Any) -> bool:
-    """Whether *cls* overrides authenticate() with this package's meaning.
+def is_authenticate_override(method: Any) -> bool:
+    """Whether *method*, a subclass's ``authenticate``, has this package's
+    meaning: it takes ``(channel, mechanism, login, password)``.
 
     A server written for the standard library may have a method of that
     name for its own AUTH code, with another signature: it must not turn
-    this package's AUTH on.  Only an override that takes ``(channel,
-    mechanism, login, password)`` counts.
+    this package's AUTH on.
     """
-    known = _OVERRIDES.get(cls)
-    if known is None:
-        known = _OVERRIDES[cls] = _decide_override(cls)
-    return known
-
-
-# class -> whether it overrides authenticate() with this package's meaning.
-_OVERRIDES: Dict[Any, bool] = {}
-
-
-def _decide_override(cls: Any) -> bool:
-    method = getattr(cls, "authenticate", None)
-    if method is None or method is SecureServerMixin.authenticate:
-        return False
     try:
         inspect.signature(method).bind(None, None, None, None, None)
     except TypeError:
@@ -115,6 +115,14 @@ def _decide_override(cls: Any) -> bool:
     except ValueError:  # no signature to inspect (a builtin): assume ours
         return True
     return True
+
+
+def authenticate_with_option(server: Any, channel: Any, mechanism: str, login: str, password: str) -> bool:
+    """``SMTPServer.authenticate()``'s default: ask the ``authenticator`` option."""
+    authenticator = _options.of(server).authenticator
+    if authenticator is None:
+        return False
+    return bool(authenticator(server, channel, mechanism, login, password))
 
 
 def wrap_accepted(server: Any, conn: Any) -> Optional[Any]:
@@ -197,24 +205,6 @@ def _reply_text(text: Any) -> str:
     return str(text)
 
 
-class SecureServerMixin:
-    """``SMTPServer``'s part of AUTH: the decision on credentials."""
-
-    def authenticate(self, channel: Any, mechanism: str, login: str, password: str) -> bool:
-        """Return whether *login*/*password* may use this server.
-
-        *channel* is the ``SMTPChannel`` of the session (``channel.peer``,
-        ``channel.tls_active``); *mechanism* is ``"PLAIN"`` or ``"LOGIN"``.
-        The default asks the ``authenticator`` option; a subclass may
-        override this method instead (AUTH is then offered).  An exception
-        is answered ``454`` (temporary failure) and logged.
-        """
-        authenticator = _options.of(self).authenticator
-        if authenticator is None:
-            return False
-        return bool(authenticator(self, channel, mechanism, login, password))
-
-
 # -- AUTH: deciding on the credentials a session received --------------------------------
 def check_credentials(channel: Any, credentials: Credentials) -> None:
     """Ask *channel*'s server whether *credentials* are right and give the
@@ -224,7 +214,7 @@ def check_credentials(channel: Any, credentials: Credentials) -> None:
     server = channel.smtp_server
     passwords = _options.of(server).authenticator
     reactor = channel._reactor()
-    overridden = _overrides_authenticate(type(server))
+    overridden = "authenticate" in getattr(server, "_overridden_hooks", ())
     if isinstance(passwords, PasswordFile) and passwords.hashed and reactor is not None and not overridden:
         # What the default authenticate() does, in a worker thread
         # (check_in_worker); the session reads nothing meanwhile.
@@ -247,7 +237,7 @@ def check_credentials(channel: Any, credentials: Credentials) -> None:
         if overridden:
             ok = server.authenticate(channel, credentials.mechanism, credentials.login, credentials.password)
         else:
-            ok = SecureServerMixin.authenticate(server, channel, credentials.mechanism, credentials.login, credentials.password)
+            ok = authenticate_with_option(server, channel, credentials.mechanism, credentials.login, credentials.password)
     except Exception:
         _failed_to_check(channel, credentials.login)
         return

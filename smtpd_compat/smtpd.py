@@ -111,7 +111,7 @@ _debug = _globals.debug
 _getfqdn = _globals.fqdn
 
 
-class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
+class SMTPServer(asyncore.dispatcher):
     """Listen on *localaddr* and start a ``channel_class`` per connection.
 
     Subclasses override :meth:`process_message` to do something with each
@@ -121,14 +121,16 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
     channel_class = SMTPChannel
 
     # The hooks of SMTPServer that a subclass overrides, noted once per
-    # class: a session asks accept_mail()/accept_rcpt() only when overridden.
+    # class: a session asks accept_mail()/accept_rcpt() only when overridden,
+    # and an authenticate() override turns AUTH on.
     _overridden_hooks: FrozenSet[str] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._overridden_hooks = frozenset(
-            name for name in ("accept_mail", "accept_rcpt") if getattr(cls, name) is not getattr(SMTPServer, name)
-        )
+        hooks = {name for name in ("accept_mail", "accept_rcpt") if getattr(cls, name) is not getattr(SMTPServer, name)}
+        if cls.authenticate is not SMTPServer.authenticate and _tls.is_authenticate_override(cls.authenticate):
+            hooks.add("authenticate")  # AUTH is then offered
+        cls._overridden_hooks = frozenset(hooks)
 
     def __init__(
         self,
@@ -274,6 +276,17 @@ class SMTPServer(_tls.SecureServerMixin, asyncore.dispatcher):
             self.enable_SMTPUTF8,
             self._decode_data,
         )
+
+    def authenticate(self, channel: SMTPChannel, mechanism: str, login: str, password: str) -> bool:
+        """Return whether *login*/*password* may use this server.
+
+        *channel* is the ``SMTPChannel`` of the session (``channel.peer``,
+        ``channel.tls_active``); *mechanism* is ``"PLAIN"`` or ``"LOGIN"``.
+        The default asks the ``authenticator`` option; a subclass may
+        override this method instead (AUTH is then offered).  An exception
+        is answered ``454`` (temporary failure) and logged.
+        """
+        return _tls.authenticate_with_option(self, channel, mechanism, login, password)
 
     def accept_mail(self, channel: SMTPChannel, address: str, params: List[str]) -> Optional[str]:
         """Decide on the sender of a new transaction; override this to refuse

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import smtplib
+import socket
 import subprocess
 import sys
 import textwrap
