@@ -103,11 +103,13 @@ def test_byte_by_byte(data: bytes, records: list, partial: bytes, kept: bytes) -
     assert got_partial + got_kept == partial + kept
 
 
-@pytest.mark.parametrize("data, records, partial, kept", CASES)
+# Trailing data only extends the cases that end between records.
+COMPLETE_CASES = [case for case in CASES if not (case[2] or case[3])]
+
+
+@pytest.mark.parametrize("data, records, partial, kept", COMPLETE_CASES)
 def test_with_trailing_data(data: bytes, records: list, partial: bytes, kept: bytes) -> None:
     # What follows the case must not change it, only add to it.
-    if partial or kept:
-        pytest.skip("the case ends inside a record")
     got_records, _, _ = run([data + b"TRAIL"])
     assert got_records[: len(records)] == records
 
