@@ -70,8 +70,8 @@ def reactor_for(map: Dict[int, Any], create: bool = True) -> Optional["Reactor"]
 MAX_WAIT = 0.5 if sys.platform == "win32" else 3600.0
 
 # reactor_of(id(map)): the reactor serving *map*, or None; reactor_for()
-# without creating one, and without a Python call (the fast lane asks once
-# per command).
+# without creating one, and without a Python call (async_chat asks once per
+# read that queued replies).
 reactor_of = _reactors.get
 
 

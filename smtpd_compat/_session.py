@@ -31,7 +31,27 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from . import _grammar, _sasl
 from . import _replies as R
 from ._sasl import Credentials, Mechanism
-from ._state import AUTH_LINE_LIMIT, COMMAND, DATA, TRANSITIONS, Detached, Event, Features, Host, State
+from ._state import (  # the members read per command, as globals (see _state)
+    AUTH_LINE_LIMIT,
+    COMMAND,
+    DATA,
+    E_CLOSE,
+    E_DATA,
+    E_MESSAGE,
+    E_REFUSED,
+    E_REPLIED,
+    S_AWAIT_REPLY,
+    S_COMMAND,
+    S_DATA,
+    S_FOREIGN,
+    S_STARTTLS,
+    TRANSITIONS,
+    Detached,
+    Event,
+    Features,
+    Host,
+    State,
+)
 from ._state import NO_LIMITS as _NO_LIMITS
 from ._state import CommandSizeLimits as _CommandSizeLimits
 
@@ -53,7 +73,7 @@ class Session:
     def __init__(self, host: Host, features: Optional[Features] = None) -> None:
         self.host = host
         self.features = features if features is not None else Features()
-        self.state = State.COMMAND
+        self.state = S_COMMAND
         self.foreign: Any = None  # smtp_state while FOREIGN
         # smtpd's transaction state.
         self.seen_greeting = ""
@@ -88,9 +108,9 @@ class Session:
         """smtpd's view of the phase: DATA (1), COMMAND (0) for every phase
         of this package's own, or the value a subclass set."""
         state = self.state
-        if state is State.DATA:
+        if state is S_DATA:
             return DATA
-        if state is State.FOREIGN:
+        if state is S_FOREIGN:
             return self.foreign
         return COMMAND
 
@@ -98,12 +118,12 @@ class Session:
     def smtp_state(self, value: Any) -> None:
         # A subclass (or smtpd's own code) sets the phase by hand.
         if value == DATA:
-            self.state = State.DATA
+            self.state = S_DATA
         elif value == COMMAND:
-            if self.state in (State.DATA, State.FOREIGN):
-                self.state = State.COMMAND
+            if self.state in (S_DATA, S_FOREIGN):
+                self.state = S_COMMAND
         else:
-            self.state, self.foreign = State.FOREIGN, value
+            self.state, self.foreign = S_FOREIGN, value
 
     @property
     def max_command_size_limit(self) -> int:
@@ -121,8 +141,8 @@ class Session:
     # -- smtpd's state resets (the host's hooks of those names call these) -------
     def post_data_state(self) -> None:
         """Reset the transaction after a message (smtpd's _set_post_data_state)."""
-        if self.state in (State.DATA, State.FOREIGN):
-            self.state = State.COMMAND
+        if self.state in (S_DATA, S_FOREIGN):
+            self.state = S_COMMAND
         self.mailfrom = None
         self.rcpttos = []
         self.require_SMTPUTF8 = False
@@ -141,9 +161,9 @@ class Session:
         collect_incoming_data): counted against its limit, kept unless
         over it."""
         state = self.state
-        if state is State.DATA:
+        if state is S_DATA:
             limit = self.host.data_size_limit
-        elif state is State.FOREIGN:
+        elif state is S_FOREIGN:
             limit = None
         else:
             limit = self.max_command_size_limit
@@ -240,7 +260,7 @@ class Session:
             # The transaction is over: smtpd stayed in DATA state here and
             # swallowed the next commands as message text.
             host._set_post_data_state()
-            self._move_if(State.DATA, Event.REFUSED)
+            self._move_if(S_DATA, E_REFUSED)
             host.push(R.TOO_MUCH_DATA)
             return None
         data: Union[bytes, str] = _grammar.unstuff_chunks(pieces)
@@ -250,12 +270,12 @@ class Session:
             except UnicodeDecodeError:
                 # smtpd crashed the session here; refuse the message instead.
                 host._set_post_data_state()
-                self._move_if(State.DATA, Event.REFUSED)
+                self._move_if(S_DATA, E_REFUSED)
                 host.push(R.DATA_NOT_UTF8)
                 return None
         self.received_data = data
-        if self.state is State.DATA:  # (a subclass may have set smtp_state by hand)
-            self._move(Event.MESSAGE)
+        if self.state is S_DATA:  # (a subclass may have set smtp_state by hand)
+            self._move(E_MESSAGE)
         return data
 
     def _move_if(self, state: State, event: Event) -> None:
@@ -277,8 +297,8 @@ class Session:
     def replied(self, status: Any) -> None:
         """Answer the message with what process_message returned (None or
         a false value: ``250 OK``)."""
-        if self.state is State.AWAIT_REPLY:
-            self._move(Event.REPLIED)
+        if self.state is S_AWAIT_REPLY:
+            self._move(E_REPLIED)
         if not status:
             self.host.push(R.OK)
         else:
@@ -345,7 +365,7 @@ class Session:
         # The argument is ignored.
         self.host.push(R.BYE)
         self.host.close_when_done()
-        self._move(Event.CLOSE)
+        self._move(E_CLOSE)
 
     def help(self, arg: Optional[str]) -> None:
         if not arg:
@@ -484,7 +504,7 @@ class Session:
         if arg:
             host.push(R.SYNTAX_DATA)
             return
-        self._move(Event.DATA)
+        self._move(E_DATA)
         host.set_terminator(_grammar.END_OF_DATA)
         host._session_data_started()
         host.push(R.START_DATA)
@@ -539,7 +559,7 @@ class Session:
     def tls_started(self) -> None:
         """TLS is up (after STARTTLS, or at once for implicit TLS)."""
         self.tls_active = True
-        if self.state is not State.STARTTLS:
+        if self.state is not S_STARTTLS:
             return  # SMTPS: nothing was said in clear
         # RFC 3207 section 4.2: forget everything learnt from the client
         # before TLS (its EHLO, any envelope, any authentication).
@@ -575,7 +595,7 @@ class Session:
 
     def closing(self) -> None:
         """The session ends once its last reply is sent (QUIT, a 421)."""
-        self._move(Event.CLOSE)
+        self._move(E_CLOSE)
 
     def detach(self) -> None:
         """The connection is closed: let go of the host.  The host keeps

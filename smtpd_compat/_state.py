@@ -76,6 +76,11 @@ class State(enum.Enum):
     CLOSING = "closing"  # the session ends once its last reply is sent
     FOREIGN = "foreign"  # smtp_state holds a value a subclass defined
 
+    # Members are singletons: hash them by identity, in C.  Enum's own
+    # __hash__ is a Python method, and TRANSITIONS is looked up by
+    # (State, Event) a few times per message.
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """What moves a session from one phase to another."""
@@ -90,8 +95,16 @@ class Event(enum.Enum):
     TLS_UP = "TLS handshake done"
     CLOSE = "closing"
 
+    __hash__ = object.__hash__  # as State's
+
 
 S, E = State, Event
+# The members as module globals, for the code that reads them per command:
+# in Python 3.11 ``State.DATA`` goes through the enum metaclass's
+# __getattr__, about twenty times the cost of reading a global.
+S_COMMAND, S_DATA, S_AUTH, S_AWAIT_REPLY = S.COMMAND, S.DATA, S.AUTH, S.AWAIT_REPLY
+S_STARTTLS, S_CLOSING, S_FOREIGN = S.STARTTLS, S.CLOSING, S.FOREIGN
+E_DATA, E_MESSAGE, E_REFUSED, E_REPLIED, E_CLOSE = E.DATA, E.MESSAGE, E.REFUSED, E.REPLIED, E.CLOSE
 # Every change of phase: (phase, event) -> next phase.  Anything else is a
 # bug (Session._move raises).  CLOSE is allowed from every phase.
 TRANSITIONS: Dict[Tuple[State, Event], State] = {

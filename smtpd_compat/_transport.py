@@ -55,6 +55,10 @@ class PlainTransport:
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
+        # The class's values, as instance attributes: Python 3.11 only
+        # specialises loads of instance attributes, and async_chat reads
+        # these on every read and write.
+        self.tls = self.handshaking = self.read_needs_write = self.write_needs_read = False
         # The socket's own methods (bound C functions for a real socket).
         self.recv: Callable[[int], bytes] = sock.recv
         self.send: Callable[[Any], int] = sock.send

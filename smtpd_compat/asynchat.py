@@ -108,6 +108,12 @@ class async_chat(asyncore.dispatcher):
         # Bytes of the bytes-like entries of producer_fifo (producers are not
         # counted): what ac_max_output bounds.
         self._ac_out_queued = 0
+        # The class's choices and defaults, as instance attributes: Python
+        # 3.11 only specialises loads of instance attributes, and these are
+        # read on every read or write.
+        cls = type(self)
+        self._ac_own_reads, self._ac_own_sends, self._ac_records = cls._ac_own_reads, cls._ac_own_sends, cls._ac_records
+        self._ac_tls_upgrade = None
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- the socket and its transport ----------------------------------------------
