@@ -3,15 +3,16 @@
 The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
 address ``localhost:8025``, remote address ``localhost:25``); the rest
 (mailbox, relay, TLS/AUTH, limits, logging) is this package's.  The parser
-and its help are ``_cli_args``'s; this module owns what the flags mean:
-every flag is translated into a server option here, in one place, and the
-program's life (the server built, ``nobody``, the start-up line, logging,
-signals, the loop) is run from here.  Errors are reported as one line on
-stderr with exit status 2, never a traceback, and name the flag and the
-file at fault; Ctrl-C and SIGTERM end the server with status 0, also while
-it is still being built.  A feature the platform lacks (switching to
-``nobody`` where there is no ``pwd``) is such an error; where there is no
-SIGTERM the server runs without handling it.
+and its help are ``_cli_args``'s and the ``hash-password`` command is
+``_cli_hash_password``'s; this module owns what the flags mean: every flag
+is translated into a server option here, in one place, and the program's
+life (the server built, ``nobody``, the start-up line, logging, signals,
+the loop) is run from here.  Errors are reported as one line on stderr
+with exit status 2, never a traceback, and name the flag and the file at
+fault; Ctrl-C and SIGTERM end the server with status 0, also while it is
+still being built.  A feature the platform lacks (switching to ``nobody``
+where there is no ``pwd``) is such an error; where there is no SIGTERM the
+server runs without handling it.
 
 Once the server listens, one line on stderr says what runs where (``-q``
 leaves it out); ``-v``/``-vv``/``--log-level`` show the ``smtpd_compat``
@@ -22,7 +23,6 @@ log.  ``python -m smtpd_compat hash-password USER`` prints an
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
 import inspect
 import logging
@@ -32,7 +32,8 @@ import ssl
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from ._cli_args import HASH_PASSWORD, PROG, Parser, UsageError, build_parser, command_name, parse_args, print_error
+from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
+from ._cli_hash_password import hash_password_main
 from ._platform import NotAvailable, require
 
 
@@ -487,89 +488,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         restore()
         restore_logging()
-    return 0
-
-
-# -- hash-password ---------------------------------------------------------------------
-def _user_name(text: str) -> str:
-    if not text.strip() or ":" in text or any(c in text for c in "\r\n"):
-        raise argparse.ArgumentTypeError("invalid user name %r: not empty, no ':' and no line break" % text)
-    return text.strip()
-
-
-def _iterations(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("invalid number of iterations: %r" % text)
-    return value
-
-
-def hash_password_parser() -> argparse.ArgumentParser:
-    from ._auth import HASH_ITERATIONS
-
-    p = Parser(
-        prog="%s %s" % (command_name(), HASH_PASSWORD), add_help=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Ask for a password and print a line for --auth-file: USER:pbkdf2_sha256$...\n"
-                    "On a terminal the password is asked twice, without echo; otherwise\n"
-                    "it is the first line of standard input.",
-        epilog="example:\n  %(prog)s alice >> users && chmod 600 users",
-    )
-    p.add_argument("user", nargs="?", type=_user_name, metavar="USER",
-                   help="the login; without it only the hash is printed")
-    p.add_argument("--iterations", type=_iterations, default=HASH_ITERATIONS, metavar="N",
-                   help="PBKDF2-SHA256 rounds (default %d, OWASP's recommendation; "
-                        "each login attempt costs that many)" % HASH_ITERATIONS)
-    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
-    return p
-
-
-def _read_password(user: Optional[str]) -> str:
-    """The password: asked twice without echo on a terminal, else the
-    first line of stdin.  UsageError-free: ValueError with the reason."""
-    if sys.stdin is not None and sys.stdin.isatty():
-        prompt = "password for %s: " % user if user else "password: "
-        first = getpass.getpass(prompt)
-        if first != getpass.getpass("again: "):
-            raise ValueError("the passwords differ")
-        return first
-    line = sys.stdin.readline() if sys.stdin is not None else ""
-    if not line:
-        raise EOFError()
-    return line.rstrip("\r\n")
-
-
-def hash_password_main(argv: List[str]) -> int:
-    """``python -m smtpd_compat hash-password [USER]``."""
-    from ._auth import hash_password
-
-    parser = hash_password_parser()
-    try:
-        ns = parser.parse_args(argv)
-    except UsageError as err:
-        return print_error(err)
-    if ns.help:
-        print(parser.format_help(), end="")
-        return 0
-    try:
-        password = _read_password(ns.user)
-    except EOFError:
-        if sys.stdin is not None and sys.stdin.isatty():
-            print(file=sys.stderr)  # the prompt's line was not ended
-        print("%s: error: no password given (end of input)" % PROG, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except ValueError as err:
-        print("%s: error: %s" % (PROG, err), file=sys.stderr)
-        return 1
-    if not password:
-        print("%s: error: empty password" % PROG, file=sys.stderr)
-        return 1
-    hashed = hash_password(password, ns.iterations)
-    print("%s:%s" % (ns.user, hashed) if ns.user else hashed)
     return 0

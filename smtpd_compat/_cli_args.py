@@ -2,8 +2,9 @@
 its help texts, the converters that check each flag's value, and
 :func:`split_hostport`.
 
-Parsing only: what the flags mean to a server is decided in ``_cli``.
-This module imports nothing that serves (``smtpd``, ``servers``).
+Parsing only: what the flags mean to a server is decided in ``_cli``, the
+``hash-password`` command lives in ``_cli_hash_password``.  This module
+imports nothing that serves (``smtpd``, ``servers``).
 """
 
 from __future__ import annotations
