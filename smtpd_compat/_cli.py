@@ -32,47 +32,26 @@ import ssl
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
+import smtpd_compat
+
+from . import _logging, _serving, asyncore, smtpd
+from ._auth import AuthFileError, PasswordFile, load_credentials
 from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
+from ._limits import DEFAULTS
 from ._platform import NotAvailable, require
+from .servers import MailboxPathError, MailboxServer, ReadableDebuggingServer, RecordingServer
+from .smtpd import DATA_SIZE_DEFAULT, DebuggingServer, PureProxy, SMTPServer
 
 
 def package_version() -> str:
     """This package's version.  Written once, in ``smtpd_compat/__init__.py``;
     pyproject.toml reads it from there (a dynamic version), so an installed
     copy's metadata (``importlib.metadata``) says the same."""
-    from . import __version__
-
-    return __version__
+    return smtpd_compat.__version__
 
 
-def parse_smtpd_options(argv: List[str]) -> Any:
-    """smtpd.parseargs(): an ``smtpd.Options`` filled from *argv*.
-
-    smtpd's behaviour, for code that calls it: its usage text on a bad
-    argument or ``-h``, and ``--version`` prints smtpd's version like ``-V``.
-    """
-    from . import smtpd
-
-    try:
-        ns = parse_args(argv)
-    except UsageError as err:
-        smtpd.usage(1, err)
-        raise  # not reached: usage() exits
-    if ns.help:
-        smtpd.usage(0)
-    if ns.smtpd_version or ns.version:
-        print(smtpd.__version__)
-        sys.exit(0)
-    if ns.debug:
-        smtpd.DEBUGSTREAM = sys.stderr
-    options = smtpd.Options()
-    for name in ("setuid", "classname", "size_limit", "enable_SMTPUTF8",
-                 "localhost", "localport", "remotehost", "remoteport"):
-        setattr(options, name, getattr(ns, name))
-    return options
-
-
+# -- from flags to a server ----------------------------------------------------------------
 def resolve_class(name: str) -> Any:
     """A server class by name: one of this package's, or ``module.Class``."""
     if "." in name:
@@ -85,10 +64,6 @@ def resolve_class(name: str) -> Any:
             return getattr(module, attr)
         except AttributeError:
             raise UsageError("module %s has no class %s" % (module_name, attr)) from None
-    import smtpd_compat
-
-    from . import smtpd
-
     for namespace in (smtpd_compat, smtpd):
         cls = getattr(namespace, name, None)
         if isinstance(cls, type):
@@ -113,9 +88,6 @@ def _is_subclass(cls: Any, base: Any) -> bool:
 
 def check_applicable(ns: argparse.Namespace, cls: Any) -> None:
     """A flag meant for another class is an error, not silently ignored."""
-    from .servers import MailboxServer, ReadableDebuggingServer
-    from .smtpd import DebuggingServer, PureProxy
-
     name = getattr(cls, "__name__", ns.classname)
     for option in ("maildir", "mbox"):
         if getattr(ns, option) is not None and not _takes_keyword(cls, option):
@@ -187,8 +159,6 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
     other classes are built exactly as before).  UsageError naming the flag
     for a certificate that does not load, an auth file readable by others,
     a flag missing its companion."""
-    from ._auth import AuthFileError, PasswordFile
-
     options: Dict[str, Any] = {}
     cert, key = ns.tls_cert, ns.tls_key
     if key and not cert:
@@ -216,8 +186,6 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
 
 def relay_options(ns: argparse.Namespace) -> Dict[str, Any]:
     """The PureProxy options of the ``--relay-*`` flags (only those given)."""
-    from ._auth import AuthFileError, load_credentials
-
     options: Dict[str, Any] = {}
     mode, cafile, auth_file = ns.relay_tls, ns.relay_cafile, ns.relay_auth_file
     if (cafile or auth_file) and not mode:
@@ -253,14 +221,12 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
     """The session-limit options given on the command line (only those, so
     a class without ``**options`` is built as before when none is given)."""
-    from ._limits import DEFAULTS
-
     return {name: getattr(ns, name) for name in DEFAULTS if hasattr(ns, name)}
 
 
 def _become_nobody() -> None:
     require("setuid", hint="run with -n")
-    import pwd
+    import pwd  # here: require() has just said there is one (not on Windows)
 
     nobody = pwd.getpwnam("nobody")[2]
     try:
@@ -314,14 +280,11 @@ def _nothing() -> None:
 
 def make_server(ns: argparse.Namespace) -> Any:
     """Build the server the options ask for; UsageError on failure."""
-    from . import smtpd
-    from .servers import MailboxPathError, ReadableDebuggingServer
-
     cls = resolve_class(ns.classname)
     check_applicable(ns, cls)
-    if ns.readable and cls is smtpd.DebuggingServer:
+    if ns.readable and cls is DebuggingServer:
         cls = ReadableDebuggingServer
-    size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
+    size = DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
     options = server_options(ns)
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
@@ -340,10 +303,6 @@ def make_server(ns: argparse.Namespace) -> Any:
 def startup_line(server: Any, ns: argparse.Namespace) -> str:
     """One line: the version, the class, the address really bound (port 0
     resolved), and where messages go."""
-    from . import _logging, _serving
-    from .servers import MailboxServer, ReadableDebuggingServer, RecordingServer
-    from .smtpd import DebuggingServer, PureProxy
-
     cls = type(server)
     try:
         bound = _serving.bound_address(server)
@@ -417,9 +376,6 @@ def configure_logging(ns: argparse.Namespace) -> Callable[[], None]:
 def run(server: Any) -> None:
     """Serve until Ctrl-C (immediate stop) or SIGTERM (graceful shutdown:
     messages being received are finished, other sessions get 421)."""
-    from . import _serving, asyncore
-    from .smtpd import SMTPServer
-
     # The package's own serving loop for its servers (not a serve_forever()
     # method, which a class written for smtpd may define for itself).
     graceful = isinstance(server, SMTPServer)
@@ -438,11 +394,8 @@ def run(server: Any) -> None:
         asyncore.close_all(map=server._map, ignore_all=True)
 
 
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m smtpd_compat``; returns the exit status."""
-    from . import smtpd
-
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == [HASH_PASSWORD]:
         return hash_password_main(args[1:])

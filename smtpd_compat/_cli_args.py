@@ -4,7 +4,8 @@ its help texts, the converters that check each flag's value, and
 
 Parsing only: what the flags mean to a server is decided in ``_cli``, the
 ``hash-password`` command lives in ``_cli_hash_password``.  This module
-imports nothing that serves (``smtpd``, ``servers``).
+imports nothing that serves (``smtpd``, ``servers``), so that
+``smtpd.parseargs()`` parses with it too, without an import cycle.
 """
 
 from __future__ import annotations
