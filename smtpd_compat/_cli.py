@@ -159,6 +159,12 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
     other classes are built exactly as before).  UsageError naming the flag
     for a certificate that does not load, an auth file readable by others,
     a flag missing its companion."""
+    options = _tls_options(ns)
+    options.update(_auth_options(ns))
+    return options
+
+
+def _tls_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
     cert, key = ns.tls_cert, ns.tls_key
     if key and not cert:
@@ -170,8 +176,13 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError("%s needs --tls-cert" % ("--smtps" if ns.smtps else "--require-starttls"))
     if ns.require_starttls and not ns.smtps:
         options["require_starttls"] = True
+    return options
+
+
+def _auth_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    options: Dict[str, Any] = {}
     if ns.auth_file:
-        if not cert:
+        if not ns.tls_cert:
             raise UsageError("--auth-file needs --tls-cert: passwords are only accepted over TLS")
         try:
             options["authenticator"] = PasswordFile.load(ns.auth_file)
@@ -303,39 +314,54 @@ def make_server(ns: argparse.Namespace) -> Any:
 def startup_line(server: Any, ns: argparse.Namespace) -> str:
     """One line: the version, the class, the address really bound (port 0
     resolved), and where messages go."""
-    cls = type(server)
     try:
         bound = _serving.bound_address(server)
     except OSError:
         bound = (ns.localhost, ns.localport)
     address = _logging.format_address(bound)
-    line = "%s %s: %s listening on %s" % (PROG, package_version(), cls.__name__, address)
+    line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
+    features = _security_features(ns)
+    if features:
+        line += " (%s)" % ", ".join(features)
+    return line + _destination(server, ns)
+
+
+def _security_features(ns: argparse.Namespace) -> List[str]:
     features = []
     if ns.tls_cert:
         features.append("SMTPS" if ns.smtps else "STARTTLS required" if ns.require_starttls else "STARTTLS")
     if ns.auth_file:
         features.append("AUTH required" if ns.auth_required else "AUTH")
-    if features:
-        line += " (%s)" % ", ".join(features)
+    return features
+
+
+def _destination(server: Any, ns: argparse.Namespace) -> str:
+    """Where the server's messages go, as the end of the start-up line
+    (nothing for a class of one's own).  Subclasses before their bases."""
     if isinstance(server, PureProxy):
-        remote = _logging.format_address((ns.remotehost, ns.remoteport))
-        line += ", relaying every message to %s" % remote
-        if ns.relay_tls:
-            line += " over %s" % ("STARTTLS" if ns.relay_tls == "starttls" else "SMTPS")
-        if ns.default_class:
-            line += " (smtpd's default class; -c DebuggingServer prints messages instead)"
-    elif isinstance(server, ReadableDebuggingServer):
-        line += ", printing every message on stdout, decoded"
-    elif isinstance(server, DebuggingServer):
-        line += ", printing every message on stdout"
-    elif isinstance(server, MailboxServer):
+        return _relaying(ns)
+    if isinstance(server, ReadableDebuggingServer):
+        return ", printing every message on stdout, decoded"
+    if isinstance(server, DebuggingServer):
+        return ", printing every message on stdout"
+    if isinstance(server, MailboxServer):
         if ns.maildir is not None:
-            line += ", delivering to the Maildir %s" % ns.maildir
-        elif ns.mbox is not None:
-            line += ", delivering to the mbox %s" % ns.mbox
-    elif isinstance(server, RecordingServer):
-        line += ", keeping every message in memory"
-    return line
+            return ", delivering to the Maildir %s" % ns.maildir
+        if ns.mbox is not None:
+            return ", delivering to the mbox %s" % ns.mbox
+        return ""
+    if isinstance(server, RecordingServer):
+        return ", keeping every message in memory"
+    return ""
+
+
+def _relaying(ns: argparse.Namespace) -> str:
+    text = ", relaying every message to %s" % _logging.format_address((ns.remotehost, ns.remoteport))
+    if ns.relay_tls:
+        text += " over %s" % ("STARTTLS" if ns.relay_tls == "starttls" else "SMTPS")
+    if ns.default_class:
+        text += " (smtpd's default class; -c DebuggingServer prints messages instead)"
+    return text
 
 
 def _log_level_of(ns: argparse.Namespace) -> int:
@@ -405,18 +431,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         return print_error(err)
     except KeyboardInterrupt:
         return 0
-    if ns.help:
-        print(build_parser().format_help(), end="")
-        return 0
-    if ns.version:
-        print("%s %s" % (PROG, package_version()))
-        return 0
-    if ns.smtpd_version:
-        print(smtpd.__version__)
+    text = _information(ns)
+    if text is not None:
+        print(text, end="")
         return 0
     if ns.debug:
         smtpd.DEBUGSTREAM = sys.stderr
     restore_logging = configure_logging(ns)
+    try:
+        return _serve(ns)
+    finally:
+        restore_logging()
+
+
+def _information(ns: argparse.Namespace) -> Optional[str]:
+    """What ``-h``, ``--version`` or ``-V`` print instead of serving."""
+    if ns.help:
+        return build_parser().format_help()
+    if ns.version:
+        return "%s %s\n" % (PROG, package_version())
+    if ns.smtpd_version:
+        return "%s\n" % smtpd.__version__
+    return None
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    """Build the server, announce it and run it; returns the exit status."""
     # SIGTERM ends the program cleanly from here on: while the server is
     # built (a class may take its time: load data, connect somewhere) this
     # handler interrupts it; run() then installs the graceful one.
@@ -440,5 +480,4 @@ def main(argv: Optional[List[str]] = None) -> int:
             server.close()  # stopped before run() (which closes all it served)
     finally:
         restore()
-        restore_logging()
     return 0
