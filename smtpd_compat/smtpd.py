@@ -857,7 +857,6 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
     debugging output to stderr.  The flags are those of ``python -m
     smtpd_compat``, whose extra flags are accepted and left out here.
     """
-    global DEBUGSTREAM
     # The command line's parser (no cycle: _cli_args imports nothing that
     # imports smtpd).  Imported here, so that serving never loads argparse.
     from . import _cli_args
@@ -873,7 +872,11 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
         print(__version__)
         sys.exit(0)
     if ns.debug:
-        DEBUGSTREAM = sys.stderr
+        # Set as callers set it, on the module object: a global statement
+        # would write the module's dict past whatever the module object does
+        # with such an assignment.
+        this: Any = sys.modules[__name__]
+        this.DEBUGSTREAM = sys.stderr
     options = Options()
     for name in ("setuid", "classname", "size_limit", "enable_SMTPUTF8",
                  "localhost", "localport", "remotehost", "remoteport"):
