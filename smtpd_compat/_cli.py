@@ -2,13 +2,17 @@
 
 The options and defaults are smtpd's (``-n -V -c -s -u -d -h``, local
 address ``localhost:8025``, remote address ``localhost:25``); the rest
-(mailbox, relay, TLS/AUTH, limits, logging) is this package's, and every
-flag is translated into a server option here, in one place.  Errors are
-reported as one line on stderr with exit status 2, never a traceback, and
-name the flag and the file at fault; Ctrl-C and SIGTERM end the server with
-status 0, also while it is still being built.  A feature the platform lacks
-(switching to ``nobody`` where there is no ``pwd``) is such an error; where
-there is no SIGTERM the server runs without handling it.
+(mailbox, relay, TLS/AUTH, limits, logging) is this package's.  The parser
+and its help are ``_cli_args``'s and the ``hash-password`` command is
+``_cli_hash_password``'s; this module owns what the flags mean: every flag
+is translated into a server option here, in one place, and the program's
+life (the server built, ``nobody``, the start-up line, logging, signals,
+the loop) is run from here.  Errors are reported as one line on stderr
+with exit status 2, never a traceback, and name the flag and the file at
+fault; Ctrl-C and SIGTERM end the server with status 0, also while it is
+still being built.  A feature the platform lacks (switching to ``nobody``
+where there is no ``pwd``) is such an error; where there is no SIGTERM the
+server runs without handling it.
 
 Once the server listens, one line on stderr says what runs where (``-q``
 leaves it out); ``-v``/``-vv``/``--log-level`` show the ``smtpd_compat``
@@ -19,7 +23,6 @@ log.  ``python -m smtpd_compat hash-password USER`` prints an
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
 import inspect
 import logging
@@ -27,297 +30,28 @@ import os
 import signal
 import ssl
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
+import smtpd_compat
+
+from . import _logging, _serving, asyncore, smtpd
+from ._auth import AuthFileError, PasswordFile, load_credentials
+from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
+from ._cli_hash_password import hash_password_main
+from ._limits import DEFAULTS
 from ._platform import NotAvailable, require
-
-PROG = "smtpd_compat"
-DEFAULT_CLASS = "PureProxy"  # smtpd's; announced at start-up when not chosen with -c
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-HASH_PASSWORD = "hash-password"
-
-
-class UsageError(Exception):
-    """A bad command line: reported as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def command_name() -> str:
-    """How the user ran us: the console script or ``python -m``."""
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "smtpd-compat" if script.startswith("smtpd-compat") else "python -m smtpd_compat"
+from .servers import MailboxPathError, MailboxServer, ReadableDebuggingServer, RecordingServer
+from .smtpd import DATA_SIZE_DEFAULT, DebuggingServer, PureProxy, SMTPServer
 
 
 def package_version() -> str:
     """This package's version.  Written once, in ``smtpd_compat/__init__.py``;
     pyproject.toml reads it from there (a dynamic version), so an installed
     copy's metadata (``importlib.metadata``) says the same."""
-    from . import __version__
-
-    return __version__
+    return smtpd_compat.__version__
 
 
-DESCRIPTION = """\
-Run an SMTP server: CPython's `python -m smtpd` (removed in Python 3.12),
-with the same options and defaults, plus TLS, AUTH, limits and mailboxes."""
-
-EPILOG = """\
-examples:
-  %(cmd)s -n -c DebuggingServer localhost:8025
-      print every message sent to port 8025 (add --readable to decode them)
-  %(cmd)s -n -c MailboxServer --maildir ./mail :8025
-      a local mail catcher: every message into the Maildir ./mail
-  %(cmd)s -n -c PureProxy 127.0.0.1:2525 mail.internal:25
-      relay every message to mail.internal
-  %(cmd)s -n -c mypackage.handlers.Archiver -v 0.0.0.0:25
-      your own smtpd.SMTPServer subclass, logging each session and message
-  %(cmd)s -n -c DebuggingServer --tls-cert cert.pem --tls-key key.pem \\
-      --auth-file users --auth-required localhost:8587
-      STARTTLS, and AUTH against the user:password lines of ./users
-
-other commands:
-  %(cmd)s hash-password USER
-      ask for a password and print a USER:hash line for --auth-file
-
-Without -c the class is PureProxy, as in smtpd: it relays to
-remotehost:remoteport (localhost:25 unless given).  SIGTERM stops
-gracefully, Ctrl-C at once; both exit with status 0.  Errors: one line on
-stderr, exit status 2.  Documentation: docs/cli.md."""
-
-CLASSES = """\
-CLASS is one of
-  DebuggingServer  print every message on stdout, as smtpd did
-  PureProxy        relay every message to remotehost:remoteport (default)
-  RecordingServer  keep every message in memory (a sink that never fails)
-  MailboxServer    deliver every message to a Maildir or an mbox file
-or a dotted path to a class of your own: package.module.Class"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the server command."""
-    from ._limits import DEFAULTS
-
-    command = command_name()
-    p = _Parser(prog=command, add_help=False, description=DESCRIPTION,
-                usage="%(prog)s [options] [localhost:localport [remotehost:remoteport]]\n"
-                      "       %(prog)s hash-password [USER]",
-                epilog=EPILOG % {"cmd": command}, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    g = p.add_argument_group("smtpd's options")
-    g.add_argument("localspec", nargs="?", default="localhost:8025", metavar="localhost:localport",
-                   help="where to listen (default localhost:8025); also :PORT, [::1]:PORT")
-    g.add_argument("remotespec", nargs="?", default="localhost:25", metavar="remotehost:remoteport",
-                   help="where PureProxy relays (default localhost:25)")
-    g.add_argument("-n", "--nosetuid", dest="setuid", action="store_false", default=True,
-                   help="do not switch to the user 'nobody' (needed unless run as root)")
-    g.add_argument("-s", "--size", dest="size_limit", metavar="LIMIT", type=_size,
-                   help="largest message accepted, in bytes (default 33554432)")
-    g.add_argument("-u", "--smtputf8", dest="enable_SMTPUTF8", action="store_true",
-                   help="enable the SMTPUTF8 extension")
-    g.add_argument("-d", "--debug", action="store_true",
-                   help="print smtpd's protocol debugging output (DEBUGSTREAM) on stderr")
-    g.add_argument("-V", dest="smtpd_version", action="store_true",
-                   help="print smtpd's version (Python SMTP proxy version 0.3) and exit; "
-                        "--version prints smtpd_compat's")
-    g.add_argument("-h", "--help", action="store_true", help="print this help and exit")
-
-    g = p.add_argument_group("server classes", CLASSES)
-    g.add_argument("-c", "--class", dest="classname", default=None, metavar="CLASS",
-                   help="the server class (default %s)" % DEFAULT_CLASS)
-    g.add_argument("--readable", action="store_true",
-                   help="DebuggingServer: print messages decoded (headers, text parts) "
-                        "instead of as smtpd's bytes reprs")
-
-    g = p.add_argument_group("mailbox (-c MailboxServer)")
-    g.add_argument("--maildir", metavar="DIR",
-                   help="deliver to this Maildir (created when missing or empty)")
-    g.add_argument("--mbox", metavar="FILE", help="deliver to this mbox file (created when missing)")
-
-    g = p.add_argument_group("relay (-c PureProxy)")
-    g.add_argument("--relay-tls", choices=("starttls", "smtps"),
-                   help="reach the remote server over STARTTLS or SMTPS (certificate verified)")
-    g.add_argument("--relay-cafile", metavar="FILE",
-                   help="CA certificates to verify the remote server with (default: the system's)")
-    g.add_argument("--relay-auth-file", metavar="FILE",
-                   help="one user:password line (mode 600) to authenticate upstream with")
-
-    g = p.add_argument_group("TLS and AUTH (docs/security.md)")
-    g.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: offer STARTTLS with it")
-    g.add_argument("--tls-key", metavar="FILE", help="PEM private key (when not in --tls-cert)")
-    g.add_argument("--smtps", action="store_true", help="implicit TLS (SMTPS) instead of STARTTLS")
-    g.add_argument("--require-starttls", action="store_true", help="refuse MAIL until STARTTLS")
-    g.add_argument("--auth-file", metavar="FILE",
-                   help="offer AUTH (over TLS) to the user:password lines of FILE (mode 600; "
-                        "make hashed lines with: %s hash-password USER)" % command)
-    g.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
-
-    # Session limits (docs/hardening.md).  Left out of the namespace unless
-    # given (SUPPRESS), so that only the flags given reach the server class.
-    g = p.add_argument_group("limits (docs/hardening.md; 'none' for no limit)")
-    for name, kind, metavar, text in LIMIT_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), type=kind, metavar=metavar, default=argparse.SUPPRESS,
-                       help="%s (default %s)" % (text, _show(DEFAULTS[name])))
-
-    g = p.add_argument_group("output and logging")
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="no start-up line; log errors only")
-    g.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log each session and message (-v: INFO), and every command and reply (-vv: DEBUG)")
-    g.add_argument("--log-level", type=_log_level, metavar="LEVEL",
-                   help="log at this level: %s (overrides -v and -q; default WARNING)" % ", ".join(LOG_LEVELS))
-    g.add_argument("--log-format", type=_log_format, metavar="FORMAT", default=LOG_FORMAT,
-                   help="a logging format string (default %r)" % LOG_FORMAT.replace("%", "%%"))
-    g.add_argument("--version", action="store_true",
-                   help="print smtpd_compat's version and exit")
-    return p
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("invalid size: %r" % text) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("invalid size: %r" % text)
-    return value
-
-
-def _is_none(text: str) -> bool:
-    # As the Python options take None: the word, in any case.
-    return text.strip().lower() == "none"
-
-
-def _limit(text: str, convert: Callable[[str], Any], in_range: Callable[[Any], bool], what: str, expected: str) -> Any:
-    # A session-limit flag's value: *convert*ed and in the range _limits
-    # applies to the option, or the word "none".
-    if _is_none(text):
-        return None
-    try:
-        value = convert(text)
-    except ValueError:
-        value = None
-    if value is None or not in_range(value):
-        raise argparse.ArgumentTypeError("invalid %s: %r (%s or 'none')" % (what, text, expected))
-    return value
-
-
-def _seconds(text: str) -> Optional[float]:
-    """A timeout: a positive number of seconds, or ``none``."""
-    from ._limits import timeout_in_range
-
-    value: Optional[float] = _limit(text, float, timeout_in_range, "number of seconds", "a positive number")
-    return value
-
-
-def _count(text: str) -> Optional[int]:
-    """A limit: a non-negative integer, or ``none``."""
-    from ._limits import count_in_range
-
-    value: Optional[int] = _limit(text, int, count_in_range, "number", "a non-negative integer")
-    return value
-
-
-def _show(default: Any) -> str:
-    return "none" if default is None else str(default)
-
-
-def _log_level(text: str) -> str:
-    level = text.strip().upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError("invalid log level: %r (one of %s)" % (text, ", ".join(LOG_LEVELS)))
-    return level
-
-
-def _log_format(text: str) -> str:
-    try:
-        logging.Formatter(text, validate=True)
-    except (ValueError, TypeError) as err:
-        raise argparse.ArgumentTypeError("invalid log format %r: %s" % (text, err)) from None
-    return text
-
-
-# The session-limit flags: the option each sets, its value, and what it does.
-LIMIT_FLAGS = (
-    ("command_timeout", _seconds, "SECONDS", "close a session idle this long while a command is awaited"),
-    ("data_timeout", _seconds, "SECONDS", "the same while a message is received"),
-    ("max_connections", _count, "N", "sessions at once; a connection beyond them is answered 421"),
-    ("max_errors", _count, "N", "erroneous commands a session may send; the next is answered 421 "
-                                "and the session closed"),
-    ("max_output", _count, "BYTES", "stop reading a client with more than BYTES of unread replies"),
-    ("max_recipients", _count, "N", "recipients one message may have; a RCPT beyond them is answered 452"),
-    ("reply_timeout", _seconds, "SECONDS", "answer 451 if process_message's deferred reply takes longer"),
-)
-
-
-def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
-    """The session-limit options given on the command line (only those, so
-    a class without ``**options`` is built as before when none is given)."""
-    from ._limits import DEFAULTS
-
-    return {name: getattr(ns, name) for name in DEFAULTS if hasattr(ns, name)}
-
-
-def split_hostport(spec: str, what: str) -> Tuple[str, int]:
-    """Split ``host:port`` (``[::1]:25`` for IPv6; ``:25`` for localhost)
-    into ``(host, port)``."""
-    host, sep, port = spec.rpartition(":")
-    if not sep:
-        raise UsageError("bad %s address %r: expected host:port" % (what, spec))
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = "localhost"  # ":8025", as aiosmtpd takes it
-    try:
-        number = int(port)
-    except ValueError:
-        raise UsageError("bad %s port in %r" % (what, spec)) from None
-    if not 0 <= number <= 65535:
-        raise UsageError("bad %s port in %r: must be 0-65535" % (what, spec))
-    return host, number
-
-
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    ns = build_parser().parse_args(argv)
-    ns.default_class = ns.classname is None
-    if ns.default_class:
-        ns.classname = DEFAULT_CLASS
-    ns.localhost, ns.localport = split_hostport(ns.localspec, "local")
-    ns.remotehost, ns.remoteport = split_hostport(ns.remotespec, "remote")
-    return ns
-
-
-def parse_smtpd_options(argv: List[str]) -> Any:
-    """smtpd.parseargs(): an ``smtpd.Options`` filled from *argv*.
-
-    smtpd's behaviour, for code that calls it: its usage text on a bad
-    argument or ``-h``, and ``--version`` prints smtpd's version like ``-V``.
-    """
-    from . import smtpd
-
-    try:
-        ns = parse_args(argv)
-    except UsageError as err:
-        smtpd.usage(1, err)
-        raise  # not reached: usage() exits
-    if ns.help:
-        smtpd.usage(0)
-    if ns.smtpd_version or ns.version:
-        print(smtpd.__version__)
-        sys.exit(0)
-    if ns.debug:
-        smtpd.DEBUGSTREAM = sys.stderr
-    options = smtpd.Options()
-    for name in ("setuid", "classname", "size_limit", "enable_SMTPUTF8",
-                 "localhost", "localport", "remotehost", "remoteport"):
-        setattr(options, name, getattr(ns, name))
-    return options
-
-
+# -- from flags to a server ----------------------------------------------------------------
 def resolve_class(name: str) -> Any:
     """A server class by name: one of this package's, or ``module.Class``."""
     if "." in name:
@@ -330,10 +64,6 @@ def resolve_class(name: str) -> Any:
             return getattr(module, attr)
         except AttributeError:
             raise UsageError("module %s has no class %s" % (module_name, attr)) from None
-    import smtpd_compat
-
-    from . import smtpd
-
     for namespace in (smtpd_compat, smtpd):
         cls = getattr(namespace, name, None)
         if isinstance(cls, type):
@@ -358,9 +88,6 @@ def _is_subclass(cls: Any, base: Any) -> bool:
 
 def check_applicable(ns: argparse.Namespace, cls: Any) -> None:
     """A flag meant for another class is an error, not silently ignored."""
-    from .servers import MailboxServer, ReadableDebuggingServer
-    from .smtpd import DebuggingServer, PureProxy
-
     name = getattr(cls, "__name__", ns.classname)
     for option in ("maildir", "mbox"):
         if getattr(ns, option) is not None and not _takes_keyword(cls, option):
@@ -432,8 +159,12 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
     other classes are built exactly as before).  UsageError naming the flag
     for a certificate that does not load, an auth file readable by others,
     a flag missing its companion."""
-    from ._auth import AuthFileError, PasswordFile
+    options = _tls_options(ns)
+    options.update(_auth_options(ns))
+    return options
 
+
+def _tls_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
     cert, key = ns.tls_cert, ns.tls_key
     if key and not cert:
@@ -445,8 +176,13 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError("%s needs --tls-cert" % ("--smtps" if ns.smtps else "--require-starttls"))
     if ns.require_starttls and not ns.smtps:
         options["require_starttls"] = True
+    return options
+
+
+def _auth_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    options: Dict[str, Any] = {}
     if ns.auth_file:
-        if not cert:
+        if not ns.tls_cert:
             raise UsageError("--auth-file needs --tls-cert: passwords are only accepted over TLS")
         try:
             options["authenticator"] = PasswordFile.load(ns.auth_file)
@@ -461,8 +197,6 @@ def security_options(ns: argparse.Namespace) -> Dict[str, Any]:
 
 def relay_options(ns: argparse.Namespace) -> Dict[str, Any]:
     """The PureProxy options of the ``--relay-*`` flags (only those given)."""
-    from ._auth import AuthFileError, load_credentials
-
     options: Dict[str, Any] = {}
     mode, cafile, auth_file = ns.relay_tls, ns.relay_cafile, ns.relay_auth_file
     if (cafile or auth_file) and not mode:
@@ -495,9 +229,15 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     return options
 
 
+def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The session-limit options given on the command line (only those, so
+    a class without ``**options`` is built as before when none is given)."""
+    return {name: getattr(ns, name) for name in DEFAULTS if hasattr(ns, name)}
+
+
 def _become_nobody() -> None:
     require("setuid", hint="run with -n")
-    import pwd
+    import pwd  # here: require() has just said there is one (not on Windows)
 
     nobody = pwd.getpwnam("nobody")[2]
     try:
@@ -551,14 +291,11 @@ def _nothing() -> None:
 
 def make_server(ns: argparse.Namespace) -> Any:
     """Build the server the options ask for; UsageError on failure."""
-    from . import smtpd
-    from .servers import MailboxPathError, ReadableDebuggingServer
-
     cls = resolve_class(ns.classname)
     check_applicable(ns, cls)
-    if ns.readable and cls is smtpd.DebuggingServer:
+    if ns.readable and cls is DebuggingServer:
         cls = ReadableDebuggingServer
-    size = smtpd.DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
+    size = DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
     options = server_options(ns)
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
@@ -577,43 +314,54 @@ def make_server(ns: argparse.Namespace) -> Any:
 def startup_line(server: Any, ns: argparse.Namespace) -> str:
     """One line: the version, the class, the address really bound (port 0
     resolved), and where messages go."""
-    from . import _logging, _serving
-    from .servers import MailboxServer, ReadableDebuggingServer, RecordingServer
-    from .smtpd import DebuggingServer, PureProxy
-
-    cls = type(server)
     try:
         bound = _serving.bound_address(server)
     except OSError:
         bound = (ns.localhost, ns.localport)
     address = _logging.format_address(bound)
-    line = "%s %s: %s listening on %s" % (PROG, package_version(), cls.__name__, address)
+    line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
+    features = _security_features(ns)
+    if features:
+        line += " (%s)" % ", ".join(features)
+    return line + _destination(server, ns)
+
+
+def _security_features(ns: argparse.Namespace) -> List[str]:
     features = []
     if ns.tls_cert:
         features.append("SMTPS" if ns.smtps else "STARTTLS required" if ns.require_starttls else "STARTTLS")
     if ns.auth_file:
         features.append("AUTH required" if ns.auth_required else "AUTH")
-    if features:
-        line += " (%s)" % ", ".join(features)
+    return features
+
+
+def _destination(server: Any, ns: argparse.Namespace) -> str:
+    """Where the server's messages go, as the end of the start-up line
+    (nothing for a class of one's own).  Subclasses before their bases."""
     if isinstance(server, PureProxy):
-        remote = _logging.format_address((ns.remotehost, ns.remoteport))
-        line += ", relaying every message to %s" % remote
-        if ns.relay_tls:
-            line += " over %s" % ("STARTTLS" if ns.relay_tls == "starttls" else "SMTPS")
-        if ns.default_class:
-            line += " (smtpd's default class; -c DebuggingServer prints messages instead)"
-    elif isinstance(server, ReadableDebuggingServer):
-        line += ", printing every message on stdout, decoded"
-    elif isinstance(server, DebuggingServer):
-        line += ", printing every message on stdout"
-    elif isinstance(server, MailboxServer):
+        return _relaying(ns)
+    if isinstance(server, ReadableDebuggingServer):
+        return ", printing every message on stdout, decoded"
+    if isinstance(server, DebuggingServer):
+        return ", printing every message on stdout"
+    if isinstance(server, MailboxServer):
         if ns.maildir is not None:
-            line += ", delivering to the Maildir %s" % ns.maildir
-        elif ns.mbox is not None:
-            line += ", delivering to the mbox %s" % ns.mbox
-    elif isinstance(server, RecordingServer):
-        line += ", keeping every message in memory"
-    return line
+            return ", delivering to the Maildir %s" % ns.maildir
+        if ns.mbox is not None:
+            return ", delivering to the mbox %s" % ns.mbox
+        return ""
+    if isinstance(server, RecordingServer):
+        return ", keeping every message in memory"
+    return ""
+
+
+def _relaying(ns: argparse.Namespace) -> str:
+    text = ", relaying every message to %s" % _logging.format_address((ns.remotehost, ns.remoteport))
+    if ns.relay_tls:
+        text += " over %s" % ("STARTTLS" if ns.relay_tls == "starttls" else "SMTPS")
+    if ns.default_class:
+        text += " (smtpd's default class; -c DebuggingServer prints messages instead)"
+    return text
 
 
 def _log_level_of(ns: argparse.Namespace) -> int:
@@ -654,9 +402,6 @@ def configure_logging(ns: argparse.Namespace) -> Callable[[], None]:
 def run(server: Any) -> None:
     """Serve until Ctrl-C (immediate stop) or SIGTERM (graceful shutdown:
     messages being received are finished, other sessions get 421)."""
-    from . import _serving, asyncore
-    from .smtpd import SMTPServer
-
     # The package's own serving loop for its servers (not a serve_forever()
     # method, which a class written for smtpd may define for itself).
     graceful = isinstance(server, SMTPServer)
@@ -675,36 +420,43 @@ def run(server: Any) -> None:
         asyncore.close_all(map=server._map, ignore_all=True)
 
 
-def _error(message: Any) -> int:
-    print("%s: error: %s" % (PROG, message), file=sys.stderr)
-    return 2
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m smtpd_compat``; returns the exit status."""
-    from . import smtpd
-
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == [HASH_PASSWORD]:
         return hash_password_main(args[1:])
     try:
         ns = parse_args(args)
     except UsageError as err:
-        return _error(err)
+        return print_error(err)
     except KeyboardInterrupt:
         return 0
-    if ns.help:
-        print(build_parser().format_help(), end="")
-        return 0
-    if ns.version:
-        print("%s %s" % (PROG, package_version()))
-        return 0
-    if ns.smtpd_version:
-        print(smtpd.__version__)
+    text = _information(ns)
+    if text is not None:
+        print(text, end="")
         return 0
     if ns.debug:
         smtpd.DEBUGSTREAM = sys.stderr
     restore_logging = configure_logging(ns)
+    try:
+        return _serve(ns)
+    finally:
+        restore_logging()
+
+
+def _information(ns: argparse.Namespace) -> Optional[str]:
+    """What ``-h``, ``--version`` or ``-V`` print instead of serving."""
+    if ns.help:
+        return build_parser().format_help()
+    if ns.version:
+        return "%s %s\n" % (PROG, package_version())
+    if ns.smtpd_version:
+        return "%s\n" % smtpd.__version__
+    return None
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    """Build the server, announce it and run it; returns the exit status."""
     # SIGTERM ends the program cleanly from here on: while the server is
     # built (a class may take its time: load data, connect somewhere) this
     # handler interrupts it; run() then installs the graceful one.
@@ -718,7 +470,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (UsageError, NotAvailable) as err:
             if server is not None:
                 server.close()
-            return _error(err)
+            return print_error(err)
         if not ns.quiet:
             print(startup_line(server, ns), file=sys.stderr, flush=True)
         run(server)
@@ -728,90 +480,4 @@ def main(argv: Optional[List[str]] = None) -> int:
             server.close()  # stopped before run() (which closes all it served)
     finally:
         restore()
-        restore_logging()
-    return 0
-
-
-# -- hash-password ---------------------------------------------------------------------
-def _user_name(text: str) -> str:
-    if not text.strip() or ":" in text or any(c in text for c in "\r\n"):
-        raise argparse.ArgumentTypeError("invalid user name %r: not empty, no ':' and no line break" % text)
-    return text.strip()
-
-
-def _iterations(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("invalid number of iterations: %r" % text)
-    return value
-
-
-def hash_password_parser() -> argparse.ArgumentParser:
-    from ._auth import HASH_ITERATIONS
-
-    p = _Parser(
-        prog="%s %s" % (command_name(), HASH_PASSWORD), add_help=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Ask for a password and print a line for --auth-file: USER:pbkdf2_sha256$...\n"
-                    "On a terminal the password is asked twice, without echo; otherwise\n"
-                    "it is the first line of standard input.",
-        epilog="example:\n  %(prog)s alice >> users && chmod 600 users",
-    )
-    p.add_argument("user", nargs="?", type=_user_name, metavar="USER",
-                   help="the login; without it only the hash is printed")
-    p.add_argument("--iterations", type=_iterations, default=HASH_ITERATIONS, metavar="N",
-                   help="PBKDF2-SHA256 rounds (default %d, OWASP's recommendation; "
-                        "each login attempt costs that many)" % HASH_ITERATIONS)
-    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
-    return p
-
-
-def _read_password(user: Optional[str]) -> str:
-    """The password: asked twice without echo on a terminal, else the
-    first line of stdin.  UsageError-free: ValueError with the reason."""
-    if sys.stdin is not None and sys.stdin.isatty():
-        prompt = "password for %s: " % user if user else "password: "
-        first = getpass.getpass(prompt)
-        if first != getpass.getpass("again: "):
-            raise ValueError("the passwords differ")
-        return first
-    line = sys.stdin.readline() if sys.stdin is not None else ""
-    if not line:
-        raise EOFError()
-    return line.rstrip("\r\n")
-
-
-def hash_password_main(argv: List[str]) -> int:
-    """``python -m smtpd_compat hash-password [USER]``."""
-    from ._auth import hash_password
-
-    parser = hash_password_parser()
-    try:
-        ns = parser.parse_args(argv)
-    except UsageError as err:
-        return _error(err)
-    if ns.help:
-        print(parser.format_help(), end="")
-        return 0
-    try:
-        password = _read_password(ns.user)
-    except EOFError:
-        if sys.stdin is not None and sys.stdin.isatty():
-            print(file=sys.stderr)  # the prompt's line was not ended
-        print("%s: error: no password given (end of input)" % PROG, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except ValueError as err:
-        print("%s: error: %s" % (PROG, err), file=sys.stderr)
-        return 1
-    if not password:
-        print("%s: error: empty password" % PROG, file=sys.stderr)
-        return 1
-    hashed = hash_password(password, ns.iterations)
-    print("%s:%s" % (ns.user, hashed) if ns.user else hashed)
     return 0

@@ -76,7 +76,7 @@ def count_in_range(value: int) -> bool:
 def check_options(options: Any) -> None:
     """Reject option values that would only misbehave later, in the loop (a
     string, a negative count, a timeout that is not a positive number).
-    The command line's flags apply the same ranges (_cli)."""
+    The command line's flags apply the same ranges (_cli_args)."""
     for name in TIMEOUTS:
         value = getattr(options, name)
         if value is None:

@@ -334,12 +334,18 @@ def reply_for(refused: Optional[Refusals], rcpttos: Sequence[str]) -> Optional[s
     if len(known) == len(entries) and len(set(known)) == 1 and recipients <= set(refused):
         code, text = known[0]
         return R.format_reply(code, [text])
+    return _each_refusal(entries, known, len(recipients))
+
+
+def _each_refusal(entries: List[Tuple[str, Optional[int], str]], known: List[Tuple[int, str]], recipients: int) -> str:
+    """The multi-line reply naming each refused recipient (*entries*:
+    address, usable code or None, text).  Its code is the first permanent
+    one among the *known* replies, else the first (then temporary) one."""
     permanent = [code for code, _ in known if code >= 500]
-    temporary = [code for code, _ in known if code < 500]
-    code = permanent[0] if permanent else temporary[0]
+    code = permanent[0] if permanent else known[0][0]
     texts = []
     for rcpt, rcode, text in entries:
         said = R.RELAY_UNREACHABLE_DETAIL if rcode is None else ("%d %s" % (rcode, text)).rstrip()
         texts.append(R.RELAY_REFUSED_RCPT % (rcpt, said))
-    texts.append(R.RELAY_NOT_RELAYED % (len(refused), len(recipients)))
+    texts.append(R.RELAY_NOT_RELAYED % (len(entries), recipients))
     return R.format_reply(code, texts)

@@ -445,11 +445,35 @@ class Options:
 def parseargs(argv: Optional[List[str]] = None) -> Options:
     """Parse smtpd's command line (``sys.argv[1:]`` by default).
 
-    Prints usage and exits on an error, as smtpd did.
+    Prints usage and exits on an error or ``-h``, as smtpd did; ``-V`` and
+    ``--version`` print smtpd's version and exit; ``-d`` sends the
+    debugging output to stderr.  The flags are those of ``python -m
+    smtpd_compat``, whose extra flags are accepted and left out here.
     """
-    from . import _cli
+    # The command line's parser (no cycle: _cli_args imports nothing that
+    # imports smtpd).  Imported here, so that serving never loads argparse.
+    from . import _cli_args
 
-    options: Options = _cli.parse_smtpd_options(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = _cli_args.parse_args(sys.argv[1:] if argv is None else argv)
+    except _cli_args.UsageError as err:
+        usage(1, err)
+        raise  # not reached: usage() exits
+    if ns.help:
+        usage(0)
+    if ns.smtpd_version or ns.version:
+        print(__version__)
+        sys.exit(0)
+    if ns.debug:
+        # Set as callers set it, on the module object: a global statement
+        # would write the module's dict past whatever the module object does
+        # with such an assignment.
+        this: Any = sys.modules[__name__]
+        this.DEBUGSTREAM = sys.stderr
+    options = Options()
+    for name in ("setuid", "classname", "size_limit", "enable_SMTPUTF8",
+                 "localhost", "localport", "remotehost", "remoteport"):
+        setattr(options, name, getattr(ns, name))
     return options
 
 

@@ -26,7 +26,7 @@ import pytest
 from test_cli import env, one_error_line, run_cli
 
 import smtpd_compat
-from smtpd_compat import Controller, _cli, servers, smtpd
+from smtpd_compat import Controller, _cli, _cli_args, servers, smtpd
 
 from conftest import REPO_ROOT, TIMEOUT
 from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
@@ -184,7 +184,7 @@ def test_debug_option_keeps_the_debugstream_output(announced: Any) -> None:
     ],
 )
 def test_address_forms(spec: str, expected: Tuple[str, int]) -> None:
-    assert _cli.split_hostport(spec, "local") == expected
+    assert _cli_args.split_hostport(spec, "local") == expected
 
 
 def test_colon_port_is_accepted_on_the_command_line(announced: Any) -> None:
