@@ -18,9 +18,8 @@ check credentials, hand a message over, show a debug trace).
 
 The phase of the session is one :class:`~_state.State`; every change of
 phase goes through :meth:`Session._move`, and ``_state.TRANSITIONS`` lists
-them all.  The
-``smtp_state`` of smtpd (``COMMAND`` = 0, ``DATA`` = 1, or a value of a
-subclass's own) is a view of it.
+them all.  smtpd's ``smtp_state`` (``COMMAND`` = 0, ``DATA`` = 1, or a
+value of a subclass's own) is a view of it.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from . import _grammar, _sasl
 from . import _replies as R
 from ._sasl import Credentials, Mechanism
-from ._state import (  # the members read per command, as globals (see _state)
+from ._state import (  # the S_/E_ names: members read per command, as globals (see _state)
     AUTH_LINE_LIMIT,
     COMMAND,
     DATA,
@@ -62,13 +61,8 @@ __all__ = ["AUTH_LINE_LIMIT", "Event", "Features", "Host", "Session", "State", "
 
 class Session:
     """The state and rules of one SMTP session (see the module docstring).
-
-    Attributes with smtpd's names (``seen_greeting``, ``extended_smtp``,
-    ``mailfrom``, ``rcpttos``, ``mail_options``, ``rcpt_options``,
-    ``require_SMTPUTF8``, ``num_bytes``, ``received_lines``,
-    ``received_data``, ``command_size_limits``, ``smtp_state``) are what
-    ``SMTPChannel`` shows under those names.
-    """
+    Its attributes with smtpd's names (``mailfrom``, ``rcpttos``,
+    ``smtp_state``...) are what ``SMTPChannel`` shows under those names."""
 
     def __init__(self, host: Host, features: Optional[Features] = None) -> None:
         self.host = host
@@ -598,9 +592,7 @@ class Session:
         self._move(E_CLOSE)
 
     def detach(self) -> None:
-        """The connection is closed: let go of the host.  The host keeps
-        the session (its attributes are views of it), so this breaks the
-        cycle that would keep a closed session, and its last message,
-        alive until the cyclic collector runs.  What is asked of the host
-        afterwards goes nowhere."""
+        """The connection is closed: let go of the host (which holds the
+        session), so that no cycle keeps the session and its last message
+        alive.  What is asked of the host afterwards goes nowhere."""
         self.host = Detached(self.host)

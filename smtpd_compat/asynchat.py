@@ -108,9 +108,8 @@ class async_chat(asyncore.dispatcher):
         # Bytes of the bytes-like entries of producer_fifo (producers are not
         # counted): what ac_max_output bounds.
         self._ac_out_queued = 0
-        # The class's choices and defaults, as instance attributes: Python
-        # 3.11 only specialises loads of instance attributes, and these are
-        # read on every read or write.
+        # The class's choices and defaults as instance attributes: Python 3.11
+        # specialises only instance loads, and these are read per read or write.
         cls = type(self)
         self._ac_own_reads, self._ac_own_sends, self._ac_records = cls._ac_own_reads, cls._ac_own_sends, cls._ac_records
         self._ac_tls_upgrade = None
@@ -589,8 +588,7 @@ class async_chat(asyncore.dispatcher):
         transport = self._ac_transport
         return self._ac_tls_upgrade is not None or (transport is not None and transport.handshaking)
 
-    # Hooks for subclasses that start TLS (SMTPChannel).
-    def _ac_tls_starting(self) -> None:
+    def _ac_tls_starting(self) -> None:  # hooks for subclasses that start TLS (SMTPChannel)
         """A TLS handshake is about to be awaited (STARTTLS or implicit TLS)."""
 
     def _ac_tls_ready(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import smtpd_compat
-from smtpd_compat import _cli, smtpd
+from smtpd_compat import _cli, _globals, smtpd
 
 from conftest import REPO_ROOT, TIMEOUT
 
@@ -334,6 +334,8 @@ def test_parseargs_debug_sets_debugstream(monkeypatch: Any) -> None:
     monkeypatch.setattr(smtpd, "DEBUGSTREAM", smtpd.DEBUGSTREAM)
     parse_with(smtpd, ["-d"], monkeypatch)
     assert smtpd.DEBUGSTREAM is sys.stderr
+    # ... where the sessions read it: they trace from now on.
+    assert _globals.DEBUGSTREAM is sys.stderr and _globals.tracing
 
 
 @pytest.mark.parametrize("argv, status", [(["-V"], 0), (["-h"], 0), (["--bogus"], 1), (["-s", "x"], 1), (["nocolon"], 1)])
