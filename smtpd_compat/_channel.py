@@ -58,6 +58,17 @@ _DEBUG = logging.DEBUG
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
 
 
+def _session_of(channel: Any) -> Session:
+    """*channel*'s Session, made on first use: a subclass may set smtpd's
+    attributes (views of the session) before calling SMTPChannel.__init__.
+    Kept as an ordinary instance attribute with no class attribute of that
+    name, so that Python 3.11 specialises the ``self._session`` reads."""
+    session: Optional[Session] = channel.__dict__.get("_session")
+    if session is None:
+        session = channel.__dict__["_session"] = Session(channel)
+    return session
+
+
 class SMTPChannel(asynchat.async_chat):
     """One SMTP session with a client: smtpd's API over a :class:`_session.Session`.
 
@@ -96,37 +107,35 @@ class SMTPChannel(asynchat.async_chat):
     _reply_wait: Optional[Tuple[Any, Any]] = None
     # Views that a subclass may replace with attributes of its own (code
     # written for smtpd that did its own TLS or AUTH used such names).
-    tls_active = _views.View(lambda self: self._session.tls_active,
+    tls_active = _views.View(lambda self: _session_of(self).tls_active,
                                "Whether the session runs over TLS (after STARTTLS, or SMTPS).")
-    auth_login = _views.View(lambda self: self._session.auth_login,
+    auth_login = _views.View(lambda self: _session_of(self).auth_login,
                                "The login the client authenticated as, or None.")
 
     command_size_limit = 512
 
     # smtpd's transaction attributes, kept by the session.
-    smtp_state = _views.session_view("smtp_state")
-    seen_greeting = _views.session_view("seen_greeting")
-    extended_smtp = _views.session_view("extended_smtp")
-    mailfrom = _views.session_view("mailfrom")
-    rcpttos = _views.session_view("rcpttos")
-    mail_options = _views.session_view("mail_options")
-    rcpt_options = _views.session_view("rcpt_options")
-    require_SMTPUTF8 = _views.session_view("require_SMTPUTF8")
-    num_bytes = _views.session_view("num_bytes")
-    received_lines = _views.session_view("received_lines")
-    received_data = _views.session_view("received_data")
+    smtp_state = _views.session_view("smtp_state", _session_of)
+    seen_greeting = _views.session_view("seen_greeting", _session_of)
+    extended_smtp = _views.session_view("extended_smtp", _session_of)
+    mailfrom = _views.session_view("mailfrom", _session_of)
+    rcpttos = _views.session_view("rcpttos", _session_of)
+    mail_options = _views.session_view("mail_options", _session_of)
+    rcpt_options = _views.session_view("rcpt_options", _session_of)
+    require_SMTPUTF8 = _views.session_view("require_SMTPUTF8", _session_of)
+    num_bytes = _views.session_view("num_bytes", _session_of)
+    received_lines = _views.session_view("received_lines", _session_of)
+    received_data = _views.session_view("received_data", _session_of)
     # Each channel has its own (smtpd shared one class-level dict, so one
     # session's EHLO raised the limit for all of them).
-    command_size_limits = _views.session_view("command_size_limits")
+    command_size_limits = _views.session_view("command_size_limits", _session_of)
+
+    # The channel's Session (see _session_of): declared, never a class attribute.
+    _session: Session
 
     @property
     def max_command_size_limit(self) -> int:
-        return self._session.max_command_size_limit
-
-    # The channel's Session, made on first use (a subclass may set smtpd's
-    # attributes, which are views of the session, before calling
-    # SMTPChannel.__init__) and then an ordinary instance attribute.
-    _session = _views.Lazy(Session)
+        return _session_of(self).max_command_size_limit
 
     def __init__(
         self,
@@ -138,7 +147,7 @@ class SMTPChannel(asynchat.async_chat):
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
-        session = self._session
+        session = _session_of(self)
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -182,11 +191,11 @@ class SMTPChannel(asynchat.async_chat):
     # -- smtpd's state resets ----------------------------------------------------
     def _set_post_data_state(self) -> None:
         """Reset the transaction (envelope and framing) after DATA."""
-        self._session.post_data_state()
+        _session_of(self).post_data_state()
 
     def _set_rset_state(self) -> None:
         """Reset everything but the greeting."""
-        self._session.rset_state()
+        _session_of(self).rset_state()
 
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]

@@ -11,7 +11,6 @@ the package keeps privately, in three kinds:
   to the channel's session;
 * :func:`deprecated_alias`: smtpd's old ``_SMTPChannel__*`` names, which warn.
 
-:class:`Lazy` makes a per-instance attribute on first use.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from warnings import warn
 
 from . import _options
 
-__all__ = ["Lazy", "View", "deprecated_alias", "option_view", "session_view"]
+__all__ = ["View", "deprecated_alias", "option_view", "session_view"]
 
 T = TypeVar("T")
 
@@ -53,43 +52,20 @@ class View(Generic[T]):
         return self._getter(obj)
 
 
-class Lazy(Generic[T]):
-    """An instance attribute made by ``factory(instance)`` the first time it
-    is read, then stored on the instance (a non-data descriptor, so later
-    reads are plain attribute loads)."""
-
-    def __init__(self, factory: Callable[[Any], T]) -> None:
-        self._factory = factory
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, obj: None, owner: Optional[type] = None) -> "Lazy[T]": ...
-
-    @overload
-    def __get__(self, obj: object, owner: Optional[type] = None) -> T: ...
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self._name] = self._factory(obj)
-        return value
-
-
 def option_view(name: str) -> View[Any]:
     """``server.<name>``: the value of option *name*."""
     return View(lambda server: getattr(_options.of(server), name), "The %s option (read-only view)." % name)
 
 
-def session_view(name: str) -> property:
-    """smtpd's attribute *name* on SMTPChannel: the session's of that name."""
+def session_view(name: str, session_of: Callable[[Any], Any]) -> property:
+    """smtpd's attribute *name* on SMTPChannel: the one of that name of the
+    channel's session (``session_of(channel)``)."""
 
     def get(self: Any) -> Any:
-        return getattr(self._session, name)
+        return getattr(session_of(self), name)
 
     def put(self: Any, value: Any) -> None:
-        setattr(self._session, name, value)
+        setattr(session_of(self), name, value)
 
     return property(get, put, doc="smtpd's %s (kept by the session)" % name)
 

@@ -186,8 +186,9 @@ class async_chat(asyncore.dispatcher):
             asyncore.dispatcher.handle_read_event(self)  # asyncore's rules and hooks
             return
         # handle_read(), without the calls in between: the read path.
+        recv = transport.recv  # an instance attribute: read, then called (specialised)
         try:
-            data = transport.recv(self.ac_in_buffer_size)
+            data = recv(self.ac_in_buffer_size)
         except BlockingIOError:
             if transport.read_needs_write:
                 self._interest_changed()  # a TLS read must write first
@@ -437,10 +438,9 @@ class async_chat(asyncore.dispatcher):
     def close(self) -> None:
         """Close the channel; replies already pushed are sent first.
 
-        asynchat's push() sent at once, so a reply pushed just before a
-        close was on the wire; here replies to one read are gathered, so
-        they are sent now, as far as the socket takes them without waiting.
-        """
+        asynchat's push() sent at once, so a reply pushed just before a close
+        was on the wire; here they are sent now, as far as the socket takes
+        them without waiting."""
         self._ac_send_held()
         transport = self._ac_transport
         if transport is not None and transport.tls and not transport.handshaking and self._fileno is not None:
@@ -513,8 +513,9 @@ class async_chat(asyncore.dispatcher):
         # One reply queued on a plain socket, the usual case: written
         # without the queue walk of _ac_send_queue(), same outcome.
         first = fifo[0]
+        send = transport.send  # as recv in handle_read_event()
         try:
-            sent = transport.send(first)
+            sent = send(first)
         except BlockingIOError:
             sent = 0
         except OSError as why:
