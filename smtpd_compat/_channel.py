@@ -63,10 +63,11 @@ def _session_of(channel: Any) -> Session:
     attributes (views of the session) before calling SMTPChannel.__init__.
     Kept as an ordinary instance attribute with no class attribute of that
     name, so that Python 3.11 specialises the ``self._session`` reads."""
-    session: Optional[Session] = channel.__dict__.get("_session")
-    if session is None:
-        session = channel.__dict__["_session"] = Session(channel)
-    return session
+    try:
+        return channel._session  # type: ignore[no-any-return]
+    except AttributeError:
+        session = channel._session = Session(channel)
+        return session
 
 
 class SMTPChannel(asynchat.async_chat):
@@ -92,9 +93,10 @@ class SMTPChannel(asynchat.async_chat):
     COMMAND = 0
     DATA = 1
 
-    # verb -> Session rule, for the smtp_<VERB> methods the class keeps (see
-    # _verbs_of; computed for each subclass when it is defined).
-    _smtp_verbs: Dict[str, Callable[..., Any]] = {}
+    # verb -> (SMTPChannel's smtp_<VERB>, the Session rule it stands for),
+    # for the methods the class keeps (see _verbs_of; computed for each
+    # subclass when it is defined).
+    _smtp_verbs: Dict[str, Tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,6 +115,19 @@ class SMTPChannel(asynchat.async_chat):
                                "The login the client authenticated as, or None.")
 
     command_size_limit = 512
+    # smtpd's joining and splitting values for bytes input (decode_data
+    # false); __init__ sets the str ones on a decoding channel.  Class
+    # attributes, not four more per instance: a channel keeps within 29
+    # instance attributes, so that its dict shares its keys with the other
+    # channels' (CPython 3.11-3.13), which costs a held connection about
+    # 1 KiB less and lets 3.11 specialise attribute loads on it.  For the
+    # same reason nothing on the way of a command reads ``self.__dict__``
+    # (a dict made for it stops that specialisation).  tests/test_hotpaths.py
+    # counts the attributes.
+    _emptystring: Union[str, bytes] = b""
+    _linesep: Union[str, bytes] = b"\r\n"
+    _dotsep: Union[str, int] = ord(b".")
+    _newline: Union[str, bytes] = b"\n"
 
     # smtpd's transaction attributes, kept by the session.
     smtp_state = _views.session_view("smtp_state", _session_of)
@@ -158,15 +173,11 @@ class SMTPChannel(asynchat.async_chat):
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the same time")
         if decode_data:
-            self._emptystring: Union[str, bytes] = ""
-            self._linesep: Union[str, bytes] = "\r\n"
-            self._dotsep: Union[str, int] = "."
-            self._newline: Union[str, bytes] = NEWLINE
-        else:
-            self._emptystring = b""
-            self._linesep = b"\r\n"
-            self._dotsep = ord(b".")
-            self._newline = b"\n"
+            # smtpd's str values; the bytes ones are the class's.
+            self._emptystring = ""
+            self._linesep = "\r\n"
+            self._dotsep = "."
+            self._newline = NEWLINE
         session.features = _features(server)
         self._set_rset_state()
         session.seen_greeting = ""
@@ -191,11 +202,19 @@ class SMTPChannel(asynchat.async_chat):
     # -- smtpd's state resets ----------------------------------------------------
     def _set_post_data_state(self) -> None:
         """Reset the transaction (envelope and framing) after DATA."""
-        _session_of(self).post_data_state()
+        try:
+            session = self._session
+        except AttributeError:  # called before SMTPChannel.__init__
+            session = _session_of(self)
+        session.post_data_state()
 
     def _set_rset_state(self) -> None:
         """Reset everything but the greeting."""
-        _session_of(self).rset_state()
+        try:
+            session = self._session
+        except AttributeError:  # called before SMTPChannel.__init__
+            session = _session_of(self)
+        session.rset_state()
 
     # -- output --------------------------------------------------------------------
     def push(self, msg: str) -> None:  # type: ignore[override]
@@ -242,13 +261,13 @@ class SMTPChannel(asynchat.async_chat):
             # not whenever the cyclic collector next runs.
             self._guard = None
         _delivery.cancel_wait(self)
-        server = self.__dict__.get("smtp_server")
+        server = getattr(self, "smtp_server", None)
         if server is not None:
             _serving.sessions(server).discard(self)
         if self._fileno is not None:
             _logging.log_closed(self)
         super().close()  # async_chat: TLS close_notify, then the socket
-        session = self.__dict__.get("_session")
+        session: Optional[Session] = getattr(self, "_session", None)
         if session is not None:
             session.detach()
 
@@ -301,16 +320,15 @@ class SMTPChannel(asynchat.async_chat):
         if command is None:
             return
         verb, arg = command
-        name = "smtp_" + verb
-        handler = self._smtp_verbs.get(verb)
-        if handler is not None and name not in self.__dict__:
-            handler(session, arg)  # smtp_<VERB> is SMTPChannel's own: the session's rule
-            return
-        method = getattr(self, name, None)
+        method = getattr(self, "smtp_" + verb, None)
         if method is None:
             session.unknown(verb)
+            return
+        own = self._smtp_verbs.get(verb)
+        if own is not None and getattr(method, "__func__", None) is own[0]:
+            own[1](session, arg)  # smtp_<VERB> is SMTPChannel's own: the session's rule
         else:
-            method(arg)
+            method(arg)  # a subclass's, or one set on the instance
 
     def _record_other(self, piece: bytes) -> None:
         """_ac_record() of what is not a whole command line: a message that
@@ -441,11 +459,13 @@ _SESSION_VERBS = {
 }
 
 
-def _verbs_of(cls: type) -> Dict[str, Callable[..., Any]]:
-    """The verbs whose smtp_<VERB> *cls* keeps from SMTPChannel: for those,
-    a command goes straight to the session's rule (decided once per class)."""
+def _verbs_of(cls: type) -> Dict[str, Tuple[Callable[..., Any], Callable[..., Any]]]:
+    """The verbs whose smtp_<VERB> *cls* keeps from SMTPChannel, each with
+    that method and the session's rule it stands for (decided once per
+    class): a command whose method is still that one goes straight to the
+    rule."""
     return {
-        verb: rule
+        verb: (SMTPChannel.__dict__["smtp_" + verb], rule)
         for verb, rule in _SESSION_VERBS.items()
         if getattr(cls, "smtp_" + verb, None) is SMTPChannel.__dict__["smtp_" + verb]
     }

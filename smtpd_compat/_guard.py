@@ -60,11 +60,14 @@ class SessionGuard:
     def __init__(self, channel: Any, server: Any) -> None:
         self.channel = channel
         self.server = server
-        self.command_timeout: Optional[float] = _option(server, "command_timeout")
-        self.data_timeout: Optional[float] = _option(server, "data_timeout")
-        self.reply_timeout: Optional[float] = _option(server, "reply_timeout")
-        self.max_errors: Optional[int] = _option(server, "max_errors")
-        channel.ac_max_output = _option(server, "max_output")
+        # A channel may be built with a stand-in server object (tests): then
+        # _options.of() gives the defaults.
+        options = _options.of(server)
+        self.command_timeout: Optional[float] = options.command_timeout
+        self.data_timeout: Optional[float] = options.data_timeout
+        self.reply_timeout: Optional[float] = options.reply_timeout
+        self.max_errors: Optional[int] = options.max_errors
+        channel.ac_max_output = options.max_output
         timeouts = [t for t in (self.command_timeout, self.data_timeout) if t is not None]
         self.soonest: Optional[float] = min(timeouts) if timeouts else None
         self.errors = 0

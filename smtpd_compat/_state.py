@@ -226,14 +226,18 @@ class Host:
         """smtpd's debug output (DEBUGSTREAM); called only when tracing."""
 
 
+_ABSENT = object()
+
+
 class Detached(Host):
     """The host of a session whose connection is closed: it keeps the
     settings the rules read and ignores what they ask."""
 
     def __init__(self, host: Host) -> None:
         for name in ("fqdn", "data_size_limit", "enable_SMTPUTF8", "_decode_data", "command_size_limit", "peer"):
-            if hasattr(host, name):
-                setattr(self, name, getattr(host, name))
+            value = getattr(host, name, _ABSENT)
+            if value is not _ABSENT:
+                setattr(self, name, value)
 
     def push(self, msg: str) -> None:
         pass
@@ -280,7 +284,12 @@ class CommandSizeLimits(collections.defaultdict):  # type: ignore[type-arg]
     largest value, which ``max_command_size_limit`` is asked for on every
     command line.  Every method that changes the dict forgets it."""
 
-    largest: Optional[int] = None
+    # No instance dict (a defaultdict has none either): one per session.
+    __slots__ = ("largest",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.largest: Optional[int] = None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.largest = None

@@ -29,15 +29,17 @@ def start(chat: Any, context: ssl.SSLContext) -> None:
     Input is not read meanwhile: the next bytes are the client's handshake,
     and what it pipelined in clear must never be read as if it came over TLS.
     """
-    chat._ac_tls_upgrade = context
+    chat._ac_transport.upgrade = context
     chat._ac_input_closed = True
+    chat._ac_paused.add("starttls")  # until wrap(): no read interest
     chat._interest_changed()
     chat._ac_tls_starting()
 
 
 def wrap(chat: Any) -> None:
     """The reply to STARTTLS is out: wrap the socket; the handshake follows."""
-    context, chat._ac_tls_upgrade = chat._ac_tls_upgrade, None
+    chat._ac_paused.discard("starttls")
+    context, chat._ac_transport.upgrade = chat._ac_transport.upgrade, None
     try:
         transport = TLSTransport.start(chat.socket, context)
     except (OSError, ValueError) as err:

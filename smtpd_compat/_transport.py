@@ -33,7 +33,7 @@ import logging
 import socket
 import ssl
 from errno import EAGAIN
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 log = logging.getLogger("smtpd_compat")
 
@@ -52,6 +52,9 @@ class PlainTransport:
     handshaking = False
     read_needs_write = False
     write_needs_read = False
+    # STARTTLS: the context to wrap the socket with once its reply is sent
+    # (see _tls_phases.start and wrap).
+    upgrade: Optional[ssl.SSLContext] = None
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock

@@ -44,6 +44,12 @@ _monotonic = time.monotonic
 _reactor_of = _reactor.reactor_of
 _DISCONNECTED = asyncore._DISCONNECTED
 
+# The paths a class's methods allow (async_chat._ac_paths, see
+# __init_subclass__): reads and writes through the transport, whole records.
+_OWN_READS = 1
+_OWN_SENDS = 2
+_RECORDS = 4
+
 
 class async_chat(asyncore.dispatcher):
     """An asynchronous, terminator-framed, buffered chat channel."""
@@ -70,30 +76,24 @@ class async_chat(asyncore.dispatcher):
     # Set while _ac_send_held() runs: a close() from inside it (a send
     # error calls handle_close()) must not start it again.
     _ac_flushing = False
-    # Output waits for the reactor's after-events pass (see _ac_consume).
-    _ac_flush_due = False
-    # An SSLContext while STARTTLS waits for its reply to be sent.
-    _ac_tls_upgrade: Optional[ssl.SSLContext] = None
-    # When input was last read (monotonic seconds): idle timeouts read it.
-    _ac_last_read = 0.0
 
-    # Per class (see __init_subclass__): whether the read event may read
-    # through the transport itself (handle_read() and recv() are asynchat's),
-    # and whether output may be written through it (send() is asyncore's).
-    _ac_own_reads = True
-    _ac_own_sends = True
+    # Per class: _OWN_READS | _OWN_SENDS | _RECORDS bits (see __init_subclass__).
+    _ac_paths = _OWN_READS | _OWN_SENDS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._ac_own_reads = cls.handle_read is async_chat.handle_read and cls.recv is async_chat.recv
-        cls._ac_own_sends = cls.send is async_chat.send
-        # Whole records go to _ac_record only while the class that defines
-        # it also defines the hooks it stands for: a subclass overriding
-        # either gets them called for every record.
+        # The read event reads through the transport while handle_read() and
+        # recv() are asynchat's; output is written through it while send() is.
+        paths = _OWN_READS if cls.handle_read is async_chat.handle_read and cls.recv is async_chat.recv else 0
+        paths |= _OWN_SENDS if cls.send is async_chat.send else 0
+        # Whole records go to _ac_record only while the class defining it
+        # keeps the hooks it stands for (else they are called per record).
         owner = next((c for c in cls.__mro__ if "_ac_record" in c.__dict__), async_chat)
-        cls._ac_records = owner is not async_chat and all(
+        if owner is not async_chat and all(
             getattr(cls, name) is getattr(owner, name) for name in ("collect_incoming_data", "found_terminator")
-        )
+        ):
+            paths |= _RECORDS
+        cls._ac_paths = paths
 
     def __init__(self, sock: Optional[Any] = None, map: Optional[Dict[int, Any]] = None) -> None:
         # The input read and not handed out yet (see _framing).
@@ -108,23 +108,28 @@ class async_chat(asyncore.dispatcher):
         # Bytes of the bytes-like entries of producer_fifo (producers are not
         # counted): what ac_max_output bounds.
         self._ac_out_queued = 0
-        # The class's choices and defaults as instance attributes: Python 3.11
-        # specialises only instance loads, and these are read per read or write.
-        cls = type(self)
-        self._ac_own_reads, self._ac_own_sends, self._ac_records = cls._ac_own_reads, cls._ac_own_sends, cls._ac_records
-        self._ac_tls_upgrade = None
+        # Instance attributes, no class defaults: Python 3.11 specialises
+        # only loads of instance attributes that no class attribute shadows.
+        self._ac_paths = type(self)._ac_paths
+        # Output waits for the reactor's after-events pass (see _ac_consume).
+        self._ac_flush_due = False
+        # When input was last read (monotonic seconds): idle timeouts read it.
+        self._ac_last_read = 0.0
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- the socket and its transport ----------------------------------------------
     @property
     def socket(self) -> Any:
-        return self.__dict__.get("_ac_socket")
+        try:
+            return self._ac_socket
+        except AttributeError:  # before dispatcher.__init__
+            return None
 
     @socket.setter
     def socket(self, sock: Any) -> None:
         # Whatever sets the socket (set_socket(), or code assigning it)
         # also sets the transport that reads and writes it.
-        self.__dict__["_ac_socket"] = sock
+        self._ac_socket = sock
         transport = self._ac_transport
         if transport is not None and transport.sock is sock:
             return  # the transport's own socket (TLS started here)
@@ -170,9 +175,10 @@ class async_chat(asyncore.dispatcher):
             elif isinstance(term, int) and term < 0:
                 raise ValueError("the number of received bytes must be positive")
         self.terminator = term
-        framer = self.__dict__.get("_ac_framer")
-        if framer is not None:  # None: called before async_chat.__init__
-            framer.prefix_seen = b""
+        try:
+            self._ac_framer.prefix_seen = b""
+        except AttributeError:  # called before async_chat.__init__
+            pass
 
     def get_terminator(self) -> Terminator:
         return self.terminator
@@ -182,7 +188,7 @@ class async_chat(asyncore.dispatcher):
         transport = self._ac_transport
         if transport is not None and transport.tls and not _tls_phases.before_read(self, transport):
             return
-        if not (self._ac_own_reads and self.connected):
+        if not (self._ac_paths & _OWN_READS and self.connected):
             asyncore.dispatcher.handle_read_event(self)  # asyncore's rules and hooks
             return
         # handle_read(), without the calls in between: the read path.
@@ -251,7 +257,7 @@ class async_chat(asyncore.dispatcher):
         in one call instead of the two hooks'.
         """
         framer = self._ac_framer
-        records = self._ac_records
+        records = self._ac_paths & _RECORDS
         self._ac_batching = True
         try:
             piece = framer.whole(data, self.terminator) if records else None
@@ -275,9 +281,7 @@ class async_chat(asyncore.dispatcher):
                 self.initiate_send()
             else:
                 # Sent once the iteration has handled all its socket events:
-                # the replies of one iteration then reach the clients
-                # together, and a client process serving many sessions is
-                # woken once for them, not once per reply.
+                # a client serving many sessions is woken once, not per reply.
                 self._ac_flush_due = True
                 reactor.after_events.append(self.initiate_send)
 
@@ -324,12 +328,9 @@ class async_chat(asyncore.dispatcher):
             return False
         return not (self._ac_input_closed or self._fileno is None or self._ac_paused)
 
-    # A class that sets _ac_records (see __init_subclass__) gets the records
-    # that arrived whole here, instead of collect_incoming_data() then
-    # found_terminator().
-    _ac_records = False
-
     def _ac_record(self, piece: bytes) -> None:
+        """A record that arrived whole, for a class with the _RECORDS path
+        (see __init_subclass__), which may take it in one call."""
         self.collect_incoming_data(piece)
         self.found_terminator()
 
@@ -364,9 +365,8 @@ class async_chat(asyncore.dispatcher):
             return
         self._interest_changed()
         if len(self._ac_framer):
-            # The client may have nothing more to send (it pipelined
-            # everything already), so no read event would come: process
-            # the buffer from the loop, not from inside our caller.
+            # No read event may come (the client pipelined everything):
+            # process the buffer from the loop, not inside our caller.
             reactor = self._reactor()
             if reactor is not None:
                 reactor.call_soon_threadsafe(self._ac_resume_input)
@@ -408,7 +408,7 @@ class async_chat(asyncore.dispatcher):
             self.initiate_send()
 
     def readable(self) -> bool:
-        wanted = not self._ac_paused and self._ac_tls_upgrade is None
+        wanted = not self._ac_paused  # STARTTLS pauses input too ("starttls")
         transport = self._ac_transport
         return wanted if transport is None else transport.readable(wanted)
 
@@ -484,7 +484,7 @@ class async_chat(asyncore.dispatcher):
         """Write *chunks* (in order); the number of bytes taken.  Where the
         transport write fails for good, handle_close() is called (and 0
         returned), as asyncore's send() did."""
-        if not self._ac_own_sends:
+        if not self._ac_paths & _OWN_SENDS:
             return send_each(self.send, chunks)  # send() is overridden: as asynchat called it
         transport = self._ac_transport
         try:
@@ -505,7 +505,7 @@ class async_chat(asyncore.dispatcher):
             transport.__class__ is PlainTransport
             and len(fifo) == 1
             and fifo[0].__class__ is bytes
-            and self._ac_own_sends
+            and self._ac_paths & _OWN_SENDS
             and self.connected
         ):
             self._ac_send_all(fifo, transport)
@@ -526,7 +526,7 @@ class async_chat(asyncore.dispatcher):
         else:  # the socket is full: the rest waits for it
             fifo[0] = memoryview(first)[sent:]
         self._ac_out_queued -= sent
-        if fifo or self._ac_want_write or self._ac_paused or self._ac_tls_upgrade is not None:
+        if fifo or self._ac_want_write or self._ac_paused:
             self._ac_sent()
 
     def _ac_send_all(self, fifo: Deque[Any], transport: Any) -> None:
@@ -545,7 +545,7 @@ class async_chat(asyncore.dispatcher):
             self._ac_interest()
         if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
             self._ac_resume("output")
-        if self._ac_tls_upgrade is not None and not fifo and self._fileno is not None:
+        if not fifo and "starttls" in self._ac_paused and self._fileno is not None:
             _tls_phases.wrap(self)
 
     def _ac_send_queue(self, fifo: Deque[Any]) -> None:
@@ -587,7 +587,7 @@ class async_chat(asyncore.dispatcher):
     def _ac_tls_pending(self) -> bool:
         """Whether TLS is being started (its handshake not done)."""
         transport = self._ac_transport
-        return self._ac_tls_upgrade is not None or (transport is not None and transport.handshaking)
+        return "starttls" in self._ac_paused or (transport is not None and transport.handshaking)
 
     def _ac_tls_starting(self) -> None:  # hooks for subclasses that start TLS (SMTPChannel)
         """A TLS handshake is about to be awaited (STARTTLS or implicit TLS)."""

@@ -86,7 +86,6 @@ SocketMap = Dict[int, Any]
 
 socket_map: SocketMap = {}
 
-
 _reraised_exceptions = (ExitNow, KeyboardInterrupt, SystemExit)
 
 
@@ -405,8 +404,11 @@ class dispatcher:
 
     def close(self) -> None:
         self.connected = False
-        self.accepting = False
-        self.connecting = False
+        # Only if not the class's False (a channel's dict keeps its shared keys).
+        if self.accepting:
+            self.accepting = False
+        if self.connecting:
+            self.connecting = False
         # Unregister before closing, so the selector never holds a dead fd.
         self.del_channel()
         if self.socket is not None:

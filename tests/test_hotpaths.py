@@ -343,3 +343,77 @@ def test_busy_poll_never_runs_past_a_due_timer() -> None:
     finally:
         peer.close()
         asyncore.close_all(map=map)
+
+
+# -- a channel's instance dict shares its keys ------------------------------------
+# CPython (3.11-3.13) keeps an instance's attributes in a compact array whose
+# keys all instances of the class share, for up to 29 attribute names per
+# class; beyond that each instance gets a dict of its own (about 1.5 KiB per
+# held connection) and 3.11 stops specialising attribute loads on it.
+SHARED_KEYS_BUDGET = 29
+
+
+def _channel_after_a_session(channel_class: Any) -> Any:
+    from conftest import RecordingSMTPServer
+
+    server_map: Dict[int, Any] = {}
+
+    class Server(RecordingSMTPServer):
+        pass
+
+    Server.channel_class = channel_class
+    server = Server(("127.0.0.1", 0), None, map=server_map)
+    client = socket.create_connection(server.socket.getsockname(), timeout=5)
+    client.setblocking(False)
+    script = [b"EHLO me\r\n", b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.com>\r\n",
+              b"DATA\r\n", b"Subject: x\r\n\r\nhello\r\n.\r\n", b"NOOP\r\n"]
+    replies = b""
+    deadline = time.monotonic() + 10
+    try:
+        # One command after each complete reply, until NOOP's has come.
+        while time.monotonic() < deadline:
+            asyncore.loop(0.01, map=server_map, count=1)
+            try:
+                replies += client.recv(65536)
+            except BlockingIOError:
+                continue
+            last = replies.rsplit(b"\r\n", 2)[-2:]
+            if len(last) == 2 and last[1] == b"" and last[0][3:4] == b" ":
+                if not script:
+                    break
+                client.sendall(script.pop(0))
+        channel = next(o for o in server_map.values() if isinstance(o, channel_class))
+        assert not script and replies.count(b"\r\n250 ") >= 5, replies
+        return channel
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_channel_keeps_within_the_shared_keys_budget() -> None:
+    from smtpd_compat import smtpd
+
+    channel = _channel_after_a_session(smtpd.SMTPChannel)
+    names = sorted(vars(channel))
+    assert len(names) <= SHARED_KEYS_BUDGET, names
+
+
+def test_an_smtp_method_set_on_the_instance_is_called() -> None:
+    # smtpd looked smtp_<VERB> up on the instance; the dispatch that goes
+    # straight to the session's rule must still see an instance's own.
+    from smtpd_compat import smtpd
+
+    calls: List[str] = []
+
+    class Channel(smtpd.SMTPChannel):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+
+            def noop(arg: Any) -> None:
+                calls.append("noop")
+                self.push("250 instance noop")
+
+            self.smtp_NOOP = noop
+
+    _channel_after_a_session(Channel)
+    assert calls == ["noop"]
