@@ -63,11 +63,10 @@ def _session_of(channel: Any) -> Session:
     attributes (views of the session) before calling SMTPChannel.__init__.
     Kept as an ordinary instance attribute with no class attribute of that
     name, so that Python 3.11 specialises the ``self._session`` reads."""
-    try:
-        return channel._session  # type: ignore[no-any-return]
-    except AttributeError:
+    session: Optional[Session] = getattr(channel, "_session", None)  # no exception made when absent
+    if session is None:
         session = channel._session = Session(channel)
-        return session
+    return session
 
 
 class SMTPChannel(asynchat.async_chat):
