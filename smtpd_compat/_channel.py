@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 from . import (
     _auth,
     _delivery,
+    _extensions,
     _globals,
     _grammar,
     _guard,
@@ -178,6 +179,8 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = _features(server)
+        if session.features.enhanced_status_codes:
+            _extensions.enable(session)
         self._set_rset_state()
         session.seen_greeting = ""
         session.extended_smtp = False
@@ -231,7 +234,7 @@ class SMTPChannel(asynchat.async_chat):
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
         if over_budget:
-            msg = R.TOO_MANY_ERRORS % self.fqdn
+            msg = _extensions.own_reply(self._session, R.TOO_MANY_ERRORS % self.fqdn)
         data = R.WIRE.get(msg)
         if data is None:
             line = msg + "\r\n"
@@ -491,6 +494,8 @@ def _features(server: Any) -> _session.Features:
         max_auth_failures=options.max_auth_failures,
         ask_mail="accept_mail" in hooks,
         ask_rcpt="accept_rcpt" in hooks,
+        pipelining=options.pipelining,
+        enhanced_status_codes=options.enhanced_status_codes,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, ca
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -94,6 +94,14 @@ class Options:
     # to complete before those sessions are cut off with a 421.
     shutdown_timeout: Optional[float] = 30.0
 
+    # -- ESMTP extensions (_extensions; docs/extensions.md) ----------------------------
+    # Announce PIPELINING (RFC 2920) in the EHLO reply.  Pipelined commands
+    # are answered in order whether or not it is announced.
+    pipelining: bool = False
+    # Announce ENHANCEDSTATUSCODES (RFC 2034) and give each of the server's
+    # own replies its RFC 3463 code ("250 2.1.0 OK").
+    enhanced_status_codes: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -119,6 +127,8 @@ class ServerOptions(TypedDict, total=False):
     relay_tls_context: Optional[ssl.SSLContext]
     relay_auth: Optional[Tuple[str, str]]
     shutdown_timeout: Optional[float]
+    pipelining: bool
+    enhanced_status_codes: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -128,6 +138,7 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
+EXTENSIONS = ("pipelining", "enhanced_status_codes")
 
 _DEFAULTS = Options()
 
