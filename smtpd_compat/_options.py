@@ -14,7 +14,8 @@ attribute later rebinds the name on that object only.
 
 :class:`ServerOptions` says the same names and types to a type checker, for
 ``SMTPServer(**options)`` (a test keeps the two in step).  The value checks
-live with the features (``_limits.check_options``, ``_tls.check_options``).
+live with the features (``_limits.check_options``, ``_tls.check_options``,
+``_extensions.check_options``).
 """
 
 from __future__ import annotations
