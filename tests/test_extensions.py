@@ -18,8 +18,13 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_properties import COMMANDS, DATA_LINES
+from test_session import Recorder
 
-from smtpd_compat import _cli, _cli_args, _replies, _serving, smtpd
+from smtpd_compat import _cli, _cli_args, _extensions, _replies, _serving, smtpd
+from smtpd_compat._state import Features, State
 from smtpd_compat.servers import RecordingServer
 
 from conftest import FQDN, TIMEOUT, RawClient, RecordingSMTPServer
@@ -542,3 +547,33 @@ def test_enhanced_fixed_replies_are_pre_encoded() -> None:
     for text in _replies.ENHANCED.values():
         if "%" not in text:
             assert _replies.WIRE[text] == text.encode("ascii") + b"\r\n"
+
+
+# -- any session, in memory --------------------------------------------------------------------
+LINES = COMMANDS + DATA_LINES + [b"RCPT TO:<c@example.org>", b"QUIT", b"AUTH PLAIN", b"STARTTLS"]
+CODE = re.compile(r"\A\d{3}[ -]([245])\.\d{1,3}\.\d{1,3} ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(LINES), max_size=30))
+def test_any_session_gets_smtpds_replies_with_their_codes(lines: List[bytes]) -> None:
+    """The same input to a session with enhanced status codes and to one
+    without: the same replies but for the code, which every reply has but
+    the 3xx ones and those to HELO and EHLO, with the class of its reply."""
+    features = dict(max_recipients=2)
+    smtpd_host = Recorder(Features(**features))
+    host = Recorder(Features(enhanced_status_codes=True, **features))
+    _extensions.enable(host.session)
+    for sent in lines:
+        greeting = host.session.state is State.COMMAND and sent.split(b" ")[0].upper() in (b"HELO", b"EHLO")
+        before, smtpd_before = len(host.replies), len(smtpd_host.replies)
+        host.feed(sent + b"\r\n")
+        smtpd_host.feed(sent + b"\r\n")
+        replies = [r for r in host.replies[before:] if r != "250-ENHANCEDSTATUSCODES"]  # (EHLO's keyword)
+        assert [plain(r.encode()) for r in replies] == [plain(r.encode()) for r in smtpd_host.replies[smtpd_before:]]
+        for reply in replies:
+            code = CODE.match(reply)
+            if greeting or reply.startswith("3"):
+                assert code is None, (sent, reply)
+            else:
+                assert code is not None and code.group(1) == reply[0], (sent, reply)
