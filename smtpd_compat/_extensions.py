@@ -24,7 +24,7 @@ Replies that are the user's are sent as given: what a subclass pushes itself
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, cast
+from typing import Any, Iterable, List, Optional, Tuple, cast
 
 from . import _replies as R
 from ._session import Session
@@ -33,10 +33,11 @@ from ._state import Host
 __all__ = ["EnhancedSession", "EnhancingHost", "check_options", "enable", "own_reply"]
 
 
-def check_options(options: Any) -> None:
-    """Reject an extension option that is not a bool (``pipelining=1``,
-    ``enhanced_status_codes="no"``) when the server is created."""
-    for name in ("pipelining", "enhanced_status_codes"):
+def check_options(options: Any, names: Iterable[str]) -> None:
+    """Reject an extension option (of *names*: ``_options.EXTENSIONS``)
+    that is not a bool (``pipelining=1``, ``enhanced_status_codes="no"``)
+    when the server is created."""
+    for name in names:
         value = getattr(options, name)
         if not isinstance(value, bool):
             raise TypeError("%s must be True or False, not %r" % (name, value))

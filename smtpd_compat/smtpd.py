@@ -178,7 +178,7 @@ class SMTPServer(asyncore.dispatcher):
         self.__dict__[_options.ATTRIBUTE] = values
         _limits.check_options(values)
         _tls.check_options(values, self)
-        _extensions.check_options(values)
+        _extensions.check_options(values, _options.EXTENSIONS)
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
