@@ -433,6 +433,20 @@ def test_pipelined_group_whose_transaction_fails(server_factory: Any) -> None:
     assert client.read_exactly(len(expected)) == expected
 
 
+def test_what_follows_an_accepted_data_is_the_message(server_factory: Any) -> None:
+    # A client that does not wait for the 354 (RFC 2920 puts DATA last in a
+    # group): whatever follows an accepted DATA is message text, QUIT too.
+    st = server_factory(pipelining=True, enhanced_status_codes=True)
+    client = connect(st)
+    client.command(b"EHLO client.example")
+    client.send(MAIL + b"\r\n" + RCPT + b"\r\nDATA\r\nQUIT\r\n.\r\nNOOP\r\n")
+    expected = (b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+                b"250 2.0.0 OK\r\n250 2.0.0 OK\r\n")
+    assert client.read_exactly(len(expected)) == expected
+    [message] = st.server.wait_for(1)
+    assert message.data == b"QUIT"
+
+
 class DeferringServer(RecordingSMTPServer):
     """process_message returns a Future the test completes."""
 
