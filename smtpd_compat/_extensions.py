@@ -24,6 +24,7 @@ Replies that are the user's are sent as given: what a subclass pushes itself
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Iterable, List, Optional, Tuple, cast
 
 from . import _replies as R
@@ -93,7 +94,16 @@ class EnhancingHost:
         return refusal
 
     def __getattr__(self, name: str) -> Any:
+        # What Host does not declare (a channel's peer...).  Host's own
+        # names are properties (below): a __getattr__ call is made only
+        # after a failed lookup, and the failure costs an AttributeError.
         return getattr(self.host, name)
+
+
+for _name in vars(Host):
+    if not _name.startswith("__") and _name not in vars(EnhancingHost):
+        setattr(EnhancingHost, _name, property(operator.attrgetter("host." + _name)))
+del _name
 
 
 def enable(session: Session) -> None:

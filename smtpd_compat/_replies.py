@@ -229,10 +229,14 @@ ENHANCED: Dict[str, str] = {text: with_status_code(text, code) for text, code in
 ENHANCED_BY_COMMAND: Dict[Tuple[str, str], str] = {
     key: with_status_code(key[1], code) for key, code in STATUS_CODES_BY_COMMAND.items()
 }
-# The texts with a %s, as (before it, after it, code): their formatted replies.
-_FORMATTED = [
-    (text.partition("%s")[0], text.partition("%s")[2], code) for text, code in STATUS_CODES.items() if "%s" in text
-]
+# The texts with a %s, as (before it, after it, code), by their first four
+# characters (``"421 "``): their formatted replies.
+_FORMATTED: Dict[str, List[Tuple[str, str, str]]] = {}
+for _text, _code in STATUS_CODES.items():
+    if "%s" in _text:
+        _before, _, _after = _text.partition("%s")
+        _FORMATTED.setdefault(_text[:4], []).append((_before, _after, _code))
+del _text, _code, _before, _after
 
 
 def enhanced(text: str, command: Optional[str] = None) -> str:
@@ -244,7 +248,7 @@ def enhanced(text: str, command: Optional[str] = None) -> str:
         found = ENHANCED.get(text)
     if found is not None:
         return found
-    for before, after, code in _FORMATTED:
+    for before, after, code in _FORMATTED.get(text[:4], ()):
         if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
             return with_status_code(text, code)
     return text
