@@ -25,13 +25,13 @@ Replies that are the user's are sent as given: what a subclass pushes itself
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, List, Optional, Tuple, cast
+from typing import Any, Iterable, List, Optional, Tuple, Type, cast
 
 from . import _replies as R
 from ._session import Session
-from ._state import Host
+from ._state import Features, Host
 
-__all__ = ["EnhancedSession", "EnhancingHost", "check_options", "enable", "own_reply"]
+__all__ = ["EnhancedSession", "EnhancingHost", "check_options", "enable", "own_reply", "session_class"]
 
 
 def check_options(options: Any, names: Iterable[str]) -> None:
@@ -73,7 +73,8 @@ class EnhancedSession(Session):
 class EnhancingHost:
     """The host of an :class:`EnhancedSession`: its channel, with the
     server's own replies given their enhanced status code on their way to
-    the channel's ``push()``.  Everything else is the channel's."""
+    the channel's ``push()``.  Everything else is the channel's (the
+    properties defined after the class)."""
 
     def __init__(self, session: EnhancedSession, host: Host) -> None:
         self.session = session
@@ -93,29 +94,37 @@ class EnhancingHost:
         self.session.theirs = refusal
         return refusal
 
-    def __getattr__(self, name: str) -> Any:
-        # What Host does not declare (a channel's peer...).  Host's own
-        # names are properties (below): a __getattr__ call is made only
-        # after a failed lookup, and the failure costs an AttributeError.
-        return getattr(self.host, name)
 
 
-for _name in vars(Host):
+# Everything else the session reads of its host is the channel's, read
+# when asked (a subclass may change data_size_limit...): Host's names, and
+# the peer the logs show.  Properties, not __getattr__, which would slow
+# down every attribute read of the host (CPython then calls it through a
+# slot that no read is specialised for).
+for _name in [*vars(Host), "peer"]:
     if not _name.startswith("__") and _name not in vars(EnhancingHost):
         setattr(EnhancingHost, _name, property(operator.attrgetter("host." + _name)))
 del _name
 
 
+def session_class(features: Features) -> Type[Session]:
+    """The class of a session that has *features*."""
+    return EnhancedSession if features.enhanced_status_codes else Session
+
+
 def enable(session: Session) -> None:
     """Give *session* (its server has enhanced_status_codes) enhanced
-    status codes: from now on it is an EnhancedSession."""
-    if isinstance(session, EnhancedSession):
-        return  # SMTPChannel.__init__ called again
-    # Session and EnhancedSession have the same layout: the one object
-    # keeps its identity (subclasses may hold it) and its attributes.
-    session.__class__ = EnhancedSession
+    status codes: its replies go through an EnhancingHost."""
+    if not isinstance(session, EnhancedSession):
+        # Made before SMTPChannel.__init__ ran (a subclass set smtpd's
+        # attributes first).  Session and EnhancedSession have the same
+        # layout: the object keeps its identity (a subclass may hold it)
+        # and its attributes, though Python then reads them less quickly
+        # than in a session made as an EnhancedSession (session_class()).
+        session.__class__ = EnhancedSession
     enhanced = cast(EnhancedSession, session)
-    enhanced.host = cast(Host, EnhancingHost(enhanced, session.host))
+    if not isinstance(enhanced.host, EnhancingHost):  # (SMTPChannel.__init__ may run twice)
+        enhanced.host = cast(Host, EnhancingHost(enhanced, enhanced.host))
 
 
 def own_reply(session: Session, text: str) -> str:

@@ -352,6 +352,21 @@ def test_internal_confusion(server_factory: Any, enhanced: bool) -> None:
     ], enhanced)
 
 
+class EarlyChannel(smtpd.SMTPChannel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.received_lines = []  # smtpd's attribute, before SMTPChannel.__init__: the session is made here
+        super().__init__(*args, **kwargs)
+
+
+class EarlyServer(RecordingSMTPServer):
+    channel_class = EarlyChannel
+
+
+def test_a_session_made_before_the_channels_init(server_factory: Any) -> None:
+    client = connect(server_factory(EarlyServer, enhanced_status_codes=True, max_errors=None))
+    run(client, HELO_SESSION, True)
+
+
 # -- the user's replies are sent as given --------------------------------------------------
 class OwnRepliesChannel(smtpd.SMTPChannel):
     def smtp_XHELLO(self, arg: Optional[str]) -> None:
