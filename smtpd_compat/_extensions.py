@@ -7,9 +7,9 @@ framer reads every command already in the buffer and the channel answers
 them in order, in one write.
 
 ENHANCEDSTATUSCODES rewrites the replies of the server's own as they leave
-the session, and only in a session that has it: :func:`enable` makes the
-session an :class:`EnhancedSession` whose host is an :class:`EnhancingHost`
-over the channel.  The host looks each reply up in ``_replies.ENHANCED`` (by
+the session, and only in a session that has it: ``SMTPChannel`` makes its
+session of :func:`session_class` (an :class:`EnhancedSession`), and
+:func:`enable` gives it an :class:`EnhancingHost` over the channel.  The host looks each reply up in ``_replies.ENHANCED`` (by
 the verb of the last command line where one text answers several commands:
 ``250 OK`` to MAIL is ``250 2.1.0 OK``).  The default path has no extra step:
 a session without the option is a plain Session whose host is the channel.
