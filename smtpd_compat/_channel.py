@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 from . import (
     _auth,
     _delivery,
+    _extensions,
     _globals,
     _grammar,
     _guard,
@@ -58,14 +59,15 @@ _DEBUG = logging.DEBUG
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
 
 
-def _session_of(channel: Any) -> Session:
-    """*channel*'s Session, made on first use: a subclass may set smtpd's
-    attributes (views of the session) before calling SMTPChannel.__init__.
-    Kept as an ordinary instance attribute with no class attribute of that
-    name, so that Python 3.11 specialises the ``self._session`` reads."""
+def _session_of(channel: Any, cls: Callable[[Any], Session] = Session) -> Session:
+    """*channel*'s Session, made on first use (of class *cls*): a subclass
+    may set smtpd's attributes (views of the session) before calling
+    SMTPChannel.__init__.  Kept as an ordinary instance attribute with no
+    class attribute of that name, so that Python 3.11 specialises the
+    ``self._session`` reads."""
     session: Optional[Session] = getattr(channel, "_session", None)  # no exception made when absent
     if session is None:
-        session = channel._session = Session(channel)
+        session = channel._session = cls(channel)
     return session
 
 
@@ -161,7 +163,9 @@ class SMTPChannel(asynchat.async_chat):
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
     ) -> None:
-        session = _session_of(self)
+        features = _features(server)
+        # With enhanced status codes the session is of its class from the start (see _extensions.enable).
+        session = _session_of(self, _extensions.session_class(features))
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -177,7 +181,9 @@ class SMTPChannel(asynchat.async_chat):
             self._linesep = "\r\n"
             self._dotsep = "."
             self._newline = NEWLINE
-        session.features = _features(server)
+        session.features = features
+        if features.enhanced_status_codes:
+            _extensions.enable(session)
         self._set_rset_state()
         session.seen_greeting = ""
         session.extended_smtp = False
@@ -231,7 +237,7 @@ class SMTPChannel(asynchat.async_chat):
         guard = self._guard
         over_budget = guard is not None and msg.startswith(_limits.ERROR_CODES) and guard.over_budget(msg)
         if over_budget:
-            msg = R.TOO_MANY_ERRORS % self.fqdn
+            msg = _extensions.own_reply(self._session, R.TOO_MANY_ERRORS % self.fqdn)
         data = R.WIRE.get(msg)
         if data is None:
             line = msg + "\r\n"
@@ -491,6 +497,8 @@ def _features(server: Any) -> _session.Features:
         max_auth_failures=options.max_auth_failures,
         ask_mail="accept_mail" in hooks,
         ask_rcpt="accept_rcpt" in hooks,
+        pipelining=options.pipelining,
+        enhanced_status_codes=options.enhanced_status_codes,
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import smtpd_compat
 
-from . import _logging, _serving, asyncore, smtpd
+from . import _logging, _options, _serving, asyncore, smtpd
 from ._auth import AuthFileError, PasswordFile, load_credentials
 from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
@@ -226,7 +226,14 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(security_options(ns))
     options.update(relay_options(ns))
     options.update(limit_options(ns))
+    options.update(extension_options(ns))
     return options
+
+
+def extension_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The ESMTP extension options the flags turn on (only those, as for
+    the limits)."""
+    return {name: True for name in _options.EXTENSIONS if getattr(ns, name)}
 
 
 def limit_options(ns: argparse.Namespace) -> Dict[str, Any]:

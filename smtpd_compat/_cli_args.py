@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mailbox_flags(p)
     _add_relay_flags(p)
     _add_security_flags(p, command)
+    _add_extension_flags(p)
     _add_limit_flags(p)
     _add_output_flags(p)
     return p
@@ -159,6 +160,15 @@ def _add_security_flags(p: argparse.ArgumentParser, command: str) -> None:
                    help="offer AUTH (over TLS) to the user:password lines of FILE (mode 600; "
                         "make hashed lines with: %s hash-password USER)" % command)
     g.add_argument("--auth-required", action="store_true", help="refuse MAIL until AUTH")
+
+
+def _add_extension_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ESMTP extensions (docs/extensions.md; off by default, as in smtpd)")
+    g.add_argument("--pipelining", action="store_true",
+                   help="announce PIPELINING (RFC 2920) in the EHLO reply")
+    g.add_argument("--enhanced-status-codes", action="store_true",
+                   help="announce ENHANCEDSTATUSCODES (RFC 2034) and give the server's replies "
+                        "their RFC 3463 code (250 2.1.0 OK)")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

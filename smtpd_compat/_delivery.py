@@ -17,7 +17,7 @@ import inspect
 import logging
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from . import _logging
+from . import _extensions, _logging
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -82,11 +82,11 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
         # The server class did not implement process_message: a
         # programming error that must stay loud, as in smtpd.
         channel._set_post_data_state()
-        session.replied(R.PROCESSING_FAILED)
+        session.replied(_failed(channel))
         raise
     except Exception:
         log.exception("process_message() failed for a message from %r", channel.peer)
-        status = R.PROCESSING_FAILED
+        status = _failed(channel)
     channel._set_post_data_state()
     if isinstance(status, _Future):
         await_reply(channel, status, envelope)
@@ -142,7 +142,7 @@ def _overdue(channel: Any, future: "concurrent.futures.Future[Any]", timeout: fl
         return  # the session ended meanwhile
     log.error("process_message() has not answered a message from %r in %gs (reply_timeout): replying 451",
               getattr(channel, "peer", None), timeout)
-    _answer(channel, R.PROCESSING_FAILED, envelope)
+    _answer(channel, _failed(channel), envelope)
 
 
 def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Optional[Envelope]) -> None:
@@ -155,8 +155,13 @@ def _ready(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Opt
         status = future.result()
     except Exception:
         log.exception("process_message() failed for a message from %r", channel.peer)
-        status = R.PROCESSING_FAILED
+        status = _failed(channel)
     _answer(channel, status, envelope)
+
+
+def _failed(channel: Any) -> str:
+    """The reply to a message process_message() failed to take (451)."""
+    return _extensions.own_reply(channel._session, R.PROCESSING_FAILED)
 
 
 def _answer(channel: Any, status: Any, envelope: Optional[Envelope]) -> None:

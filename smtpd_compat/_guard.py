@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from . import _options
+from . import _extensions, _options
 from . import _replies as R
 from ._limits import ERROR_CODES
 
@@ -137,7 +137,7 @@ class SessionGuard:
         try:
             # Sent at once if the client reads at all; a client that does
             # not is closed anyway, with the reply still queued.
-            channel.push(R.IDLE_TIMEOUT % channel.fqdn)
+            channel.push(_extensions.own_reply(channel._session, R.IDLE_TIMEOUT % channel.fqdn))
         finally:
             channel.close()
 

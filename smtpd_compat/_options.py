@@ -14,7 +14,8 @@ attribute later rebinds the name on that object only.
 
 :class:`ServerOptions` says the same names and types to a type checker, for
 ``SMTPServer(**options)`` (a test keeps the two in step).  The value checks
-live with the features (``_limits.check_options``, ``_tls.check_options``).
+live with the features (``_limits.check_options``, ``_tls.check_options``,
+``_extensions.check_options``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, ca
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -94,6 +95,14 @@ class Options:
     # to complete before those sessions are cut off with a 421.
     shutdown_timeout: Optional[float] = 30.0
 
+    # -- ESMTP extensions (_extensions; docs/extensions.md) ----------------------------
+    # Announce PIPELINING (RFC 2920) in the EHLO reply.  Pipelined commands
+    # are answered in order whether or not it is announced.
+    pipelining: bool = False
+    # Announce ENHANCEDSTATUSCODES (RFC 2034) and give each of the server's
+    # own replies its RFC 3463 code ("250 2.1.0 OK").
+    enhanced_status_codes: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -119,6 +128,8 @@ class ServerOptions(TypedDict, total=False):
     relay_tls_context: Optional[ssl.SSLContext]
     relay_auth: Optional[Tuple[str, str]]
     shutdown_timeout: Optional[float]
+    pipelining: bool
+    enhanced_status_codes: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -128,6 +139,7 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
+EXTENSIONS = ("pipelining", "enhanced_status_codes")
 
 _DEFAULTS = Options()
 

@@ -6,7 +6,7 @@ are reproduced exactly; replies that smtpd never sent (for the defects fixed
 here and the extensions added) follow RFC 5321's wording.
 """
 
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def reply_lines(code: int, texts: Sequence[str]) -> List[str]:
@@ -136,10 +136,130 @@ RELAY_REFUSED_RCPT = "<%s>: upstream replied: %s"
 RELAY_UNREACHABLE_DETAIL = "no usable reply"
 RELAY_NOT_RELAYED = "Message not relayed: upstream refused %d of %d recipients, relayed to none"
 
+# PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034): EHLO keywords of
+# the options of those names (see _extensions).
+EHLO_PIPELINING = "PIPELINING"
+EHLO_ENHANCEDSTATUSCODES = "ENHANCEDSTATUSCODES"
+
+# The enhanced status code (RFC 3463) of each reply of the server's own,
+# sent after the basic code (``250 2.1.0 OK``) when the option
+# enhanced_status_codes is on.  Left out: the greeting and the replies to
+# HELO and EHLO (RFC 2034 section 3), the 3xx replies (354, AUTH's 334
+# challenges: RFC 3463 has no class 3), TOO_MANY_RECIPIENTS (it has one
+# already), and the relay's texts, which quote the upstream server.
+STATUS_CODES: Dict[str, str] = {
+    OK: "2.0.0",
+    BYE: "2.0.0",
+    VRFY_CANNOT: "2.0.0",
+    HELP_ALL: "2.0.0",
+    HELP_UNKNOWN: "5.5.4",
+    BAD_SYNTAX: "5.5.2",
+    BAD_ENCODING: "5.5.2",
+    LINE_TOO_LONG: "5.5.2",
+    UNKNOWN_COMMAND: "5.5.2",
+    SYNTAX_NOOP: "5.5.4",
+    SYNTAX_RSET: "5.5.4",
+    SYNTAX_DATA: "5.5.4",
+    SYNTAX_VRFY: "5.5.4",
+    SYNTAX_MAIL: "5.5.4",
+    SYNTAX_MAIL + PARAMS_SUFFIX: "5.5.4",
+    SYNTAX_RCPT: "5.5.4",
+    SYNTAX_RCPT + PARAMS_SUFFIX: "5.5.4",
+    BAD_BODY: "5.5.4",
+    SMTPUTF8_NO_ARGS: "5.5.4",
+    VRFY_FAILED: "5.5.4",
+    EXPN_UNSUPPORTED: "5.5.1",
+    NEED_HELO: "5.5.1",
+    NEED_MAIL: "5.5.1",
+    NEED_RCPT: "5.5.1",
+    NESTED_MAIL: "5.5.1",
+    INTERNAL_CONFUSION: "4.3.0",
+    PROCESSING_FAILED: "4.3.0",
+    SIZE_EXCEEDED: "5.3.4",
+    TOO_MUCH_DATA: "5.3.4",
+    DATA_NOT_UTF8: "5.6.0",
+    MAIL_PARAMS_UNKNOWN: "5.5.4",
+    RCPT_PARAMS_UNKNOWN: "5.5.4",
+    # STARTTLS and AUTH: RFC 3207's replies with Postfix's codes, RFC 4954's own.
+    READY_TLS: "2.0.0",
+    SYNTAX_STARTTLS: "5.5.4",
+    TLS_ALREADY_ACTIVE: "5.5.1",
+    TLS_NOT_AVAILABLE: "4.7.0",
+    STARTTLS_REQUIRED: "5.7.0",
+    NEED_EHLO: "5.5.1",
+    SYNTAX_AUTH: "5.5.4",
+    AUTH_OK: "2.7.0",
+    AUTH_ALREADY: "5.5.1",
+    AUTH_IN_TRANSACTION: "5.5.1",
+    AUTH_UNKNOWN_MECHANISM: "5.5.4",
+    AUTH_CANCELLED: "5.7.0",
+    AUTH_BAD_BASE64: "5.5.2",
+    AUTH_BAD_MESSAGE: "5.5.2",
+    AUTH_FAILED: "5.7.8",
+    AUTH_TEMP_FAILURE: "4.7.0",
+    AUTH_ENCRYPTION_REQUIRED: "5.7.11",
+    AUTH_REQUIRED: "5.7.0",
+    TOO_MANY_AUTH_FAILURES: "4.7.0",
+    # Session limits, shutdown, the relay.
+    TOO_MANY_ERRORS: "4.7.0",
+    TOO_MANY_CONNECTIONS: "4.3.2",
+    IDLE_TIMEOUT: "4.4.2",
+    SHUTTING_DOWN: "4.3.2",
+    RELAY_UNAVAILABLE: "4.4.1",
+}
+STATUS_CODES.update((text, "2.0.0") for text in HELP_SYNTAX.values())
+STATUS_CODES.update((HELP_SYNTAX[verb] + PARAMS_SUFFIX, "2.0.0") for verb in ("MAIL", "RCPT"))
+# Where one text answers several commands, the code by command (the verb of
+# the session's last command line) when it is not STATUS_CODES' one.
+STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {
+    ("MAIL", OK): "2.1.0",  # X.1.0: about the sender
+    ("RCPT", OK): "2.1.5",  # X.1.5: destination address valid
+    ("AUTH", LINE_TOO_LONG): "5.5.6",  # RFC 4954 section 4
+}
+
+
+def with_status_code(text: str, code: str) -> str:
+    """The reply *text* with the enhanced status *code* after the basic
+    code of each of its lines (RFC 2034 section 3)."""
+    return "\r\n".join(line[:4] + code + " " + line[4:] for line in text.split("\r\n"))
+
+
+# What enhanced() reads: the texts above with their code, made once.
+ENHANCED: Dict[str, str] = {text: with_status_code(text, code) for text, code in STATUS_CODES.items()}
+ENHANCED_BY_COMMAND: Dict[Tuple[str, str], str] = {
+    key: with_status_code(key[1], code) for key, code in STATUS_CODES_BY_COMMAND.items()
+}
+# The texts with a %s, as (before it, after it, code), by their first four
+# characters (``"421 "``): their formatted replies.
+_FORMATTED: Dict[str, List[Tuple[str, str, str]]] = {}
+for _text, _code in STATUS_CODES.items():
+    if "%s" in _text:
+        _before, _, _after = _text.partition("%s")
+        _FORMATTED.setdefault(_text[:4], []).append((_before, _after, _code))
+del _text, _code, _before, _after
+
+
+def enhanced(text: str, command: Optional[str] = None) -> str:
+    """*text* as sent with ENHANCEDSTATUSCODES, when it is a reply of
+    STATUS_CODES (fixed, or formatted from one with ``%s``) answering
+    *command*; any other text unchanged."""
+    found = ENHANCED_BY_COMMAND.get((command, text)) if command else None
+    if found is None:
+        found = ENHANCED.get(text)
+    if found is not None:
+        return found
+    for before, after, code in _FORMATTED.get(text[:4], ()):
+        if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+            return with_status_code(text, code)
+    return text
+
 
 # The fixed replies (no %-placeholder) as sent on the wire: push() looks a
 # reply up here before encoding it.  They are ASCII, so the bytes are the
-# same whether the session uses SMTPUTF8 or not.
+# same whether the session uses SMTPUTF8 or not.  Their enhanced forms are
+# left out on purpose: more keys would change how this dict is probed for
+# every reply of the default path; with enhanced_status_codes on, push()
+# encodes the reply instead.
 WIRE = {
     text: (text + "\r\n").encode("ascii")
     for text in list(globals().values())

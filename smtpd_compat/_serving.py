@@ -475,9 +475,9 @@ def _tell(channel: Any, st: Optional[_State] = None) -> bool:
     """Answer *channel* 421 and close it once sent; False if already closing."""
     if channel._fileno is None or getattr(channel, "_ac_input_closed", False):
         return False
-    from . import _replies
+    from . import _extensions, _replies
 
-    channel.push(_replies.SHUTTING_DOWN % getattr(channel, "fqdn", ""))
+    channel.push(_extensions.own_reply(channel._session, _replies.SHUTTING_DOWN % getattr(channel, "fqdn", "")))
     channel.close_when_done()
     if st is not None:
         st.told_at[channel] = time.monotonic()

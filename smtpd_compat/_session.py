@@ -343,7 +343,7 @@ class Session:
         """EHLO keywords beyond smtpd's (none by default, so the reply stays
         smtpd's byte for byte)."""
         features = self.features
-        keywords = []
+        keywords = list(features.keywords)  # PIPELINING, ENHANCEDSTATUSCODES
         if features.starttls and not self.tls_active:
             keywords.append(R.EHLO_STARTTLS)
         if self._auth_offered():

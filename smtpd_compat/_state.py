@@ -17,6 +17,8 @@ import enum
 import hmac
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
+from ._replies import EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
+
 __all__ = [
     "AUTH_LINE_LIMIT",
     "COMMAND",
@@ -143,6 +145,9 @@ class Features:
         "ask_mail",
         "ask_rcpt",
         "mail_rules",
+        "pipelining",
+        "enhanced_status_codes",
+        "keywords",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -157,10 +162,19 @@ class Features:
         # The server overrides accept_mail()/accept_rcpt(): ask it.
         self.ask_mail = False
         self.ask_rcpt = False
+        # ESMTP extensions announced (see _extensions).
+        self.pipelining = False
+        self.enhanced_status_codes = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
         self.mail_rules = self.require_starttls or self.auth_required
+        # The EHLO keywords that depend on these features alone, in order.
+        self.keywords: Tuple[str, ...] = tuple(
+            keyword
+            for keyword, offered in ((EHLO_PIPELINING, self.pipelining), (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes))
+            if offered
+        )
 
 
 class Host:

@@ -57,6 +57,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
 from . import (
+    _extensions,
     _globals,
     _grammar,
     _limits,
@@ -177,6 +178,7 @@ class SMTPServer(asyncore.dispatcher):
         self.__dict__[_options.ATTRIBUTE] = values
         _limits.check_options(values)
         _tls.check_options(values, self)
+        _extensions.check_options(values, _options.EXTENSIONS)
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
@@ -256,7 +258,7 @@ class SMTPServer(asyncore.dispatcher):
             # max_connections is applied here rather than in handle_accepted(),
             # so that subclasses overriding that one (often without calling
             # it: it only builds the channel) stay bounded too.
-            if not _serving.refuse_connection(self, *pair, lambda: R.TOO_MANY_CONNECTIONS % _getfqdn()):
+            if not _serving.refuse_connection(self, *pair, lambda: _server_reply(self, R.TOO_MANY_CONNECTIONS % _getfqdn())):
                 self.handle_accepted(*pair)
             if not self.accepting:
                 return
@@ -380,6 +382,12 @@ class DebuggingServer(SMTPServer):
         return None
 
 
+def _server_reply(server: Any, text: str) -> str:
+    """*text*, a reply of *server*'s own made before or outside a session,
+    with its enhanced status code when the server gives them."""
+    return R.enhanced(text) if _options.of(server).enhanced_status_codes else text
+
+
 class PureProxy(SMTPServer):
     """Relay every message to the SMTP server at *remoteaddr*.
 
@@ -419,7 +427,9 @@ class PureProxy(SMTPServer):
         refused = self._deliver(mailfrom, rcpttos, data)
         if refused:
             _debug("we got some refusals:", refused)
-        return _relay.reply_for(refused, rcpttos)
+        reply = _relay.reply_for(refused, rcpttos)
+        # Only the 451 is ours: the upstream server's refusals are quoted as it sent them.
+        return _server_reply(self, reply) if reply == R.RELAY_UNAVAILABLE else reply
 
     def _deliver(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Dict[str, Tuple[int, Any]]:
         """Send one message upstream; return the refused recipients as
