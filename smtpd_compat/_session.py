@@ -301,29 +301,28 @@ class Session:
             self.host.push(status)
 
     # -- smtpd's commands ------------------------------------------------------------
-    def helo(self, arg: Optional[str]) -> None:
-        host = self.host
+    def _greeted(self, arg: Optional[str], syntax: str) -> bool:
+        """HELO's and EHLO's checks: a name is given, and no greeting yet (a
+        second one is refused: smtpd's choice, bpo-21783).  True once the
+        session is reset and greeted."""
         if not arg:
-            host.push(R.SYNTAX_HELO)
-            return
-        # A second greeting is refused (smtpd's choice, bpo-21783).
+            self.host.push(syntax)
+            return False
         if self.seen_greeting:
-            host.push(R.DUPLICATE_HELO)
-            return
-        host._set_rset_state()
+            self.host.push(R.DUPLICATE_HELO)
+            return False
+        self.host._set_rset_state()
         self.seen_greeting = arg
-        host.push(R.HELO_OK % host.fqdn)
+        return True
+
+    def helo(self, arg: Optional[str]) -> None:
+        if self._greeted(arg, R.SYNTAX_HELO):
+            self.host.push(R.HELO_OK % self.host.fqdn)
 
     def ehlo(self, arg: Optional[str]) -> None:
+        if not self._greeted(arg, R.SYNTAX_EHLO):
+            return
         host = self.host
-        if not arg:
-            host.push(R.SYNTAX_EHLO)
-            return
-        if self.seen_greeting:
-            host.push(R.DUPLICATE_HELO)
-            return
-        host._set_rset_state()
-        self.seen_greeting = arg
         self.extended_smtp = True
         keywords = [host.fqdn]
         if host.data_size_limit:
