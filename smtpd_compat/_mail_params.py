@@ -55,8 +55,8 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
 
 
 def rcpt_refusal(session: Any, address: str) -> Optional[str]:
-    """The reply refusing RCPT's non-ASCII *address* (RFC 6531 section
-    3.5), or None."""
-    if session.host.enable_SMTPUTF8 and not session.require_SMTPUTF8:
+    """The reply refusing RCPT's non-ASCII *address* on a server with
+    enable_SMTPUTF8 (RFC 6531 section 3.5), or None."""
+    if not session.require_SMTPUTF8:
         return R.NON_ASCII_RECIPIENT
     return None

@@ -349,7 +349,7 @@ class Session:
             keywords.append(R.EHLO_AUTH % " ".join(features.auth_mechanisms))
             # Like SIZE raising the MAIL limit: AUTH lines may be long.
             self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
-        if features.requiretls and self.tls_active:  # RFC 8689 section 2: over TLS only
+        if features.requiretls and self.tls_active:  # RFC 8689: over TLS only
             keywords.append(R.EHLO_REQUIRETLS)
             self.command_size_limits["MAIL"] += 11
         return keywords
@@ -422,8 +422,8 @@ class Session:
         if parsed is None:
             host.push(syntaxerr)
             return
-        # Most MAIL commands have no parameters and an ASCII address: nothing to check.
-        if parsed or not address.isascii():
+        # Most MAIL commands have no parameters (and no SMTPUTF8): nothing to check.
+        if parsed or (host.enable_SMTPUTF8 and not address.isascii()):
             refusal = _mail_params.mail_refusal(self, parsed, address, syntaxerr)
             if refusal:
                 host.push(refusal)
@@ -453,7 +453,7 @@ class Session:
         if path is None:
             return
         address, params = path
-        if not address.isascii():  # RFC 6531 section 3.5
+        if host.enable_SMTPUTF8 and not address.isascii():  # RFC 6531 section 3.5
             refusal = _mail_params.rcpt_refusal(self, address)
             if refusal:
                 host.push(refusal)
