@@ -132,6 +132,11 @@ def test_requiretls_is_announced_over_tls_only(server_factory: Any, server_conte
     assert client.command(b"MAIL FROM:<a@example.com> REQUIRETLS") == b"555 MAIL FROM parameters not recognized or not implemented\r\n"
     starttls(client, client_context)
     assert client.command(b"EHLO c") == b"250-localhost\r\n250-8BITMIME\r\n250-REQUIRETLS\r\n250 HELP\r\n"
+    # The MAIL line may be 11 octets longer (" REQUIRETLS"), no more.
+    for extra, reply in ((11, b"250 OK\r\n"), (12, b"500 Error: line too long\r\n")):
+        line = b"MAIL FROM:<%s@example.com> REQUIRETLS" % (b"a" * (512 + extra - 35))
+        assert len(line) == 512 + extra  # without its CRLF, as smtpd counted
+        assert transcript(client, [line, b"RSET"]) == [reply, b"250 OK\r\n"]
     assert transcript(client, [
         b"MAIL FROM:<a@example.com> REQUIRETLS=YES",
         b"MAIL FROM:<a@example.com> REQUIRETLS",
@@ -211,6 +216,18 @@ def test_needs_of() -> None:
     assert _relay.needs_of("a@x", ["b@y"], []) == _relay.NO_NEEDS
     assert _relay.needs_of("a@x", ["bé@y"], []) == _relay.Needs(smtputf8=True)
     assert _relay.needs_of("a@x", ["b@y"], ["SMTPUTF8", "REQUIRETLS"]) == _relay.Needs(True, True)
+
+
+def test_requiretls_is_never_relayed_in_clear() -> None:
+    # Even to an upstream server that (wrongly) announces REQUIRETLS in clear.
+    class Clear:
+        sock = None
+
+        def has_extn(self, name: str) -> bool:
+            return True
+
+    assert _relay._unmet(Clear(), _relay.Needs(requiretls=True)) == R.RELAY_NO_REQUIRETLS  # type: ignore[arg-type]
+    assert _relay._unmet(Clear(), _relay.Needs(smtputf8=True)) is None  # type: ignore[arg-type]
 
 
 def _requiretls_send(proxy: Any, client_context: ssl.SSLContext) -> Any:
