@@ -11,6 +11,10 @@ with every line end a CRLF: the ``\\n`` that separate lines in
 :func:`wire_data`), lines starting with ``.`` are dot-stuffed, and nothing
 else is touched.
 
+The upstream ``MAIL`` carries ``SMTPUTF8`` and ``REQUIRETLS`` when the
+message needs them (:class:`Needs`); an upstream session that cannot carry
+them is sent nothing, and the client gets the RFC's refusal.
+
 A message is relayed to all of its recipients or to none of them.  The
 client's RCPT commands were answered ``250`` before the upstream server
 was asked anything, and the one reply left, the one to the end of data,

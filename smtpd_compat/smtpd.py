@@ -406,6 +406,12 @@ class PureProxy(SMTPServer):
     thread.  ``relay_timeout`` (seconds per upstream operation, each 64 KiB
     block of a message being one) and ``relay_workers`` (conversations at
     once) may be set on a subclass or an instance.
+
+    What a message asks of the upstream session is passed on or the message
+    refused, never dropped: ``SMTPUTF8`` (given by the client, or a
+    non-ASCII address; else ``553 5.6.7``) and ``REQUIRETLS`` (only over a
+    TLS session whose server announces it; else ``550 5.7.30``).  See
+    docs/extensions.md.
     """
 
     relay_timeout: float = _relay.DEFAULT_TIMEOUT
