@@ -233,6 +233,8 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
 def extension_options(ns: argparse.Namespace) -> Dict[str, Any]:
     """The ESMTP extension options the flags turn on (only those, as for
     the limits)."""
+    if ns.requiretls and not ns.tls_cert:
+        raise UsageError("--requiretls needs --tls-cert")  # RFC 8689: announced over TLS only
     return {name: True for name in _options.EXTENSIONS if getattr(ns, name)}
 
 

@@ -169,6 +169,9 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enhanced-status-codes", action="store_true",
                    help="announce ENHANCEDSTATUSCODES (RFC 2034) and give the server's replies "
                         "their RFC 3463 code (250 2.1.0 OK)")
+    g.add_argument("--requiretls", action="store_true",
+                   help="announce REQUIRETLS (RFC 8689) over TLS (needs --tls-cert); PureProxy then "
+                        "relays such messages only over TLS to a server announcing it")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ from . import _replies as R
 from ._session import Session
 from ._state import Features, Host
 
-__all__ = ["EnhancedSession", "EnhancingHost", "check_options", "enable", "own_reply", "session_class"]
+__all__ = ["EnhancedSession", "EnhancingHost", "check_options", "check_requiretls", "enable", "own_reply", "session_class"]
 
 
 def check_options(options: Any, names: Iterable[str]) -> None:
@@ -42,6 +42,19 @@ def check_options(options: Any, names: Iterable[str]) -> None:
         value = getattr(options, name)
         if not isinstance(value, bool):
             raise TypeError("%s must be True or False, not %r" % (name, value))
+
+
+def check_requiretls(options: Any, decode_data: bool) -> None:
+    """REQUIRETLS (RFC 8689) is announced over TLS only: a server with
+    ``requiretls`` and no TLS could never offer it.  And PureProxy (or any
+    process_message) learns of the parameter from ``mail_options``, which
+    smtpd does not pass with ``decode_data=True``."""
+    if not options.requiretls:
+        return
+    if options.tls_context is None and options.implicit_tls_context is None:
+        raise ValueError("requiretls needs TLS: give tls_context (STARTTLS) or implicit_tls_context (SMTPS)")
+    if decode_data:
+        raise ValueError("requiretls cannot be used with decode_data=True (process_message gets no mail_options then)")
 
 
 class EnhancedSession(Session):

@@ -102,6 +102,9 @@ class Options:
     # Announce ENHANCEDSTATUSCODES (RFC 2034) and give each of the server's
     # own replies its RFC 3463 code ("250 2.1.0 OK").
     enhanced_status_codes: bool = False
+    # Announce REQUIRETLS (RFC 8689) over TLS and accept MAIL's REQUIRETLS
+    # parameter there; needs tls_context or implicit_tls_context.
+    requiretls: bool = False
 
 
 class ServerOptions(TypedDict, total=False):
@@ -130,6 +133,7 @@ class ServerOptions(TypedDict, total=False):
     shutdown_timeout: Optional[float]
     pipelining: bool
     enhanced_status_codes: bool
+    requiretls: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -139,7 +143,7 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
-EXTENSIONS = ("pipelining", "enhanced_status_codes")
+EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
 
 _DEFAULTS = Options()
 

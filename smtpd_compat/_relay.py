@@ -11,6 +11,10 @@ with every line end a CRLF: the ``\\n`` that separate lines in
 :func:`wire_data`), lines starting with ``.`` are dot-stuffed, and nothing
 else is touched.
 
+The upstream ``MAIL`` carries ``SMTPUTF8`` and ``REQUIRETLS`` when the
+message needs them (:class:`Needs`); an upstream session that cannot carry
+them is sent nothing, and the client gets the RFC's refusal.
+
 A message is relayed to all of its recipients or to none of them.  The
 client's RCPT commands were answered ``250`` before the upstream server
 was asked anything, and the one reply left, the one to the end of data,
@@ -30,13 +34,15 @@ authentication towards the upstream server belong there.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import smtplib
 import socket
+import ssl
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _globals, _options, _tls
 from . import _replies as R
@@ -59,6 +65,39 @@ DEFAULT_WORKERS = 8
 _MAX_TEXT = 200
 
 Refusals = Dict[str, Tuple[int, Any]]
+
+
+class Needs(NamedTuple):
+    """What a message asks of the upstream session: SMTPUTF8 (RFC 6531:
+    the client gave it on MAIL, or an address is not ASCII) and REQUIRETLS
+    (RFC 8689: the client gave it on MAIL).  Either one the upstream server
+    does not offer refuses the message; none is dropped on the way."""
+
+    smtputf8: bool = False
+    requiretls: bool = False
+
+
+NO_NEEDS = Needs()
+# The Needs of the message the current worker thread relays: set around
+# PureProxy._deliver() (whose signature is smtpd's, so a subclass's
+# override calling super()._deliver() passes them on unknowingly).
+_current = threading.local()
+
+
+def needs_of(mailfrom: str, rcpttos: Sequence[str], mail_options: Sequence[str]) -> Needs:
+    """The Needs of a message from its envelope and MAIL's parameters."""
+    ascii_only = mailfrom.isascii() and all(rcpt.isascii() for rcpt in rcpttos)
+    return Needs(smtputf8="SMTPUTF8" in mail_options or not ascii_only, requiretls="REQUIRETLS" in mail_options)
+
+
+@contextlib.contextmanager
+def needing(needs: Needs) -> Iterator[None]:
+    """Relay the messages of this block (in this thread) with *needs*."""
+    _current.needs = needs
+    try:
+        yield
+    finally:
+        _current.needs = NO_NEEDS
 
 _executor_lock = threading.Lock()
 
@@ -213,7 +252,17 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
 def _transaction(
     conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: bytes, deadline: Optional[float]
 ) -> Refusals:
+    needs: Needs = getattr(_current, "needs", NO_NEEDS)
+    refusal = _unmet(conn, needs) if needs is not NO_NEEDS else None
+    if refusal is not None:
+        # Nothing sent: no downgrade to a session that lacks what the
+        # message asks for (RFC 6531 section 3.2, RFC 8689 section 4.2.1).
+        return _all(rcpttos, int(refusal[:3]), refusal[4:])
     params = ""
+    if needs.smtputf8:
+        params += " SMTPUTF8"
+    if needs.requiretls:
+        params += " REQUIRETLS"
     if conn.has_extn("size"):
         params += " SIZE=%d" % len(payload)
     if not payload.isascii() and conn.has_extn("8bitmime"):
@@ -239,6 +288,17 @@ def _transaction(
     if not 200 <= code < 300:
         return _all(rcpttos, code, text)
     return {}
+
+
+def _unmet(conn: smtplib.SMTP, needs: Needs) -> Optional[str]:
+    """The refusal for a message with *needs* that the upstream session
+    *conn* cannot carry, or None.  REQUIRETLS needs a TLS session whose
+    EHLO reply (the one after STARTTLS) announced REQUIRETLS."""
+    if needs.requiretls and not (isinstance(conn.sock, ssl.SSLSocket) and conn.has_extn("requiretls")):
+        return R.RELAY_NO_REQUIRETLS
+    if needs.smtputf8 and not conn.has_extn("smtputf8"):
+        return R.RELAY_NO_SMTPUTF8
+    return None
 
 
 def _send_message(conn: smtplib.SMTP, payload: bytes, deadline: Optional[float]) -> Tuple[int, bytes]:

@@ -141,6 +141,24 @@ RELAY_NOT_RELAYED = "Message not relayed: upstream refused %d of %d recipients, 
 EHLO_PIPELINING = "PIPELINING"
 EHLO_ENHANCEDSTATUSCODES = "ENHANCEDSTATUSCODES"
 
+# SMTPUTF8 (RFC 6531 section 3.5, with enable_SMTPUTF8) and REQUIRETLS (RFC
+# 8689, the option requiretls): the replies refusing what they forbid carry
+# their enhanced status code in the text, with enhanced_status_codes or
+# without (as TOO_MANY_RECIPIENTS does), so that a client reads the RFC's
+# reason either way.  See docs/extensions.md.
+NON_ASCII_SENDER = "553 5.6.7 Non-ASCII addresses not permitted for that sender without SMTPUTF8"
+NON_ASCII_RECIPIENT = "553 5.6.7 Non-ASCII addresses not permitted for that recipient without SMTPUTF8"
+EHLO_REQUIRETLS = "REQUIRETLS"
+REQUIRETLS_NO_ARGS = "501 Error: REQUIRETLS takes no arguments"
+# PureProxy (see _relay): the upstream server lacks what the message needs;
+# nothing was relayed.
+RELAY_NO_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses not permitted for that recipient: upstream server does not support SMTPUTF8"
+RELAY_NO_REQUIRETLS = "550 5.7.30 REQUIRETLS support required"
+# The replies above that carry their enhanced status code already.
+CODED = frozenset(
+    (TOO_MANY_RECIPIENTS, NON_ASCII_SENDER, NON_ASCII_RECIPIENT, RELAY_NO_SMTPUTF8, RELAY_NO_REQUIRETLS)
+)
+
 # The enhanced status code (RFC 3463) of each reply of the server's own,
 # sent after the basic code (``250 2.1.0 OK``) when the option
 # enhanced_status_codes is on.  Left out: the greeting and the replies to
@@ -167,6 +185,7 @@ STATUS_CODES: Dict[str, str] = {
     SYNTAX_RCPT + PARAMS_SUFFIX: "5.5.4",
     BAD_BODY: "5.5.4",
     SMTPUTF8_NO_ARGS: "5.5.4",
+    REQUIRETLS_NO_ARGS: "5.5.4",
     VRFY_FAILED: "5.5.4",
     EXPN_UNSUPPORTED: "5.5.1",
     NEED_HELO: "5.5.1",

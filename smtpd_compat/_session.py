@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from . import _grammar, _sasl
+from . import _grammar, _mail_params, _sasl
 from . import _replies as R
 from ._sasl import Credentials, Mechanism
 from ._state import (  # the S_/E_ names: members read per command, as globals (see _state)
@@ -349,6 +349,9 @@ class Session:
             keywords.append(R.EHLO_AUTH % " ".join(features.auth_mechanisms))
             # Like SIZE raising the MAIL limit: AUTH lines may be long.
             self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
+        if features.requiretls and self.tls_active:  # RFC 8689: over TLS only
+            keywords.append(R.EHLO_REQUIRETLS)
+            self.command_size_limits["MAIL"] += 11
         return keywords
 
     def noop(self, arg: Optional[str]) -> None:
@@ -419,22 +422,11 @@ class Session:
         if parsed is None:
             host.push(syntaxerr)
             return
-        if parsed:  # most MAIL commands have no parameters: nothing to check
-            try:
-                require_smtputf8 = _grammar.check_mail_params(
-                    parsed,
-                    syntaxerr,
-                    decode_data=host._decode_data,
-                    enable_smtputf8=host.enable_SMTPUTF8,
-                    data_size_limit=host.data_size_limit,
-                )
-            except _grammar.ReplyError as err:
-                host.push(err.reply)
-                return
-            if require_smtputf8:
-                self.require_SMTPUTF8 = True
-            if parsed:
-                host.push(R.MAIL_PARAMS_UNKNOWN)
+        # Most MAIL commands have no parameters (and no SMTPUTF8): nothing to check.
+        if parsed or (host.enable_SMTPUTF8 and not address.isascii()):
+            refusal = _mail_params.mail_refusal(self, parsed, address, syntaxerr)
+            if refusal:
+                host.push(refusal)
                 return
         if self.features.ask_mail:
             refusal = host._session_accept("MAIL", address, self.mail_options)
@@ -461,6 +453,11 @@ class Session:
         if path is None:
             return
         address, params = path
+        if host.enable_SMTPUTF8 and not address.isascii():  # RFC 6531 section 3.5
+            refusal = _mail_params.rcpt_refusal(self, address)
+            if refusal:
+                host.push(refusal)
+                return
         limit = self.features.max_recipients
         if limit is not None and len(self.rcpttos) >= limit:
             # max_recipients: the client sends to the rest in another

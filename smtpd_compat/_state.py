@@ -147,6 +147,7 @@ class Features:
         "mail_rules",
         "pipelining",
         "enhanced_status_codes",
+        "requiretls",
         "keywords",
     )
 
@@ -165,6 +166,7 @@ class Features:
         # ESMTP extensions announced (see _extensions).
         self.pipelining = False
         self.enhanced_status_codes = False
+        self.requiretls = False  # announced over TLS only (Session._extension_keywords)
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).

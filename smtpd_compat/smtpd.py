@@ -151,6 +151,7 @@ class SMTPServer(asyncore.dispatcher):
         self._decode_data = decode_data
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the same time")
+        _extensions.check_requiretls(_options.of(self), decode_data)
         asyncore.dispatcher.__init__(self, map=map)
         try:
             gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
@@ -405,26 +406,29 @@ class PureProxy(SMTPServer):
     thread.  ``relay_timeout`` (seconds per upstream operation, each 64 KiB
     block of a message being one) and ``relay_workers`` (conversations at
     once) may be set on a subclass or an instance.
+
+    What a message asks of the upstream session is passed on or the message
+    refused, never dropped: ``SMTPUTF8`` (given by the client, or a
+    non-ASCII address; else ``553 5.6.7``) and ``REQUIRETLS`` (only over a
+    TLS session whose server announces it; else ``550 5.7.30``).  See
+    docs/extensions.md.
     """
 
     relay_timeout: float = _relay.DEFAULT_TIMEOUT
     relay_workers: int = _relay.DEFAULT_WORKERS
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("enable_SMTPUTF8"):
-            raise ValueError("PureProxy does not support SMTPUTF8.")
-        super().__init__(*args, **kwargs)
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
         if isinstance(data, str):
             data = _grammar.add_peer_header(data, peer[0])
         else:
             data = _grammar.add_peer_header(data, peer[0])
-        return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data)
+        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or ())
+        return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data, needs)
 
-    def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Optional[str]:
+    def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], needs: _relay.Needs = _relay.NO_NEEDS) -> Optional[str]:
         """Deliver one message (worker thread); return the client's reply."""
-        refused = self._deliver(mailfrom, rcpttos, data)
+        with _relay.needing(needs):
+            refused = self._deliver(mailfrom, rcpttos, data)
         if refused:
             _debug("we got some refusals:", refused)
         reply = _relay.reply_for(refused, rcpttos)

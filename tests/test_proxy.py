@@ -608,11 +608,6 @@ def test_process_message_returns_a_future():
         proxy.close()
 
 
-def test_smtputf8_still_refused():
-    with pytest.raises(ValueError):
-        smtpd.PureProxy(("127.0.0.1", 0), ("127.0.0.1", 9), enable_SMTPUTF8=True, map={})
-
-
 # -- the pure helpers ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "data, wire",
