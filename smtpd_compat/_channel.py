@@ -499,6 +499,7 @@ def _features(server: Any) -> _session.Features:
         ask_rcpt="accept_rcpt" in hooks,
         pipelining=options.pipelining,
         enhanced_status_codes=options.enhanced_status_codes,
+        received_header=options.add_received_header,
     )
 
 

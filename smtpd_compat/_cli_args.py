@@ -169,6 +169,8 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enhanced-status-codes", action="store_true",
                    help="announce ENHANCEDSTATUSCODES (RFC 2034) and give the server's replies "
                         "their RFC 3463 code (250 2.1.0 OK)")
+    g.add_argument("--add-received-header", action="store_true",
+                   help="put a Received: header (RFC 5321 4.4) at the top of each message")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

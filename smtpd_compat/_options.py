@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, ca
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -103,6 +103,11 @@ class Options:
     # own replies its RFC 3463 code ("250 2.1.0 OK").
     enhanced_status_codes: bool = False
 
+    # -- trace fields (_received; docs/extensions.md) ----------------------------------
+    # Put a Received: header (RFC 5321 4.4) in front of each message handed
+    # to process_message().
+    add_received_header: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -130,6 +135,7 @@ class ServerOptions(TypedDict, total=False):
     shutdown_timeout: Optional[float]
     pipelining: bool
     enhanced_status_codes: bool
+    add_received_header: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -140,6 +146,7 @@ TLS = (
 )
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes")
+TRACE = ("add_received_header",)
 
 _DEFAULTS = Options()
 

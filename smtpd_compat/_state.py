@@ -148,6 +148,7 @@ class Features:
         "pipelining",
         "enhanced_status_codes",
         "keywords",
+        "received_header",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -165,6 +166,8 @@ class Features:
         # ESMTP extensions announced (see _extensions).
         self.pipelining = False
         self.enhanced_status_codes = False
+        # Prepend a Received: header to each message (see _received).
+        self.received_header = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
