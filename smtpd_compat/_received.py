@@ -113,17 +113,22 @@ def _for_clause(recipients: Sequence[str], utf8: bool) -> List[str]:
     return ["for", address if address.startswith("<") else "<%s>" % address]
 
 
+_KEYWORDS = frozenset(["from", "by", "with", "for"])
+
+
 def _fold(clauses: List[List[str]]) -> str:
     """The header's lines: each clause on the current line if it fits,
     else on a new one, folded between its words when it is too long even
-    there (a single word longer than a line is left whole)."""
+    there; a keyword stays with its value, and a word longer than a line
+    is left whole."""
     lines = ["Received:"]
     for words in clauses:
         if len(lines[-1]) + 1 + len(" ".join(words)) > MAX_LINE and lines[-1] != "Received:":
             lines.append("\t" + words[0])
             words = words[1:]
         for word in words:
-            if len(lines[-1]) + 1 + len(word) <= MAX_LINE or lines[-1] == "Received:":
+            last = lines[-1].rsplit(None, 1)[-1]
+            if len(lines[-1]) + 1 + len(word) <= MAX_LINE or last in _KEYWORDS or last == "Received:":
                 lines[-1] += " " + word
             else:
                 lines.append("\t" + word)
