@@ -8,8 +8,8 @@ What it says (docs/extensions.md has the reasons)::
 
     Received: from client.example ([192.0.2.1])
     \t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)
-    \tby mx.example (smtpd_compat 0.1.0) with ESMTPSA
-    \tfor <bob@example.com>; Wed, 02 Dec 2026 06:00:00 +0100
+    \tby mx.example (smtpd_compat 0.1.0) with ESMTPSA for <bob@example.com>;
+    \tWed, 02 Dec 2026 06:00:00 +0100
 
 - ``from``: the HELO/EHLO name when it is a domain or an address literal,
   then the client's address literal (no reverse DNS).  Any other name (or
