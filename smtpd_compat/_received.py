@@ -40,12 +40,13 @@ MAX_LINE = 78
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = re.compile(r"(?:%s\.)*%s\Z" % (_LABEL, _LABEL))
-# With SMTPUTF8, U-labels (RFC 6531 3.3): any non-ASCII character is a letter.
-_ULABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\u0080-\U0010ffff-]*[A-Za-z0-9\u0080-\U0010ffff])?"
+# With SMTPUTF8, U-labels (RFC 6531 3.3): any non-ASCII character but the
+# C1 controls is a letter.
+_ULABEL = r"[A-Za-z0-9\u00a0-\U0010ffff](?:[A-Za-z0-9\u00a0-\U0010ffff-]*[A-Za-z0-9\u00a0-\U0010ffff])?"
 _UDOMAIN = re.compile(r"(?:%s\.)*%s\Z" % (_ULABEL, _ULABEL))
 # RFC 5321 4.1.3, loosely: printable ASCII but brackets and backslash.
 _LITERAL = re.compile(r"\[[!-Z^-~]+\]\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1 (NEL...)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 

@@ -151,6 +151,9 @@ def test_utf8_names_with_smtputf8() -> None:
     header = build(helo="h\u00f6st.example", recipients=["\u00e5sa@example.com"], utf8=True, with_="UTF8SMTP")
     assert unfolded(header).startswith("Received: from h\u00f6st.example ([127.0.0.1]) by")
     assert " for <\u00e5sa@example.com>;" in unfolded(header)
+    # C1 controls (NEL) are not letters, and are never shown.
+    header = build(helo="a\u0085b.example", recipients=["x\u0085y@example.com"], utf8=True, with_="UTF8SMTP")
+    assert "(helo=a?b.example)" in header and " for " not in header and "\u0085" not in header
     # Without SMTPUTF8 the header stays ASCII: the address is left out.
     assert " for " not in build(recipients=["\u00e5sa@example.com"])
 
