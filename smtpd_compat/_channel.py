@@ -500,6 +500,7 @@ def _features(server: Any) -> _session.Features:
         pipelining=options.pipelining,
         enhanced_status_codes=options.enhanced_status_codes,
         requiretls=options.requiretls,
+        received_header=options.add_received_header,
     )
 
 

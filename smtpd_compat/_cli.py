@@ -227,6 +227,7 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(relay_options(ns))
     options.update(limit_options(ns))
     options.update(extension_options(ns))
+    options.update({name: True for name in _options.TRACE if getattr(ns, name)})
     return options
 
 

@@ -172,6 +172,8 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--requiretls", action="store_true",
                    help="announce REQUIRETLS (RFC 8689) over TLS (needs --tls-cert); PureProxy then "
                         "relays such messages only over TLS to a server announcing it")
+    g.add_argument("--add-received-header", action="store_true",
+                   help="put a Received: header (RFC 5321 4.4) at the top of each message")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

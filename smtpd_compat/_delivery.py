@@ -15,9 +15,10 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import time
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from . import _extensions, _logging
+from . import _extensions, _logging, _received
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -73,6 +74,8 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     data = session.end_of_data(pieces)
     if data is None:
         return  # refused (too large, not UTF-8): answered
+    if session.features.received_header:
+        data = _received.prepend(channel, session, data, time.time())
     args = (channel.peer, session.mailfrom, session.rcpttos, data)
     # For the log line; taken now, as _set_post_data_state() resets them.
     envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, len(data))

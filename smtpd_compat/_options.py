@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, ca
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -106,6 +106,11 @@ class Options:
     # parameter there; needs tls_context or implicit_tls_context.
     requiretls: bool = False
 
+    # -- trace fields (_received; docs/extensions.md) ----------------------------------
+    # Put a Received: header (RFC 5321 4.4) in front of each message handed
+    # to process_message().
+    add_received_header: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -134,6 +139,7 @@ class ServerOptions(TypedDict, total=False):
     pipelining: bool
     enhanced_status_codes: bool
     requiretls: bool
+    add_received_header: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -144,6 +150,7 @@ TLS = (
 )
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
+TRACE = ("add_received_header",)
 
 _DEFAULTS = Options()
 

@@ -149,6 +149,7 @@ class Features:
         "enhanced_status_codes",
         "requiretls",
         "keywords",
+        "received_header",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -167,6 +168,8 @@ class Features:
         self.pipelining = False
         self.enhanced_status_codes = False
         self.requiretls = False  # announced over TLS only (Session._extension_keywords)
+        # Prepend a Received: header to each message (see _received).
+        self.received_header = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).

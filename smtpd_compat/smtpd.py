@@ -180,6 +180,7 @@ class SMTPServer(asyncore.dispatcher):
         _limits.check_options(values)
         _tls.check_options(values, self)
         _extensions.check_options(values, _options.EXTENSIONS)
+        _extensions.check_options(values, _options.TRACE)  # (bools too)
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
