@@ -330,7 +330,7 @@ def startup_line(server: Any, ns: argparse.Namespace) -> str:
         bound = (ns.localhost, ns.localport)
     address = _logging.format_address(bound)
     line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
-    features = _security_features(ns)
+    features = _security_features(ns) + _extension_features(ns)
     if features:
         line += " (%s)" % ", ".join(features)
     return line + _destination(server, ns)
@@ -343,6 +343,14 @@ def _security_features(ns: argparse.Namespace) -> List[str]:
     if ns.auth_file:
         features.append("AUTH required" if ns.auth_required else "AUTH")
     return features
+
+
+def _extension_features(ns: argparse.Namespace) -> List[str]:
+    """The opt-in extensions turned on, by their EHLO keywords (the Received
+    header has none)."""
+    chosen = [("PIPELINING", ns.pipelining), ("ENHANCEDSTATUSCODES", ns.enhanced_status_codes),
+              ("REQUIRETLS", ns.requiretls), ("Received header", ns.add_received_header)]
+    return [name for name, on in chosen if on]
 
 
 def _destination(server: Any, ns: argparse.Namespace) -> str:

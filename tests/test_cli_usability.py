@@ -145,6 +145,19 @@ def test_startup_line_names_the_relay_and_tls(announced: Any, tls_files: TLSFile
     server.stop()
 
 
+def test_startup_line_names_the_extensions_turned_on(announced: Any, tls_files: TLSFiles) -> None:
+    server = announced("-c", "DebuggingServer", "--pipelining", "--enhanced-status-codes", "--add-received-header",
+                       "127.0.0.1:0")
+    assert server.first_line.endswith(
+        "DebuggingServer listening on 127.0.0.1:%d (PIPELINING, ENHANCEDSTATUSCODES, Received header), "
+        "printing every message on stdout" % server.port)
+    server.stop()
+    server = announced("-c", "DebuggingServer", "--tls-cert", tls_files.cert, "--tls-key", tls_files.key,
+                       "--requiretls", "127.0.0.1:0")
+    assert server.first_line.endswith("(STARTTLS, REQUIRETLS), printing every message on stdout")
+    server.stop()
+
+
 def test_startup_line_names_the_mailbox(announced: Any, tmp_path: Path) -> None:
     server = announced("-c", "MailboxServer", "--maildir", str(tmp_path / "mail"), "127.0.0.1:0")
     assert server.first_line.endswith(", delivering to the Maildir %s" % (tmp_path / "mail"))
