@@ -10,7 +10,7 @@ smtpd's rules.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import pytest
 from hypothesis import settings
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from smtpd_compat import _grammar
+from smtpd_compat._channel import SMTPChannel
 from smtpd_compat._framing import Framer
 from smtpd_compat._session import TRANSITIONS, Features, Host, Session, State
 
@@ -56,19 +57,10 @@ class Recorder(Host):
     def _set_post_data_state(self) -> None:
         self.session.post_data_state()
 
-    def _getaddr(self, arg: Optional[str]) -> Tuple[str, str]:
-        if not arg:
-            return "", ""
-        try:
-            return _grammar.parse_path(arg)
-        except _grammar.AddressError:
-            return "", ""
-
-    def _getparams(self, params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
-        return _grammar.parse_params(params)
-
-    def _strip_command_keyword(self, keyword: str, arg: str) -> str:
-        return _grammar.strip_keyword(keyword, arg)
+    # smtpd's parsing helpers, SMTPChannel's own (they read nothing of the channel).
+    _getaddr = SMTPChannel._getaddr
+    _getparams = SMTPChannel._getparams
+    _strip_command_keyword = SMTPChannel._strip_command_keyword
 
     def _session_data_started(self) -> None:
         self.framer.prefix_seen = _grammar.DATA_START
