@@ -25,12 +25,6 @@ _monotonic = time.monotonic
 __all__ = ["SessionGuard"]
 
 
-def _option(server: Any, name: str) -> Any:
-    # A channel may be built with a stand-in server object (tests): then
-    # _options.of() gives the defaults.
-    return getattr(_options.of(server), name)
-
-
 class SessionGuard:
     """The limits of one session: idle timer, error budget, recipients.
 
@@ -156,7 +150,7 @@ class SessionGuard:
         SMTPS connection): bound it by ``tls_handshake_timeout``.  The clock
         runs from here, so a client that does not read the 220 is bounded
         as well as one that stalls in the handshake."""
-        timeout = _option(self.server, "tls_handshake_timeout")
+        timeout = _options.of(self.server).tls_handshake_timeout
         reactor = self.channel._reactor()
         if timeout and reactor is not None and self.tls_timer is None and not self.closed:
             self.tls_timer = reactor.call_later(timeout, self._handshake_expired)
