@@ -21,6 +21,10 @@ __all__ = ["before_read", "before_write", "failed", "handshake", "recv", "send",
 
 log = logging.getLogger("smtpd_compat")
 
+# The reason in async_chat._ac_paused while STARTTLS's reply waits to be sent
+# (start() to wrap()): no input is read then.
+PAUSED = "starttls"
+
 
 def start(chat: Any, context: ssl.SSLContext) -> None:
     """STARTTLS: switch *chat* to TLS once what is queued (the reply to
@@ -31,14 +35,14 @@ def start(chat: Any, context: ssl.SSLContext) -> None:
     """
     chat._ac_transport.upgrade = context
     chat._ac_input_closed = True
-    chat._ac_paused.add("starttls")  # until wrap(): no read interest
+    chat._ac_paused.add(PAUSED)  # until wrap(): no read interest
     chat._interest_changed()
     chat._ac_tls_starting()
 
 
 def wrap(chat: Any) -> None:
     """The reply to STARTTLS is out: wrap the socket; the handshake follows."""
-    chat._ac_paused.discard("starttls")
+    chat._ac_paused.discard(PAUSED)
     context, chat._ac_transport.upgrade = chat._ac_transport.upgrade, None
     try:
         transport = TLSTransport.start(chat.socket, context)

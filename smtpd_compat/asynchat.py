@@ -408,7 +408,7 @@ class async_chat(asyncore.dispatcher):
             self.initiate_send()
 
     def readable(self) -> bool:
-        wanted = not self._ac_paused  # STARTTLS pauses input too ("starttls")
+        wanted = not self._ac_paused  # STARTTLS pauses input too (_tls_phases.PAUSED)
         transport = self._ac_transport
         return wanted if transport is None else transport.readable(wanted)
 
@@ -545,7 +545,7 @@ class async_chat(asyncore.dispatcher):
             self._ac_interest()
         if "output" in self._ac_paused and self._ac_out_queued <= (self.ac_max_output or 0):
             self._ac_resume("output")
-        if not fifo and "starttls" in self._ac_paused and self._fileno is not None:
+        if not fifo and _tls_phases.PAUSED in self._ac_paused and self._fileno is not None:
             _tls_phases.wrap(self)
 
     def _ac_send_queue(self, fifo: Deque[Any]) -> None:
@@ -587,7 +587,7 @@ class async_chat(asyncore.dispatcher):
     def _ac_tls_pending(self) -> bool:
         """Whether TLS is being started (its handshake not done)."""
         transport = self._ac_transport
-        return "starttls" in self._ac_paused or (transport is not None and transport.handshaking)
+        return _tls_phases.PAUSED in self._ac_paused or (transport is not None and transport.handshaking)
 
     def _ac_tls_starting(self) -> None:  # hooks for subclasses that start TLS (SMTPChannel)
         """A TLS handshake is about to be awaited (STARTTLS or implicit TLS)."""
