@@ -33,11 +33,15 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_FIXED = 16  # signature, version/command, family/transport, length
 V2_MAX = V2_FIXED + 0xFFFF
 
-# Version 2's address families (high nibble of byte 13), and the size of
+# Version 2's address families (high nibble of byte 14), and the size of
 # their address block: source and destination addresses, then ports (INET).
 _UNSPEC, _INET, _INET6, _UNIX = 0, 1, 2, 3
 _ADDRESS_SIZE = {_UNSPEC: 0, _INET: 12, _INET6: 36, _UNIX: 216}
-_STREAM = 1  # transport (low nibble): the only one SMTP runs over; 0 (UNSPEC) is accepted too
+# The family/transport bytes a sender may emit (section 2.2).  TCP over IPv4
+# and IPv6 name the client; for the others a receiver falls back to UNSPEC,
+# the connection's own addresses ("DGRAM" has no place under SMTP, UNIX no IP).
+_TCP = (0x11, 0x21)
+_VALID_FAMILIES = (0x00, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32)
 
 
 class ProxyProtocolError(ValueError):
@@ -50,8 +54,9 @@ class Header(NamedTuple):
     ``version`` is 1 or 2; ``length`` the number of bytes it took.
     ``command`` is ``"PROXY"`` when the header names the connection's real
     ends, ``"LOCAL"`` when it names none (version 2's LOCAL command, a
-    version 1 ``UNKNOWN`` line, or an address family this server does not
-    take as a peer: ``UNSPEC``, ``UNIX``).  ``source`` and ``destination``
+    version 1 ``UNKNOWN`` line, or a version 2 family and transport other
+    than TCP over IPv4 or IPv6: ``UNSPEC``, UDP, ``UNIX``, for which the
+    specification has a receiver fall back to the connection's addresses).  ``source`` and ``destination``
     are ``(host, port)`` for TCP over IPv4 or IPv6, the socket path (a str)
     for version 2's UNIX family, None otherwise.  ``tlvs`` are version 2's
     ``(type, value)`` pairs, in order.
@@ -146,11 +151,9 @@ def _parse_v2(data: bytes) -> Optional[Header]:
             raise ProxyProtocolError("PROXY protocol version %d not supported" % version)
         if command > 1:
             raise ProxyProtocolError("PROXY protocol v2: unknown command %d" % command)
-    if len(data) > 13 and data[12] & 0x0F:
-        # With LOCAL the block is discarded whatever it says (the spec).
-        family, transport = data[13] >> 4, data[13] & 0x0F
-        if family not in _ADDRESS_SIZE or transport > _STREAM:
-            raise ProxyProtocolError("PROXY protocol v2: unsupported family/transport 0x%02x" % data[13])
+    if len(data) > 13 and data[12] & 0x0F and data[13] not in _VALID_FAMILIES:
+        # (With LOCAL the block is discarded whatever it says: the spec.)
+        raise ProxyProtocolError("PROXY protocol v2: unknown family/transport 0x%02x" % data[13])
     if len(data) < V2_FIXED:
         return None
     size = struct.unpack_from("!H", data, 14)[0]
@@ -158,24 +161,25 @@ def _parse_v2(data: bytes) -> Optional[Header]:
         if data[12] & 0x0F and size < _ADDRESS_SIZE[data[13] >> 4]:
             raise ProxyProtocolError("PROXY protocol v2: length %d too short for the addresses" % size)
         return None
-    return _v2_header(data[V2_FIXED : V2_FIXED + size], data[12] & 0x0F, data[13] >> 4)
+    return _v2_header(data[V2_FIXED : V2_FIXED + size], data[12] & 0x0F, data[13])
 
 
-def _v2_header(block: bytes, command: int, family: int) -> Header:
+def _v2_header(block: bytes, command: int, kind: int) -> Header:
     length = V2_FIXED + len(block)
+    family = kind >> 4
     used = _ADDRESS_SIZE[family] if command else 0
     if len(block) < used:
         raise ProxyProtocolError("PROXY protocol v2: length %d too short for the addresses" % len(block))
     tlvs = _v2_tlvs(block[used:] if command else b"")
-    if not command or family == _UNSPEC:
+    if not command or kind not in _TCP:
+        if command and family == _UNIX:
+            return Header(2, length, "LOCAL", _unix_path(block[:108]), _unix_path(block[108:216]), tlvs)
         return Header(2, length, "LOCAL", tlvs=tlvs)
-    if family == _UNIX:
-        return Header(2, length, "LOCAL", _unix_path(block[:108]), _unix_path(block[108:216]), tlvs)
     width = 4 if family == _INET else 16
     sport, dport = struct.unpack_from("!HH", block, 2 * width)
-    kind = ipaddress.IPv4Address if family == _INET else ipaddress.IPv6Address
-    source = (str(kind(block[:width])), sport)
-    destination = (str(kind(block[width : 2 * width])), dport)
+    address = ipaddress.IPv4Address if family == _INET else ipaddress.IPv6Address
+    source = (str(address(block[:width])), sport)
+    destination = (str(address(block[width : 2 * width])), dport)
     return Header(2, length, "PROXY", source, destination, tlvs)
 
 

@@ -50,8 +50,8 @@ VALID: List[Tuple[str, bytes, Header]] = [
      Header(1, 44, "PROXY", ("192.0.2.1", 56324), ("198.51.100.2", 25))),
     ("v1 TCP6", b"PROXY TCP6 2001:db8::1 2001:db8::2 65535 0\r\n",
      Header(1, 44, "PROXY", ("2001:db8::1", 65535), ("2001:db8::2", 0))),
-    ("v1 TCP6 normalised", b"PROXY TCP6 2001:DB8:0:0::1 ::ffff:192.0.2.1 1 2\r\n",
-     Header(1, 49, "PROXY", ("2001:db8::1", 1), ("::ffff:c000:201", 2))),
+    ("v1 TCP6 normalised", b"PROXY TCP6 2001:DB8:0:0::1 0:0::0:0002 1 2\r\n",
+     Header(1, 44, "PROXY", ("2001:db8::1", 1), ("::2", 2))),
     ("v1 UNKNOWN", b"PROXY UNKNOWN\r\n", Header(1, 15, "LOCAL")),
     ("v1 UNKNOWN with addresses", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", Header(1, 35, "LOCAL")),
     ("v1 longest", b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
@@ -69,8 +69,10 @@ VALID: List[Tuple[str, bytes, Header]] = [
     ("v2 PROXY UNSPEC", v2(1, 0x00, tlv(1, b"h2")), Header(2, 21, "LOCAL", tlvs=((1, b"h2"),))),
     ("v2 PROXY UNIX", v2(1, 0x31, unix(b"/run/client", b"/run/smtp.sock")),
      Header(2, 232, "LOCAL", "/run/client", "/run/smtp.sock")),
-    ("v2 PROXY IPv4, transport UNSPEC", v2(1, 0x10, inet("192.0.2.1", "10.0.0.1", 1, 2)),
-     Header(2, 28, "PROXY", ("192.0.2.1", 1), ("10.0.0.1", 2))),
+    # UDP: a combination the receiver need not support, so it falls back to UNSPEC (section 2.2).
+    ("v2 PROXY UDP over IPv4", v2(1, 0x12, inet("192.0.2.1", "10.0.0.1", 1, 2)), Header(2, 28, "LOCAL")),
+    ("v2 PROXY UDP over IPv6", v2(1, 0x22, inet6("::2", "::1", 1, 2) + tlv(4, b"")), Header(2, 55, "LOCAL", tlvs=((4, b""),))),
+    ("v2 PROXY UNIX datagram", v2(1, 0x32, unix(b"/a", b"/b")), Header(2, 232, "LOCAL", "/a", "/b")),
 ]
 
 
@@ -140,8 +142,9 @@ INVALID: List[Tuple[str, bytes]] = [
     ("v2 version 3", v2(1, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2), version=3)),
     ("v2 unknown command", v2(2, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2))),
     ("v2 unknown family", v2(1, 0x41, inet("1.2.3.4", "5.6.7.8", 1, 2))),
-    ("v2 datagram", v2(1, 0x12, inet("1.2.3.4", "5.6.7.8", 1, 2))),
+    ("v2 IPv4 of no transport", v2(1, 0x10, inet("1.2.3.4", "5.6.7.8", 1, 2))),
     ("v2 unknown transport", v2(1, 0x13, inet("1.2.3.4", "5.6.7.8", 1, 2))),
+    ("v2 UDP block too short", v2(1, 0x12, inet("1.2.3.4", "5.6.7.8", 1, 2)[:8])),
     ("v2 IPv4 block too short", v2(1, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2)[:11])),
     ("v2 IPv6 block too short", v2(1, 0x21, inet("1.2.3.4", "5.6.7.8", 1, 2))),
     ("v2 UNIX block too short", v2(1, 0x31, b"/tmp/x\x00")),
