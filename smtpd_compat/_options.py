@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, cast
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, TypedDict, Union, cast
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "PROXY", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -111,6 +112,16 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- PROXY protocol (_proxy_io; docs/proxy-protocol.md) ----------------------------
+    # Each connection starts with a PROXY protocol header (HAProxy's v1 or
+    # v2) naming the real client, which becomes the session's peer.
+    proxy_protocol: bool = False
+    # The networks the proxies connect from; a connection from anywhere
+    # else is closed unanswered (with proxy_protocol only).
+    proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]] = ("127.0.0.0/8", "::1/128")
+    # Seconds a proxy may take to send the whole header.
+    proxy_timeout: float = 5.0
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -140,6 +151,9 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    proxy_protocol: bool
+    proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]]
+    proxy_timeout: float
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -151,6 +165,7 @@ TLS = (
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
+PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 
 _DEFAULTS = Options()
 

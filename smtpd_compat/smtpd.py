@@ -64,6 +64,7 @@ from . import (
     _listener,
     _logging,
     _options,
+    _proxy_io,
     _relay,
     _serving,
     _tls,
@@ -181,6 +182,9 @@ class SMTPServer(asyncore.dispatcher):
         _tls.check_options(values, self)
         _extensions.check_options(values, _options.EXTENSIONS)
         _extensions.check_options(values, _options.TRACE)  # (bools too)
+        _proxy_io.check_options(values)
+        if values.proxy_protocol:
+            _proxy_io.install(self, values)  # each connection's PROXY header is read before handle_accepted()
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
