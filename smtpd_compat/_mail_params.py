@@ -3,7 +3,8 @@
 
 smtpd's parameters (``BODY``, ``SMTPUTF8``, ``SIZE``) are checked by
 ``_grammar.check_mail_params`` in smtpd's order; then those of the
-extensions behind options: ``REQUIRETLS`` (RFC 8689, option ``requiretls``),
+extensions behind options: ``BODY=BINARYMIME`` (RFC 3030, option
+``chunking``), ``REQUIRETLS`` (RFC 8689, option ``requiretls``),
 known only once the session is over TLS, as the EHLO keyword is announced
 only then (before, it is an unknown parameter: 555, like any other).
 
@@ -31,6 +32,9 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
     host = session.host
     smtputf8 = False
     if parsed:
+        refusal = _binarymime(parsed) if session.features.chunking else None
+        if refusal:
+            return refusal
         try:
             smtputf8 = _grammar.check_mail_params(
                 parsed,
@@ -51,6 +55,18 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
             return R.MAIL_PARAMS_UNKNOWN
     if not smtputf8 and host.enable_SMTPUTF8 and not address.isascii():
         return R.NON_ASCII_SENDER
+    return None
+
+
+def _binarymime(parsed: Dict[str, Union[str, bool]]) -> Optional[str]:
+    """CHUNKING's BODY (RFC 3030 section 3): BINARYMIME is accepted (and
+    taken out of *parsed*; the transaction must then use BDAT, see
+    _chunking), and a bad BODY is refused naming it."""
+    body = parsed.get("BODY")
+    if body == "BINARYMIME":
+        del parsed["BODY"]
+    elif body is not None and body not in ("7BIT", "8BITMIME"):
+        return R.BAD_BODY_CHUNKING
     return None
 
 

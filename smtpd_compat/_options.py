@@ -111,6 +111,11 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- CHUNKING (_chunking; docs/extensions.md) --------------------------------------
+    # Announce CHUNKING and BINARYMIME (RFC 3030) and take BDAT; MAIL's
+    # BODY=BINARYMIME is accepted (for a message sent with BDAT only).
+    chunking: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -140,6 +145,7 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    chunking: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -149,8 +155,9 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
-EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
+EXTENSIONS: Tuple[str, ...] = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
+EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)
 
 _DEFAULTS = Options()
 
