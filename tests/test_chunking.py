@@ -10,6 +10,8 @@ chunks, and the byte stream into reads, at random.
 
 from __future__ import annotations
 
+import concurrent.futures
+import queue
 import re
 import smtplib
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -143,6 +145,7 @@ def test_two_chunks(server_factory: Any, enhanced: bool) -> None:
         (RCPT, OK_RCPT),
         (bdat(b"Subject: x\r\n"), received(12)),
         (bdat(b"\r\nhello\r\n", last=True), OK),
+        (bdat(b"late\r\n"), NEED_MAIL),  # section 2: after LAST, 503 (and its octets dropped)
     ], enhanced)
     assert messages(st) == [b"Subject: x\r\n\r\nhello\r\n"]
     assert st.server.messages[0].kwargs == {"mail_options": [], "rcpt_options": []}
@@ -318,6 +321,35 @@ def test_the_message_is_answered_as_datas(server_factory: Any, enhanced: bool) -
     assert messages(st) == [b"a\r\nb\r\n", b"c\r\n"]
 
 
+class DeferringServer(RecordingSMTPServer):
+    """process_message returns a Future the test completes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.futures: "queue.Queue[concurrent.futures.Future[Any]]" = queue.Queue()
+        super().__init__(*args, **kwargs)
+
+    def process_message(self, *args: Any, **kwargs: Any) -> Any:
+        super().process_message(*args, **kwargs)
+        future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        self.futures.put(future)
+        return future
+
+
+def test_pipelined_chunks_wait_for_a_deferred_reply(server_factory: Any) -> None:
+    st = server_factory(DeferringServer, chunking=True, pipelining=True)
+    client = connect(st)
+    client.send(MAIL + RCPT + bdat(b"one\r\n", last=True) + MAIL + RCPT + bdat(b"two\r\n") + bdat(b"", last=True))
+    expected = plain(OK_MAIL + OK_RCPT)
+    assert client.read_exactly(len(expected)) == expected
+    st.server.futures.get(timeout=TIMEOUT).set_result("250 Queued as 1")
+    # The second transaction waited in the buffer, and is answered now.
+    expected = b"250 Queued as 1\r\n" + plain(OK_MAIL + OK_RCPT + received(5))
+    assert client.read_exactly(len(expected)) == expected
+    st.server.futures.get(timeout=TIMEOUT).set_result(None)
+    assert client.read_reply() == b"250 OK\r\n"
+    assert messages(st) == [b"one\r\n", b"two\r\n"]
+
+
 def test_received_header_ends_its_lines_as_the_message(server_factory: Any) -> None:
     st = server_factory(chunking=True, add_received_header=True)
     converse(connect(st), [(MAIL + RCPT + bdat(b"Subject: x\r\n\r\nhi\r\n", last=True), OK_MAIL + OK_RCPT + OK)], False)
@@ -338,7 +370,17 @@ class OwnDataChannel(smtpd.SMTPChannel):
         super().smtp_DATA(arg)  # the session's rule, through the method
 
 
-@pytest.mark.parametrize("channel_class", [EarlyChannel, OwnDataChannel])
+class HooksChannel(smtpd.SMTPChannel):
+    """Overrides smtpd's input hooks (and calls them): no whole-record path."""
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        super().collect_incoming_data(data)
+
+    def found_terminator(self) -> None:
+        super().found_terminator()
+
+
+@pytest.mark.parametrize("channel_class", [EarlyChannel, OwnDataChannel, HooksChannel])
 @both
 def test_channel_subclasses(server_factory: Any, channel_class: Any, enhanced: bool) -> None:
     server_class = type("Server", (RecordingSMTPServer,), {"channel_class": channel_class})
