@@ -350,6 +350,16 @@ def test_pipelined_chunks_wait_for_a_deferred_reply(server_factory: Any) -> None
     assert messages(st) == [b"one\r\n", b"two\r\n"]
 
 
+def test_data_timeout_applies_while_a_chunk_is_read(server_factory: Any) -> None:
+    # No command timeout: only the data timeout can end this session.
+    st = server_factory(chunking=True, command_timeout=None, data_timeout=0.3)
+    client = connect(st)
+    client.send(MAIL + RCPT + b"BDAT 10\r\nhalf")
+    assert client.read_until_closed() == plain(OK_MAIL + OK_RCPT) + (
+        b"421 %s Error: timeout exceeded, closing connection\r\n" % FQDN.encode())
+    assert messages(st) == []
+
+
 def test_received_header_ends_its_lines_as_the_message(server_factory: Any) -> None:
     st = server_factory(chunking=True, add_received_header=True)
     converse(connect(st), [(MAIL + RCPT + bdat(b"Subject: x\r\n\r\nhi\r\n", last=True), OK_MAIL + OK_RCPT + OK)], False)
