@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_read_pieces import Session as PumpedSession
+from test_serving import SHUTTING_DOWN, begin_stop, join
 
-from smtpd_compat import _cli, _cli_args, _replies, smtpd
+from smtpd_compat import Controller, _cli, _cli_args, _replies, _serving, smtpd
 from smtpd_compat._state import State
 
 from conftest import FQDN, GREETING, TIMEOUT, RawClient, RecordingSMTPServer
@@ -358,6 +359,31 @@ def test_data_timeout_applies_while_a_chunk_is_read(server_factory: Any) -> None
     assert client.read_until_closed() == plain(OK_MAIL + OK_RCPT) + (
         b"421 %s Error: timeout exceeded, closing connection\r\n" % FQDN.encode())
     assert messages(st) == []
+
+
+def test_graceful_shutdown_lets_a_bdat_transaction_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No grace for a QUIT: a session not receiving a message is told 421 at once.
+    monkeypatch.setattr(_serving, "_QUIT_GRACE", 0.0)
+    controller = Controller(RecordingSMTPServer, chunking=True, shutdown_timeout=TIMEOUT).start()
+    sender = None
+    try:
+        sender = connect(controller)
+        converse(sender, [(MAIL + RCPT + bdat(b"first\r\n"), plain(OK_MAIL + OK_RCPT + received(7)))], False)
+        sender.send(b"BDAT 4\r\nse")  # in the middle of a chunk
+        stopper, box = begin_stop(controller)
+        sender.send(b"co")
+        assert sender.read_reply() == b"250 4 octets received\r\n"
+        assert stopper.is_alive()  # waiting for the message
+        # Between two chunks, the next BDAT is not refused: it is the message.
+        sender.send(bdat(b"nd\r\n", last=True))
+        assert sender.read_reply() == b"250 OK\r\n"
+        assert sender.read_until_closed() == SHUTTING_DOWN
+        join(stopper, box)
+        assert [m.data for m in controller.server.messages] == [b"first\r\nsecond\r\n"]
+    finally:
+        if sender is not None:
+            sender.close()
+        controller.stop()
 
 
 def test_received_header_ends_its_lines_as_the_message(server_factory: Any) -> None:
