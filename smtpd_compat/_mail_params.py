@@ -2,11 +2,12 @@
 ``Session.mail()`` and ``Session.rcpt()`` apply after parsing, with no I/O.
 
 smtpd's parameters (``BODY``, ``SMTPUTF8``, ``SIZE``) are checked by
-``_grammar.check_mail_params`` in smtpd's order; then those of the
-extensions behind options: ``BODY=BINARYMIME`` (RFC 3030, option
-``chunking``), ``REQUIRETLS`` (RFC 8689, option ``requiretls``),
-known only once the session is over TLS, as the EHLO keyword is announced
-only then (before, it is an unknown parameter: 555, like any other).
+``_grammar.check_mail_params`` in smtpd's order (``BODY=BINARYMIME``, known
+with the option ``chunking``, RFC 3030, is taken out before); then those of
+the extensions behind options: ``REQUIRETLS`` (RFC 8689, option
+``requiretls``), known only once the session is over TLS, as the EHLO
+keyword is announced only then (before, it is an unknown parameter: 555,
+like any other).
 
 SMTPUTF8 (RFC 6531 section 3.5): on a server with ``enable_SMTPUTF8``, a
 non-ASCII address is refused ``553 5.6.7`` unless MAIL carried
