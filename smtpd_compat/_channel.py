@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from . import (
     _auth,
+    _chunking,
     _delivery,
     _extensions,
     _globals,
@@ -57,6 +58,7 @@ _QUEUED_AS_IS = {text: data for text, data in R.WIRE.items() if not text.startsw
 _log_cache_get = getattr(log, "_cache", {}).get
 _DEBUG = logging.DEBUG
 _COMMAND, _DATA, _AUTH, _FOREIGN = State.COMMAND, State.DATA, State.AUTH, State.FOREIGN
+_BDAT = State.BDAT
 
 
 def _session_of(channel: Any, cls: Callable[[Any], Session] = Session) -> Session:
@@ -165,7 +167,7 @@ class SMTPChannel(asynchat.async_chat):
     ) -> None:
         features = _features(server)
         # With enhanced status codes the session is of its class from the start (see _extensions.enable).
-        session = _session_of(self, _extensions.session_class(features))
+        session = _session_of(self, _chunking.session_class(features))
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -184,6 +186,8 @@ class SMTPChannel(asynchat.async_chat):
         session.features = features
         if features.enhanced_status_codes:
             _extensions.enable(session)
+        if features.chunking:
+            _chunking.enable(self, session)
         self._set_rset_state()
         session.seen_greeting = ""
         session.extended_smtp = False
@@ -298,6 +302,8 @@ class SMTPChannel(asynchat.async_chat):
             session.auth_line(b"".join(pieces), size)
         elif state is _FOREIGN:
             session.confused()
+        elif state is _BDAT:
+            _chunking.chunk_done(self)  # a chunk's octets are read
         else:
             session.received_lines = []  # closing, or switching to TLS: ignored
 
@@ -444,6 +450,10 @@ class SMTPChannel(asynchat.async_chat):
         """Authenticate (RFC 4954), when the server offers it."""
         self._session.auth(arg)
 
+    def smtp_BDAT(self, arg: Optional[str]) -> None:
+        """Send a chunk of the message (RFC 3030), when the server offers CHUNKING."""
+        _chunking.command(self, arg)
+
 
 # The commands the session implements, by verb: SMTPChannel.smtp_<VERB>
 # calls Session.<method>.
@@ -501,6 +511,7 @@ def _features(server: Any) -> _session.Features:
         enhanced_status_codes=options.enhanced_status_codes,
         requiretls=options.requiretls,
         received_header=options.add_received_header,
+        chunking=options.chunking,
     )
 
 

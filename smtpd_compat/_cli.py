@@ -365,6 +365,7 @@ def _extension_features(ns: argparse.Namespace) -> List[str]:
     header has none)."""
     chosen = [("PIPELINING", ns.pipelining), ("ENHANCEDSTATUSCODES", ns.enhanced_status_codes),
               ("REQUIRETLS", ns.requiretls), ("Received header", ns.add_received_header)]
+    chosen.append(("CHUNKING", ns.chunking))
     return [name for name, on in chosen if on]
 
 

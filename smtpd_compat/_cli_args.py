@@ -175,6 +175,8 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
                         "relays such messages only over TLS to a server announcing it")
     g.add_argument("--add-received-header", action="store_true",
                    help="put a Received: header (RFC 5321 4.4) at the top of each message")
+    g.add_argument("--chunking", action="store_true",
+                   help="announce CHUNKING and BINARYMIME (RFC 3030) and take BDAT")
 
 
 def _add_proxy_flags(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,9 @@ from typing import Any, Optional
 from . import _extensions, _options
 from . import _replies as R
 from ._limits import ERROR_CODES
+from ._state import State
+
+_BDAT = State.BDAT
 
 log = logging.getLogger("smtpd_compat")
 _monotonic = time.monotonic
@@ -76,6 +79,8 @@ class SessionGuard:
         channel = self.channel
         if channel.smtp_state == channel.DATA:
             return self.data_timeout
+        if getattr(getattr(channel, "_session", None), "state", None) is _BDAT:
+            return self.data_timeout  # a chunk's octets are awaited (RFC 3030, _chunking)
         return self.command_timeout
 
     def _arm(self, deadline: Optional[float] = None) -> None:

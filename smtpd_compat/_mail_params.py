@@ -2,10 +2,12 @@
 ``Session.mail()`` and ``Session.rcpt()`` apply after parsing, with no I/O.
 
 smtpd's parameters (``BODY``, ``SMTPUTF8``, ``SIZE``) are checked by
-``_grammar.check_mail_params`` in smtpd's order; then those of the
-extensions behind options: ``REQUIRETLS`` (RFC 8689, option ``requiretls``),
-known only once the session is over TLS, as the EHLO keyword is announced
-only then (before, it is an unknown parameter: 555, like any other).
+``_grammar.check_mail_params`` in smtpd's order (``BODY=BINARYMIME``, known
+with the option ``chunking``, RFC 3030, is taken out before); then those of
+the extensions behind options: ``REQUIRETLS`` (RFC 8689, option
+``requiretls``), known only once the session is over TLS, as the EHLO
+keyword is announced only then (before, it is an unknown parameter: 555,
+like any other).
 
 SMTPUTF8 (RFC 6531 section 3.5): on a server with ``enable_SMTPUTF8``, a
 non-ASCII address is refused ``553 5.6.7`` unless MAIL carried
@@ -31,6 +33,9 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
     host = session.host
     smtputf8 = False
     if parsed:
+        refusal = _binarymime(parsed) if session.features.chunking else None
+        if refusal:
+            return refusal
         try:
             smtputf8 = _grammar.check_mail_params(
                 parsed,
@@ -51,6 +56,18 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
             return R.MAIL_PARAMS_UNKNOWN
     if not smtputf8 and host.enable_SMTPUTF8 and not address.isascii():
         return R.NON_ASCII_SENDER
+    return None
+
+
+def _binarymime(parsed: Dict[str, Union[str, bool]]) -> Optional[str]:
+    """CHUNKING's BODY (RFC 3030 section 3): BINARYMIME is accepted (and
+    taken out of *parsed*; the transaction must then use BDAT, see
+    _chunking), and a bad BODY is refused naming it."""
+    body = parsed.get("BODY")
+    if body == "BINARYMIME":
+        del parsed["BODY"]
+    elif body is not None and body not in ("7BIT", "8BITMIME"):
+        return R.BAD_BODY_CHUNKING
     return None
 
 

@@ -121,6 +121,10 @@ class Options:
     proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]] = ("127.0.0.0/8", "::1/128")
     # Seconds a proxy may take to send the whole header.
     proxy_timeout: float = 5.0
+    # -- CHUNKING (_chunking; docs/extensions.md) --------------------------------------
+    # Announce CHUNKING and BINARYMIME (RFC 3030) and take BDAT; MAIL's
+    # BODY=BINARYMIME is accepted (for a message sent with BDAT only).
+    chunking: bool = False
 
 
 class ServerOptions(TypedDict, total=False):
@@ -154,6 +158,7 @@ class ServerOptions(TypedDict, total=False):
     proxy_protocol: bool
     proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]]
     proxy_timeout: float
+    chunking: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -163,9 +168,10 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
-EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
+EXTENSIONS: Tuple[str, ...] = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
 PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
+EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)
 
 _DEFAULTS = Options()
 

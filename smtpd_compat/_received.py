@@ -201,6 +201,8 @@ def prepend(channel: Any, session: Any, data: Union[bytes, str], now: float) -> 
         utf8=utf8,
         now=now,
     )
+    if getattr(session, "chunked", False):
+        header = header.replace("\n", "\r\n")  # BDAT's message is as sent: CRLF (see _chunking)
     if isinstance(data, str):
         return header + data
     return header.encode("utf-8" if utf8 else "ascii", "replace") + data

@@ -228,6 +228,25 @@ STATUS_CODES: Dict[str, str] = {
 }
 STATUS_CODES.update((text, "2.0.0") for text in HELP_SYNTAX.values())
 STATUS_CODES.update((HELP_SYNTAX[verb] + PARAMS_SUFFIX, "2.0.0") for verb in ("MAIL", "RCPT"))
+
+# CHUNKING and BINARYMIME (RFC 3030, the option chunking; see _chunking):
+# their EHLO keywords, the reply to each chunk but the last (the last one is
+# answered as DATA's message is), and the refusals.  RFC 3030 section 2 and
+# 3 ask for 503 when DATA is mixed with BDAT or BINARYMIME.
+EHLO_CHUNKING = "CHUNKING"
+EHLO_BINARYMIME = "BINARYMIME"
+CHUNK_RECEIVED = "250 %s octets received"
+SYNTAX_BDAT = "501 Syntax: BDAT chunk-size [LAST]"
+BAD_BODY_CHUNKING = "501 Error: BODY can only be one of 7BIT, 8BITMIME, BINARYMIME"
+DATA_AFTER_BDAT = "503 Error: DATA not allowed after BDAT in a transaction"
+BINARYMIME_NEEDS_BDAT = "503 Error: BODY=BINARYMIME requires BDAT, not DATA"
+STATUS_CODES.update({
+    CHUNK_RECEIVED: "2.0.0",
+    SYNTAX_BDAT: "5.5.4",
+    BAD_BODY_CHUNKING: "5.5.4",
+    DATA_AFTER_BDAT: "5.5.1",
+    BINARYMIME_NEEDS_BDAT: "5.5.1",
+})
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -461,7 +461,11 @@ def _cancel_timers(st: _State) -> None:
 
 
 def _in_data(channel: Any) -> bool:
-    return getattr(channel, "smtp_state", None) == getattr(channel, "DATA", 1)
+    if getattr(channel, "smtp_state", None) == getattr(channel, "DATA", 1):
+        return True
+    # A BDAT transaction (RFC 3030, _chunking), in a chunk or between two:
+    # its message is being received too.
+    return getattr(getattr(channel, "_session", None), "chunked", False) is True
 
 
 def _awaiting_reply(channel: Any) -> bool:
@@ -512,6 +516,8 @@ def refuse_command(channel: Any, line: Optional[bytes] = None) -> bool:
         return False
     if line is not None and _is_quit(line):
         return False
+    if _in_data(channel):
+        return False  # the next chunk of a BDAT transaction (see _in_data)
     _tell(channel, st)
     return True
 

@@ -17,7 +17,7 @@ import enum
 import hmac
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from ._replies import EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
+from ._replies import EHLO_BINARYMIME, EHLO_CHUNKING, EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -77,6 +77,7 @@ class State(enum.Enum):
     STARTTLS = "starttls"  # 220 Ready to start TLS sent; TLS not up yet
     CLOSING = "closing"  # the session ends once its last reply is sent
     FOREIGN = "foreign"  # smtp_state holds a value a subclass defined
+    BDAT = "bdat"  # reading the octets of a BDAT chunk (RFC 3030; see _chunking)
 
     # Members are singletons: hash them by identity, in C.  Enum's own
     # __hash__ is a Python method, and TRANSITIONS is looked up by
@@ -96,6 +97,8 @@ class Event(enum.Enum):
     STARTTLS = "STARTTLS accepted"
     TLS_UP = "TLS handshake done"
     CLOSE = "closing"
+    BDAT = "BDAT accepted"  # its chunk is read next, accepted or to be discarded
+    CHUNK = "chunk received"
 
     __hash__ = object.__hash__  # as State's
 
@@ -120,6 +123,12 @@ TRANSITIONS: Dict[Tuple[State, Event], State] = {
     (S.AUTH, E.AUTH_DONE): S.COMMAND,
     (S.COMMAND, E.STARTTLS): S.STARTTLS,
     (S.STARTTLS, E.TLS_UP): S.COMMAND,
+    # CHUNKING (RFC 3030, _chunking): a chunk is read, then the next command
+    # (or, after BDAT LAST, the message is handed over like DATA's).
+    (S.COMMAND, E.BDAT): S.BDAT,
+    (S.BDAT, E.CHUNK): S.COMMAND,
+    (S.BDAT, E.REFUSED): S.COMMAND,
+    (S.BDAT, E.MESSAGE): S.AWAIT_REPLY,
 }
 for _state in State:
     TRANSITIONS[_state, E.CLOSE] = S.CLOSING
@@ -150,6 +159,7 @@ class Features:
         "requiretls",
         "keywords",
         "received_header",
+        "chunking",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -170,6 +180,8 @@ class Features:
         self.requiretls = False  # announced over TLS only (Session._extension_keywords)
         # Prepend a Received: header to each message (see _received).
         self.received_header = False
+        # Offer CHUNKING and BINARYMIME, take BDAT (RFC 3030; see _chunking).
+        self.chunking = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
@@ -180,6 +192,8 @@ class Features:
             for keyword, offered in ((EHLO_PIPELINING, self.pipelining), (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes))
             if offered
         )
+        if self.chunking:
+            self.keywords += (EHLO_CHUNKING, EHLO_BINARYMIME)
 
 
 class Host:

@@ -40,7 +40,8 @@ class RecordedMessage:
     """One message accepted by a :class:`RecordingServer`.
 
     ``data`` is the message exactly as ``process_message()`` received it
-    (dot-stuffing removed, lines ending in ``\\n``), always as ``bytes``
+    (dot-stuffing removed, lines ending in ``\\n``; sent with ``BDAT``, the
+    octets as sent), always as ``bytes``
     (UTF-8 encoded when the server runs with ``decode_data=True``);
     ``message`` is ``data`` parsed with :data:`email.policy.default`.
     """

@@ -57,6 +57,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
 from . import (
+    _chunking,
     _extensions,
     _globals,
     _grammar,
@@ -153,6 +154,7 @@ class SMTPServer(asyncore.dispatcher):
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the same time")
         _extensions.check_requiretls(_options.of(self), decode_data)
+        _chunking.check_options(_options.of(self), decode_data)
         asyncore.dispatcher.__init__(self, map=map)
         try:
             gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
