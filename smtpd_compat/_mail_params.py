@@ -11,23 +11,31 @@ SMTPUTF8 (RFC 6531 section 3.5): on a server with ``enable_SMTPUTF8``, a
 non-ASCII address is refused ``553 5.6.7`` unless MAIL carried
 ``SMTPUTF8``.  smtpd accepted it; a server without ``enable_SMTPUTF8`` still
 does, as smtpd did (docs/extensions.md, docs/differences.md).
+``session.require_SMTPUTF8`` is that of the MAIL command accepted: a refused
+MAIL leaves it false (smtpd left it set until the next RSET).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _grammar
 from . import _replies as R
 
-__all__ = ["mail_refusal", "rcpt_refusal"]
+__all__ = ["mail_refused", "mail_refusal", "rcpt_refusal"]
 
 
 def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str) -> Optional[str]:
     """The reply refusing a MAIL command with *address* and the parameters
     *parsed* (``_grammar.parse_params``), or None when they are accepted.
-    Sets ``session.require_SMTPUTF8`` as smtpd did (when ``SMTPUTF8`` is
-    given, even if an unknown parameter then refuses the command)."""
+    Sets ``session.require_SMTPUTF8`` when the command, accepted, gave
+    ``SMTPUTF8`` (clears it otherwise)."""
+    refusal, smtputf8 = _checked(session, parsed, address, syntaxerr)
+    session.require_SMTPUTF8 = smtputf8 and refusal is None
+    return refusal
+
+
+def _checked(session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str) -> Tuple[Optional[str], bool]:
     host = session.host
     smtputf8 = False
     if parsed:
@@ -40,18 +48,22 @@ def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str
                 data_size_limit=host.data_size_limit,
             )
         except _grammar.ReplyError as err:
-            return err.reply
-        if smtputf8:
-            session.require_SMTPUTF8 = True
+            return err.reply, False
         if parsed and session.features.requiretls and session.tls_active:
             requiretls = parsed.pop("REQUIRETLS", False)
             if requiretls is not True and requiretls is not False:
-                return R.REQUIRETLS_NO_ARGS
+                return R.REQUIRETLS_NO_ARGS, smtputf8
         if parsed:
-            return R.MAIL_PARAMS_UNKNOWN
+            return R.MAIL_PARAMS_UNKNOWN, smtputf8
     if not smtputf8 and host.enable_SMTPUTF8 and not address.isascii():
-        return R.NON_ASCII_SENDER
-    return None
+        return R.NON_ASCII_SENDER, smtputf8
+    return None, smtputf8
+
+
+def mail_refused(session: Any) -> None:
+    """MAIL was refused after its parameters were checked (by
+    ``accept_mail()``): no transaction, so nothing they noted holds."""
+    session.require_SMTPUTF8 = False
 
 
 def rcpt_refusal(session: Any, address: str) -> Optional[str]:

@@ -431,6 +431,7 @@ class Session:
         if self.features.ask_mail:
             refusal = host._session_accept("MAIL", address, self.mail_options)
             if refusal:
+                _mail_params.mail_refused(self)  # what the checks above noted is dropped
                 host.push(refusal)
                 return
         self.mailfrom = address
