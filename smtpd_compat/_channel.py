@@ -182,7 +182,7 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
-        if features.enhanced_status_codes:
+        if features.enhanced_status_codes or features.dsn:
             _extensions.enable(session)
         self._set_rset_state()
         session.seen_greeting = ""
@@ -501,6 +501,7 @@ def _features(server: Any) -> _session.Features:
         enhanced_status_codes=options.enhanced_status_codes,
         requiretls=options.requiretls,
         received_header=options.add_received_header,
+        dsn=options.dsn,
     )
 
 

@@ -174,6 +174,9 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
                         "relays such messages only over TLS to a server announcing it")
     g.add_argument("--add-received-header", action="store_true",
                    help="put a Received: header (RFC 5321 4.4) at the top of each message")
+    g.add_argument("--dsn", action="store_true",
+                   help="announce DSN (RFC 3461) and accept RET, ENVID, NOTIFY and ORCPT; PureProxy "
+                        "relays them to a server announcing DSN")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,9 @@ smtpd's parameters (``BODY``, ``SMTPUTF8``, ``SIZE``) are checked by
 ``_grammar.check_mail_params`` in smtpd's order; then those of the
 extensions behind options: ``REQUIRETLS`` (RFC 8689, option ``requiretls``),
 known only once the session is over TLS, as the EHLO keyword is announced
-only then (before, it is an unknown parameter: 555, like any other).
+only then (before, it is an unknown parameter: 555, like any other); and
+DSN's ``RET`` and ``ENVID`` (RFC 3461, option ``dsn``), as RCPT's
+``NOTIFY`` and ``ORCPT``, checked by ``_dsn`` and kept in ``session.dsn``.
 
 SMTPUTF8 (RFC 6531 section 3.5): on a server with ``enable_SMTPUTF8``, a
 non-ASCII address is refused ``553 5.6.7`` unless MAIL carried
@@ -19,25 +21,33 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _grammar
+from . import _dsn, _grammar
 from . import _replies as R
 
-__all__ = ["mail_refused", "mail_refusal", "rcpt_refusal"]
+__all__ = ["mail_refused", "mail_refusal", "rcpt_params_refusal", "rcpt_refusal", "rcpt_refused"]
 
 
-def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str) -> Optional[str]:
+def mail_refusal(session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str, params: str = "") -> Optional[str]:
     """The reply refusing a MAIL command with *address* and the parameters
-    *parsed* (``_grammar.parse_params``), or None when they are accepted.
-    Sets ``session.require_SMTPUTF8`` when the command, accepted, gave
-    ``SMTPUTF8`` (clears it otherwise)."""
-    refusal, smtputf8 = _checked(session, parsed, address, syntaxerr)
-    session.require_SMTPUTF8 = smtputf8 and refusal is None
+    *parsed* (``_grammar.parse_params``; *params*: as the client wrote
+    them), or None when they are accepted.  Sets
+    ``session.require_SMTPUTF8`` when the command, accepted, gave
+    ``SMTPUTF8`` (clears it otherwise), and ``session.dsn`` to its DSN
+    parameters (option ``dsn``)."""
+    refusal, smtputf8, dsn = _checked(session, parsed, address, syntaxerr, params)
+    accepted = refusal is None
+    session.require_SMTPUTF8 = smtputf8 and accepted
+    if accepted and dsn is not None:
+        session.dsn = dsn
     return refusal
 
 
-def _checked(session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str) -> Tuple[Optional[str], bool]:
+def _checked(
+    session: Any, parsed: Dict[str, Union[str, bool]], address: str, syntaxerr: str, params: str
+) -> Tuple[Optional[str], bool, Optional[_dsn.Transaction]]:
     host = session.host
     smtputf8 = False
+    dsn = None
     if parsed:
         try:
             smtputf8 = _grammar.check_mail_params(
@@ -48,22 +58,28 @@ def _checked(session: Any, parsed: Dict[str, Union[str, bool]], address: str, sy
                 data_size_limit=host.data_size_limit,
             )
         except _grammar.ReplyError as err:
-            return err.reply, False
+            return err.reply, False, None
         if parsed and session.features.requiretls and session.tls_active:
             requiretls = parsed.pop("REQUIRETLS", False)
             if requiretls is not True and requiretls is not False:
-                return R.REQUIRETLS_NO_ARGS, smtputf8
+                return R.REQUIRETLS_NO_ARGS, smtputf8, None
+        if parsed and session.features.dsn:
+            try:
+                dsn = _dsn.mail_params(parsed, params)  # RET, ENVID
+            except _grammar.ReplyError as err:
+                return err.reply, smtputf8, None
         if parsed:
-            return R.MAIL_PARAMS_UNKNOWN, smtputf8
+            return R.MAIL_PARAMS_UNKNOWN, smtputf8, None
     if not smtputf8 and host.enable_SMTPUTF8 and not address.isascii():
-        return R.NON_ASCII_SENDER, smtputf8
-    return None, smtputf8
+        return R.NON_ASCII_SENDER, smtputf8, None
+    return None, smtputf8, dsn
 
 
 def mail_refused(session: Any) -> None:
     """MAIL was refused after its parameters were checked (by
     ``accept_mail()``): no transaction, so nothing they noted holds."""
     session.require_SMTPUTF8 = False
+    session.dsn = None
 
 
 def rcpt_refusal(session: Any, address: str) -> Optional[str]:
@@ -72,3 +88,36 @@ def rcpt_refusal(session: Any, address: str) -> Optional[str]:
     if not session.require_SMTPUTF8:
         return R.NON_ASCII_RECIPIENT
     return None
+
+
+def rcpt_params_refusal(
+    session: Any, parsed: Optional[Dict[str, Union[str, bool]]], params: str, address: str, syntaxerr: str
+) -> Optional[str]:
+    """The reply refusing RCPT's parameters *parsed* (``_getparams``'s:
+    None for a syntax error, answered *syntaxerr*; *params*: as the client
+    wrote them), or None: none is known but DSN's ``NOTIFY`` and ``ORCPT``
+    (option ``dsn``), noted in ``session.dsn`` for the recipient about to
+    be added."""
+    if parsed is None:
+        return syntaxerr
+    if not session.features.dsn:
+        return R.RCPT_PARAMS_UNKNOWN
+    try:
+        recipient = _dsn.rcpt_params(parsed, params, address, utf8=session.require_SMTPUTF8)
+    except _grammar.ReplyError as err:
+        return err.reply
+    if parsed:
+        return R.RCPT_PARAMS_UNKNOWN
+    transaction = getattr(session, "dsn", None)  # (set by post_data_state(): not before in a bare Session)
+    if transaction is None:
+        transaction = session.dsn = _dsn.Transaction()
+    transaction.recipients[len(session.rcpttos)] = recipient
+    return None
+
+
+def rcpt_refused(session: Any) -> None:
+    """RCPT was refused after its parameters were checked (by
+    ``accept_rcpt()``): what they noted is dropped."""
+    transaction = getattr(session, "dsn", None)
+    if transaction is not None:
+        transaction.recipients.pop(len(session.rcpttos), None)

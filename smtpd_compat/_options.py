@@ -111,6 +111,11 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- DSN (_dsn; docs/extensions.md) ---------------------------------------------------
+    # Announce DSN (RFC 3461) and accept MAIL's RET and ENVID, RCPT's NOTIFY
+    # and ORCPT; process_message() gets them as its dsn argument.
+    dsn: bool = False
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -140,6 +145,7 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    dsn: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -149,7 +155,7 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
-EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
+EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls", "dsn")
 TRACE = ("add_received_header",)
 
 _DEFAULTS = Options()

@@ -17,7 +17,7 @@ import enum
 import hmac
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from ._replies import EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
+from ._replies import EHLO_DSN, EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -150,6 +150,7 @@ class Features:
         "requiretls",
         "keywords",
         "received_header",
+        "dsn",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -170,6 +171,8 @@ class Features:
         self.requiretls = False  # announced over TLS only (Session._extension_keywords)
         # Prepend a Received: header to each message (see _received).
         self.received_header = False
+        # DSN (RFC 3461): a session of its own class (_dsn.DSNSession).
+        self.dsn = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
@@ -177,7 +180,11 @@ class Features:
         # The EHLO keywords that depend on these features alone, in order.
         self.keywords: Tuple[str, ...] = tuple(
             keyword
-            for keyword, offered in ((EHLO_PIPELINING, self.pipelining), (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes))
+            for keyword, offered in (
+                (EHLO_PIPELINING, self.pipelining),
+                (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes),
+                (EHLO_DSN, self.dsn),
+            )
             if offered
         )
 
