@@ -167,7 +167,7 @@ class SMTPChannel(asynchat.async_chat):
     ) -> None:
         features = _features(server)
         # With enhanced status codes the session is of its class from the start (see _extensions.enable).
-        session = _session_of(self, _chunking.session_class(features))
+        session = _session_of(self, _extensions.session_class(features))
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -184,7 +184,7 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
-        if features.enhanced_status_codes:
+        if features.enhanced_status_codes or features.dsn:
             _extensions.enable(session)
         if features.chunking:
             _chunking.enable(self, session)
@@ -512,6 +512,7 @@ def _features(server: Any) -> _session.Features:
         requiretls=options.requiretls,
         received_header=options.add_received_header,
         chunking=options.chunking,
+        dsn=options.dsn,
     )
 
 

@@ -26,14 +26,14 @@ they go to ``_delivery.deliver()``, the entry point of DATA's messages, and
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Type, Union, cast
+from typing import Any, List, Optional, Tuple, Union, cast
 
 from . import _delivery, _extensions, _globals, _serving
 from . import _replies as R
 from ._session import Session
-from ._state import Event, Features, State
+from ._state import Event, State
 
-__all__ = ["ChunkingSession", "check_options", "chunk_done", "command", "enable", "session_class"]
+__all__ = ["ChunkingSession", "check_options", "chunk_done", "command", "enable"]
 
 _S_BDAT, _S_COMMAND = State.BDAT, State.COMMAND
 
@@ -166,15 +166,7 @@ class ChunkingSession(Session):
         return chunks
 
 
-class EnhancedChunkingSession(ChunkingSession, _extensions.EnhancedSession):
-    """A ChunkingSession with enhanced status codes (see _extensions)."""
-
-
-def session_class(features: Features) -> Type[Session]:
-    """The class of a session that has *features*."""
-    if not features.chunking:
-        return _extensions.session_class(features)
-    return EnhancedChunkingSession if features.enhanced_status_codes else ChunkingSession
+_extensions.add_session_class("chunking", ChunkingSession, first=True)
 
 
 def enable(channel: Any, session: Session) -> None:
@@ -185,8 +177,7 @@ def enable(channel: Any, session: Session) -> None:
     if not isinstance(session, ChunkingSession):
         # Made before SMTPChannel.__init__ ran (see _extensions.enable): the
         # same layout, so the object keeps its identity.
-        enhanced = isinstance(session, _extensions.EnhancedSession)
-        session.__class__ = EnhancedChunkingSession if enhanced else ChunkingSession
+        session.__class__ = _extensions.session_class(session.features)
     cast(ChunkingSession, session).chunks = []
     # SMTPChannel dispatches a DATA it keeps straight to Session.data (its
     # class's table): this channel's own table sends it to the rule above.

@@ -364,7 +364,8 @@ def _extension_features(ns: argparse.Namespace) -> List[str]:
     """The opt-in extensions turned on, by their EHLO keywords (the Received
     header has none)."""
     chosen = [("PIPELINING", ns.pipelining), ("ENHANCEDSTATUSCODES", ns.enhanced_status_codes),
-              ("REQUIRETLS", ns.requiretls), ("Received header", ns.add_received_header)]
+              ("REQUIRETLS", ns.requiretls), ("Received header", ns.add_received_header),
+              ("DSN", ns.dsn)]
     chosen.append(("CHUNKING", ns.chunking))
     return [name for name, on in chosen if on]
 

@@ -177,6 +177,9 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
                    help="put a Received: header (RFC 5321 4.4) at the top of each message")
     g.add_argument("--chunking", action="store_true",
                    help="announce CHUNKING and BINARYMIME (RFC 3030) and take BDAT")
+    g.add_argument("--dsn", action="store_true",
+                   help="announce DSN (RFC 3461) and accept RET, ENVID, NOTIFY and ORCPT; PureProxy "
+                        "relays them to a server announcing DSN")
 
 
 def _add_proxy_flags(p: argparse.ArgumentParser) -> None:

@@ -25,13 +25,17 @@ Replies that are the user's are sent as given: what a subclass pushes itself
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, List, Optional, Tuple, Type, cast
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, cast
 
+from . import _dsn
 from . import _replies as R
 from ._session import Session
 from ._state import Features, Host
 
-__all__ = ["EnhancedSession", "EnhancingHost", "check_options", "check_requiretls", "enable", "own_reply", "session_class"]
+__all__ = [
+    "DSNSession", "EnhancedSession", "EnhancingHost", "add_session_class", "check_options", "check_requiretls", "enable",
+    "own_reply", "session_class",
+]
 
 
 def check_options(options: Any, names: Iterable[str]) -> None:
@@ -120,24 +124,76 @@ for _name in [*vars(Host), "peer"]:
 del _name
 
 
+class DSNSession(Session):
+    """A Session whose server has the option dsn (RFC 3461): EHLO
+    announces DSN (``Features.keywords``) and lets MAIL and RCPT lines grow
+    by the parameters' length, and process_message() gets the DSN
+    parameters as ``dsn``.  The parameters themselves are checked where
+    MAIL's and RCPT's are (``_mail_params``, ``_dsn``)."""
+
+    dsn: Any = None  # the transaction's _dsn.Transaction (post_data_state() resets it)
+
+    def _extension_keywords(self) -> List[str]:
+        keywords = Session._extension_keywords(self)
+        limits = self.command_size_limits
+        limits["MAIL"] += _dsn.MAIL_LINE_GROWTH
+        limits["RCPT"] += _dsn.RCPT_LINE_GROWTH
+        return keywords
+
+    def message_options(self) -> Dict[str, Any]:
+        options = Session.message_options(self)
+        options["dsn"] = _dsn.of(self.dsn, self.rcpttos)
+        return options
+
+
+# The session classes of the options that need one, each with the Features
+# attribute that asks for it, in the order they are bases of a session with
+# several (the first one's methods are found first): extension modules
+# above this one add theirs (add_session_class), so that any combination of
+# options makes one class (session_class).
+_SESSION_CLASSES: List[Tuple[str, Type[Session]]] = [
+    ("enhanced_status_codes", EnhancedSession),
+    ("dsn", DSNSession),
+]
+_COMPOSED: Dict[Tuple[Type[Session], ...], Type[Session]] = {}
+
+
+def add_session_class(feature: str, cls: Type[Session], first: bool = False) -> None:
+    """Sessions whose Features have *feature* true are of *cls* (with the
+    classes of the other features they have)."""
+    _SESSION_CLASSES.insert(0 if first else len(_SESSION_CLASSES), (feature, cls))
+
+
 def session_class(features: Features) -> Type[Session]:
-    """The class of a session that has *features*."""
-    return EnhancedSession if features.enhanced_status_codes else Session
+    """The class of a session that has *features*: Session, the class of
+    the one option that needs one, or a class made of several (made once
+    per combination)."""
+    bases = tuple(cls for feature, cls in _SESSION_CLASSES if getattr(features, feature))
+    if len(bases) < 2:
+        return bases[0] if bases else Session
+    cls = _COMPOSED.get(bases)
+    if cls is None:
+        name = "".join(base.__name__[: -len("Session")] for base in bases) + "Session"
+        cls = _COMPOSED[bases] = type(name, bases, {"__doc__": "A Session of the options of %s." % name})
+    return cls
 
 
 def enable(session: Session) -> None:
-    """Give *session* (its server has enhanced_status_codes) enhanced
-    status codes: its replies go through an EnhancingHost."""
-    if not isinstance(session, EnhancedSession):
+    """Give *session* what its server's extensions ask of its class
+    (enhanced_status_codes, dsn): with enhanced status codes, its replies
+    go through an EnhancingHost."""
+    cls = session_class(session.features)
+    if not isinstance(session, cls):
         # Made before SMTPChannel.__init__ ran (a subclass set smtpd's
-        # attributes first).  Session and EnhancedSession have the same
+        # attributes first).  Session and its subclasses here have the same
         # layout: the object keeps its identity (a subclass may hold it)
         # and its attributes, though Python then reads them less quickly
-        # than in a session made as an EnhancedSession (session_class()).
-        session.__class__ = EnhancedSession
-    enhanced = cast(EnhancedSession, session)
-    if not isinstance(enhanced.host, EnhancingHost):  # (SMTPChannel.__init__ may run twice)
-        enhanced.host = cast(Host, EnhancingHost(enhanced, enhanced.host))
+        # than in a session made of its class (session_class()).
+        session.__class__ = cls
+    if not isinstance(session, EnhancedSession):
+        return
+    if not isinstance(session.host, EnhancingHost):  # (SMTPChannel.__init__ may run twice)
+        session.host = cast(Host, EnhancingHost(session, session.host))
 
 
 def own_reply(session: Session, text: str) -> str:

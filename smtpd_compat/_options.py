@@ -125,6 +125,10 @@ class Options:
     # Announce CHUNKING and BINARYMIME (RFC 3030) and take BDAT; MAIL's
     # BODY=BINARYMIME is accepted (for a message sent with BDAT only).
     chunking: bool = False
+    # -- DSN (_dsn; docs/extensions.md) ---------------------------------------------------
+    # Announce DSN (RFC 3461) and accept MAIL's RET and ENVID, RCPT's NOTIFY
+    # and ORCPT; process_message() gets them as its dsn argument.
+    dsn: bool = False
 
 
 class ServerOptions(TypedDict, total=False):
@@ -159,6 +163,7 @@ class ServerOptions(TypedDict, total=False):
     proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]]
     proxy_timeout: float
     chunking: bool
+    dsn: bool
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -168,7 +173,7 @@ TLS = (
     "auth_required", "auth_mechanisms", "max_auth_failures", "relay_tls", "relay_tls_context", "relay_auth",
 )
 SERVING = ("shutdown_timeout",)
-EXTENSIONS: Tuple[str, ...] = ("pipelining", "enhanced_status_codes", "requiretls")
+EXTENSIONS: Tuple[str, ...] = ("pipelining", "enhanced_status_codes", "requiretls", "dsn")
 TRACE = ("add_received_header",)
 PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)

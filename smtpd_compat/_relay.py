@@ -13,7 +13,9 @@ else is touched.
 
 The upstream ``MAIL`` carries ``SMTPUTF8`` and ``REQUIRETLS`` when the
 message needs them (:class:`Needs`); an upstream session that cannot carry
-them is sent nothing, and the client gets the RFC's refusal.
+them is sent nothing, and the client gets the RFC's refusal.  The DSN
+parameters (RFC 3461) go on the upstream ``MAIL`` and each ``RCPT`` when
+the upstream server announces ``DSN``, and are left out otherwise.
 
 A message is relayed to all of its recipients or to none of them.  The
 client's RCPT commands were answered ``250`` before the upstream server
@@ -75,6 +77,11 @@ class Needs(NamedTuple):
 
     smtputf8: bool = False
     requiretls: bool = False
+    # The message's DSN parameters (RFC 3461; a _dsn.DSN, given to
+    # process_message() as dsn), relayed to an upstream server that
+    # announces DSN and dropped for one that does not: DSN, unlike the
+    # others, is no reason to refuse a message.
+    dsn: Any = None
 
 
 NO_NEEDS = Needs()
@@ -84,10 +91,11 @@ NO_NEEDS = Needs()
 _current = threading.local()
 
 
-def needs_of(mailfrom: str, rcpttos: Sequence[str], mail_options: Sequence[str]) -> Needs:
-    """The Needs of a message from its envelope and MAIL's parameters."""
+def needs_of(mailfrom: str, rcpttos: Sequence[str], mail_options: Sequence[str], dsn: Any = None) -> Needs:
+    """The Needs of a message from its envelope, MAIL's parameters and its
+    DSN parameters (process_message()'s dsn)."""
     ascii_only = mailfrom.isascii() and all(rcpt.isascii() for rcpt in rcpttos)
-    return Needs(smtputf8="SMTPUTF8" in mail_options or not ascii_only, requiretls="REQUIRETLS" in mail_options)
+    return Needs(smtputf8="SMTPUTF8" in mail_options or not ascii_only, requiretls="REQUIRETLS" in mail_options, dsn=dsn)
 
 
 @contextlib.contextmanager
@@ -267,13 +275,14 @@ def _transaction(
         params += " SIZE=%d" % len(payload)
     if not payload.isascii() and conn.has_extn("8bitmime"):
         params += " BODY=8BITMIME"
-    code, text = conn.docmd("MAIL", "FROM:%s%s" % (_path(mailfrom), params))
+    dsn_mail, dsn_rcpt = _dsn_params(conn, needs.dsn, rcpttos)
+    code, text = conn.docmd("MAIL", "FROM:%s%s%s" % (_path(mailfrom), params, dsn_mail))
     if code != 250:
         _abandon(conn)
         return _all(rcpttos, code, text)
     refused: Refusals = {}
-    for rcpt in rcpttos:
-        code, text = conn.docmd("RCPT", "TO:%s" % _path(rcpt))
+    for rcpt, rcpt_params in zip(rcpttos, dsn_rcpt):
+        code, text = conn.docmd("RCPT", "TO:%s%s" % (_path(rcpt), rcpt_params))
         if code not in (250, 251):
             refused[rcpt] = (code, text)
     if refused:
@@ -288,6 +297,25 @@ def _transaction(
     if not 200 <= code < 300:
         return _all(rcpttos, code, text)
     return {}
+
+
+def _dsn_params(conn: smtplib.SMTP, dsn: Any, rcpttos: Sequence[str]) -> Tuple[str, List[str]]:
+    """The DSN parameters (RFC 3461) for the upstream MAIL, and for the RCPT
+    of each of *rcpttos*, as the client wrote them: none when the upstream
+    server does not announce DSN (section 4.1 would then have a queueing
+    MTA send "relayed" notices; we send none, see docs/extensions.md).
+    Recipients are matched by address, in order, so that a subclass's
+    ``_deliver()`` may pass fewer or other recipients."""
+    if dsn is None or not conn.has_extn("dsn"):
+        return "", [""] * len(rcpttos)
+    waiting: Dict[str, List[Tuple[str, ...]]] = {}
+    for recipient in dsn.recipients:
+        waiting.setdefault(recipient.address, []).append(recipient.params)
+    rcpt_params = []
+    for rcpt in rcpttos:
+        given = waiting.get(rcpt)
+        rcpt_params.append("".join(" " + param for param in given.pop(0)) if given else "")
+    return "".join(" " + param for param in dsn.params), rcpt_params
 
 
 def _unmet(conn: smtplib.SMTP, needs: Needs) -> Optional[str]:

@@ -159,6 +159,15 @@ CODED = frozenset(
     (TOO_MANY_RECIPIENTS, NON_ASCII_SENDER, NON_ASCII_RECIPIENT, RELAY_NO_SMTPUTF8, RELAY_NO_REQUIRETLS)
 )
 
+# DSN (RFC 3461, the option dsn; see _dsn): MAIL's RET and ENVID, RCPT's
+# NOTIFY and ORCPT refused with what is wrong with them.
+EHLO_DSN = "DSN"
+DSN_DUPLICATE = "501 Error: %s parameter given more than once"
+DSN_BAD_RET = "501 Error: RET can only be one of FULL, HDRS"
+DSN_BAD_ENVID = "501 Error: ENVID must be xtext of printable US-ASCII, at most 100 characters"
+DSN_BAD_NOTIFY = "501 Error: NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
+DSN_BAD_ORCPT = "501 Error: ORCPT must be addr-type;xtext, at most 500 characters"
+
 # The enhanced status code (RFC 3463) of each reply of the server's own,
 # sent after the basic code (``250 2.1.0 OK``) when the option
 # enhanced_status_codes is on.  Left out: the greeting and the replies to
@@ -247,6 +256,7 @@ STATUS_CODES.update({
     DATA_AFTER_BDAT: "5.5.1",
     BINARYMIME_NEEDS_BDAT: "5.5.1",
 })
+STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN_BAD_ENVID, DSN_BAD_NOTIFY, DSN_BAD_ORCPT))
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -140,6 +140,7 @@ class Session:
         self.mailfrom = None
         self.rcpttos = []
         self.require_SMTPUTF8 = False
+        self.dsn: Any = None  # _dsn.Transaction: the DSN parameters given (option dsn)
         self.num_bytes = 0
         self.host.set_terminator(b"\r\n")
 
@@ -424,13 +425,14 @@ class Session:
             return
         # Most MAIL commands have no parameters (and no SMTPUTF8): nothing to check.
         if parsed or (host.enable_SMTPUTF8 and not address.isascii()):
-            refusal = _mail_params.mail_refusal(self, parsed, address, syntaxerr)
+            refusal = _mail_params.mail_refusal(self, parsed, address, syntaxerr, params)
             if refusal:
                 host.push(refusal)
                 return
         if self.features.ask_mail:
             refusal = host._session_accept("MAIL", address, self.mail_options)
             if refusal:
+                _mail_params.mail_refused(self)  # what the checks above noted is dropped
                 host.push(refusal)
                 return
         self.mailfrom = address
@@ -466,16 +468,15 @@ class Session:
             return
         self.rcpt_options = params.upper().split()
         parsed = host._getparams(self.rcpt_options)
-        if parsed is None:
-            host.push(syntaxerr)
-            return
-        # No RCPT parameter is known to this server.
-        if parsed:
-            host.push(R.RCPT_PARAMS_UNKNOWN)
-            return
+        if parsed != {}:  # a syntax error (None), or parameters: DSN's are known, with the option
+            refusal = _mail_params.rcpt_params_refusal(self, parsed, params, address, syntaxerr)
+            if refusal:
+                host.push(refusal)
+                return
         if self.features.ask_rcpt:
             refusal = host._session_accept("RCPT", address, self.rcpt_options)
             if refusal:
+                _mail_params.rcpt_refused(self)
                 host.push(refusal)
                 return
         self.rcpttos.append(address)

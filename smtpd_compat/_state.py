@@ -17,7 +17,7 @@ import enum
 import hmac
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from ._replies import EHLO_BINARYMIME, EHLO_CHUNKING, EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
+from ._replies import EHLO_BINARYMIME, EHLO_CHUNKING, EHLO_DSN, EHLO_ENHANCEDSTATUSCODES, EHLO_PIPELINING
 
 __all__ = [
     "AUTH_LINE_LIMIT",
@@ -160,6 +160,7 @@ class Features:
         "keywords",
         "received_header",
         "chunking",
+        "dsn",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -182,6 +183,8 @@ class Features:
         self.received_header = False
         # Offer CHUNKING and BINARYMIME, take BDAT (RFC 3030; see _chunking).
         self.chunking = False
+        # DSN (RFC 3461): a session of its own class (_dsn.DSNSession).
+        self.dsn = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
@@ -189,7 +192,11 @@ class Features:
         # The EHLO keywords that depend on these features alone, in order.
         self.keywords: Tuple[str, ...] = tuple(
             keyword
-            for keyword, offered in ((EHLO_PIPELINING, self.pipelining), (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes))
+            for keyword, offered in (
+                (EHLO_PIPELINING, self.pipelining),
+                (EHLO_ENHANCEDSTATUSCODES, self.enhanced_status_codes),
+                (EHLO_DSN, self.dsn),
+            )
             if offered
         )
         if self.chunking:

@@ -429,7 +429,7 @@ class PureProxy(SMTPServer):
             data = _grammar.add_peer_header(data, peer[0])
         else:
             data = _grammar.add_peer_header(data, peer[0])
-        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or ())
+        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"))
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data, needs)
 
     def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], needs: _relay.Needs = _relay.NO_NEEDS) -> Optional[str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-from typing import Any, List
+from typing import Any, List, Optional
 
 import pytest
 
 from smtpd_compat import _cli, _cli_args, _relay, smtpd
 from smtpd_compat import _replies as R
 
-from conftest import TIMEOUT, RawClient
+from conftest import TIMEOUT, RawClient, RecordingSMTPServer
 from tls_helpers import client_context, server_context, starttls, tls_client, tls_files  # noqa: F401  (fixtures)
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
@@ -261,3 +261,24 @@ def test_proxy_refuses_requiretls_without_a_downgrade(
         client.starttls(context=client_context)
         assert client.sendmail("a@example.com", ["b@example.com"], MESSAGE) == {}
     assert len(upstream.server.wait_for(1)) == 1
+
+
+# -- SMTPUTF8 after a refused MAIL ---------------------------------------------------------------
+def test_a_refused_mail_does_not_leave_smtputf8_set(server_factory: Any) -> None:
+    # smtpd set require_SMTPUTF8 before its other checks and kept it until
+    # RSET: the next MAIL, without SMTPUTF8, then took non-ASCII recipients.
+    class Picky(RecordingSMTPServer):
+        def accept_mail(self, channel: Any, address: str, params: List[str]) -> Optional[str]:
+            return "550 no" if address.startswith("no") else None
+
+    client = connect(server_factory(Picky, enable_SMTPUTF8=True))
+    client.command(b"EHLO c")
+    for refused, reply in ((b"MAIL FROM:<a@example.com> SMTPUTF8 FOO=BAR", R.MAIL_PARAMS_UNKNOWN),
+                           (b"MAIL FROM:<a@example.com> SMTPUTF8 SIZE=x", "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"),
+                           (b"MAIL FROM:<no@example.com> SMTPUTF8", "550 no")):
+        assert client.command(refused) == reply.encode() + b"\r\n"
+        assert transcript(client, [b"MAIL FROM:<a@example.com>", "RCPT TO:<jürgen@example.com>".encode(), b"RSET"]) == [
+            b"250 OK\r\n", R.NON_ASCII_RECIPIENT.encode() + b"\r\n", b"250 OK\r\n",
+        ]
+    # Accepted, it holds for the transaction.
+    assert transcript(client, [b"MAIL FROM:<a@example.com> SMTPUTF8", "RCPT TO:<jürgen@example.com>".encode()]) == [b"250 OK\r\n"] * 2
