@@ -29,12 +29,14 @@ from . import (
     _grammar,
     _guard,
     _limits,
+    _lmtp,
     _logging,
     _options,
     _serving,
     _session,
     _tls,
     _transport,
+    _unix,
     _views,
     asynchat,
 )
@@ -165,7 +167,7 @@ class SMTPChannel(asynchat.async_chat):
     ) -> None:
         features = _features(server)
         # With enhanced status codes the session is of its class from the start (see _extensions.enable).
-        session = _session_of(self, _extensions.session_class(features))
+        session = _session_of(self, _lmtp.session_class(features))  # (LMTP: an EnhancedSession too)
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -182,6 +184,8 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
+        if features.lmtp:
+            _lmtp.enable(session)
         if features.enhanced_status_codes:
             _extensions.enable(session)
         self._set_rset_state()
@@ -191,6 +195,8 @@ class SMTPChannel(asynchat.async_chat):
         self.fqdn = _globals.fqdn()
         try:
             self.peer = conn.getpeername()
+            if self.peer.__class__ is not tuple:  # a Unix socket's client
+                self.peer = _unix.peer(conn, self.peer)
         except OSError as err:
             # The client may already be gone.
             self.close()
@@ -501,6 +507,7 @@ def _features(server: Any) -> _session.Features:
         enhanced_status_codes=options.enhanced_status_codes,
         requiretls=options.requiretls,
         received_header=options.add_received_header,
+        lmtp=options.lmtp,
     )
 
 

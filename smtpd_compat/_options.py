@@ -111,6 +111,15 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- LMTP and Unix sockets (_lmtp, _unix; docs/lmtp.md) ----------------------------
+    # Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient
+    # after the message; PIPELINING and ENHANCEDSTATUSCODES always on.
+    lmtp: bool = False
+    # Listen on this Unix socket path instead of localaddr.
+    unix_socket: Optional[str] = None
+    # The Unix socket's permissions (only its owner may connect by default).
+    unix_mode: int = 0o600
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -140,6 +149,9 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    lmtp: bool
+    unix_socket: Optional[str]
+    unix_mode: int
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -151,6 +163,7 @@ TLS = (
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
+LOCAL = ("lmtp", "unix_socket", "unix_mode")
 
 _DEFAULTS = Options()
 

@@ -159,6 +159,13 @@ CODED = frozenset(
     (TOO_MANY_RECIPIENTS, NON_ASCII_SENDER, NON_ASCII_RECIPIENT, RELAY_NO_SMTPUTF8, RELAY_NO_REQUIRETLS)
 )
 
+# LMTP (RFC 2033; see _lmtp): LHLO replaces HELO and EHLO, which an LMTP
+# server answers 500; HELP names LHLO.
+SYNTAX_LHLO = "501 Syntax: LHLO hostname"
+LMTP_SEND_LHLO = "500 Error: this is an LMTP server: send LHLO"
+LMTP_HELP_ALL = "250 Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+LMTP_HELP_LHLO = "250 Syntax: LHLO hostname"
+
 # The enhanced status code (RFC 3463) of each reply of the server's own,
 # sent after the basic code (``250 2.1.0 OK``) when the option
 # enhanced_status_codes is on.  Left out: the greeting and the replies to
@@ -228,6 +235,8 @@ STATUS_CODES: Dict[str, str] = {
 }
 STATUS_CODES.update((text, "2.0.0") for text in HELP_SYNTAX.values())
 STATUS_CODES.update((HELP_SYNTAX[verb] + PARAMS_SUFFIX, "2.0.0") for verb in ("MAIL", "RCPT"))
+# LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
+STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -150,6 +150,7 @@ class Features:
         "requiretls",
         "keywords",
         "received_header",
+        "lmtp",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -170,6 +171,8 @@ class Features:
         self.requiretls = False  # announced over TLS only (Session._extension_keywords)
         # Prepend a Received: header to each message (see _received).
         self.received_header = False
+        # LMTP (RFC 2033) instead of SMTP: the session is an _lmtp.LMTPSession.
+        self.lmtp = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
