@@ -527,3 +527,19 @@ def test_help_lists_the_flags() -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     for flag in ("--lmtp", "--unix PATH", "--unix-mode MODE"):
         assert flag in result.stdout
+
+
+@unix_only
+def test_the_log_names_a_unix_client_and_each_recipients_reply(sock_path: str, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="smtpd_compat")
+    us = UnixServer(Verdicts, sock_path)
+    try:
+        with us.connect() as client:
+            client.read_reply()
+            client.send(b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<ok@x>\r\nRCPT TO:<full@x>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+            client.read_until_closed()
+    finally:
+        us.stop()
+    text = caplog.text
+    assert "Verdicts: connection from a Unix socket" in text
+    assert "unix:%s: message from a@x to ok@x, full@x, 2 bytes: 250 OK; 452 4.2.2 Mailbox full" % sock_path in text
