@@ -543,3 +543,35 @@ def test_the_log_names_a_unix_client_and_each_recipients_reply(sock_path: str, c
     text = caplog.text
     assert "Verdicts: connection from a Unix socket" in text
     assert "unix:%s: message from a@x to ok@x, full@x, 2 bytes: 250 OK; 452 4.2.2 Mailbox full" % sock_path in text
+
+
+class EarlyChannel(smtpd.SMTPChannel):
+    """Sets smtpd's attributes before SMTPChannel.__init__ (its session is then made early)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.received_lines = []
+        super().__init__(*args, **kwargs)
+
+
+class EarlyVerdicts(Verdicts):
+    channel_class = EarlyChannel
+
+
+def test_a_session_made_before_the_channel_knew_speaks_lmtp() -> None:
+    with running_server(EarlyVerdicts) as st, RawClient(st.address) as client:
+        fqdn = fqdn_of(client)
+        assert client.command(b"LHLO c") == LHLO_REPLY % fqdn
+        client.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<ok@x>\r\nRCPT TO:<nobody@x>\r\nDATA\r\nhi\r\n.\r\n")
+        assert [client.read_reply() for _ in range(6)][3:] == [b"354 End data with <CR><LF>.<CR><LF>\r\n",
+                                                               b"250 2.0.0 OK\r\n", b"550 5.1.1 No such user\r\n"]
+
+
+def test_lmtp_with_decode_data() -> None:
+    # str messages; no 8BITMIME in the LHLO reply (as in EHLO's).
+    with running_server(Verdicts, decode_data=True) as st, RawClient(st.address) as client:
+        client.read_reply()
+        reply = client.command(b"LHLO c")
+        assert b"8BITMIME" not in reply and b"250-PIPELINING\r\n" in reply
+        client.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<full@x>\r\nDATA\r\nh\xc3\xa9\r\n.\r\n")
+        assert [client.read_reply() for _ in range(4)][3] == b"452 4.2.2 Mailbox full\r\n"
+        assert st.server.messages[0][3] == "h\u00e9"
