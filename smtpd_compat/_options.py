@@ -21,8 +21,9 @@ live with the features (``_limits.check_options``, ``_tls.check_options``,
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, cast
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, Union, cast
 
 from ._sasl import DEFAULT_MECHANISMS
 
@@ -115,8 +116,8 @@ class Options:
     # Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient
     # after the message; PIPELINING and ENHANCEDSTATUSCODES always on.
     lmtp: bool = False
-    # Listen on this Unix socket path instead of localaddr.
-    unix_socket: Optional[str] = None
+    # Listen on this Unix socket path instead of localaddr (kept as a str).
+    unix_socket: Union[str, os.PathLike[str], None] = None
     # The Unix socket's permissions (only its owner may connect by default).
     unix_mode: int = 0o600
 
@@ -150,7 +151,7 @@ class ServerOptions(TypedDict, total=False):
     requiretls: bool
     add_received_header: bool
     lmtp: bool
-    unix_socket: Optional[str]
+    unix_socket: Union[str, os.PathLike[str], None]
     unix_mode: int
 
 

@@ -60,8 +60,8 @@ def check_options(options: Any) -> None:
 
 def path_of(server: Any) -> Optional[str]:
     """The Unix socket path *server* listens on, or None (TCP)."""
-    path: Optional[str] = _options.of(server).unix_socket
-    return path
+    path = _options.of(server).unix_socket
+    return None if path is None else os.fspath(path)  # (a str once check_options() ran)
 
 
 def create(server: Any) -> None:

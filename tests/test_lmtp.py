@@ -341,6 +341,18 @@ def test_swaks_lmtp_over_a_unix_socket(sock_path: str) -> None:
 
 
 @unix_only
+def test_the_path_may_be_a_path_object(sock_path: str) -> None:
+    import pathlib
+
+    server = Verdicts(None, unix_socket=pathlib.Path(sock_path), map={})
+    try:
+        assert server.unix_socket == sock_path and stat.S_ISSOCK(os.stat(sock_path).st_mode)
+    finally:
+        server.close()
+    assert not os.path.exists(sock_path)
+
+
+@unix_only
 def test_a_stale_socket_file_is_replaced(sock_path: str) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(sock_path)
