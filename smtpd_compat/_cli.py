@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import smtpd_compat
 
-from . import _logging, _options, _serving, asyncore, smtpd
+from . import _logging, _options, _proxy_io, _serving, asyncore, smtpd
 from ._auth import AuthFileError, PasswordFile, load_credentials
 from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
@@ -232,6 +232,7 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(limit_options(ns))
     options.update(extension_options(ns))
     options.update({name: True for name in _options.TRACE if getattr(ns, name)})
+    options.update(proxy_options(ns))
     options.update(local_options(ns))
     return options
 
@@ -247,6 +248,20 @@ def local_options(ns: argparse.Namespace) -> Dict[str, Any]:
     if ns.unix_mode is not None:
         options["unix_mode"] = ns.unix_mode
     return options
+
+
+def proxy_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The PROXY protocol options of the ``--proxy-*`` flags (only those given)."""
+    given = {name: getattr(ns, name) for name in ("proxy_trusted", "proxy_timeout") if hasattr(ns, name)}
+    if not ns.proxy_protocol:
+        if given:
+            raise UsageError("--%s needs --proxy-protocol" % sorted(given)[0].replace("_", "-"))
+        return {}
+    try:
+        _proxy_io.trusted_networks(given.get("proxy_trusted", ()))
+    except (TypeError, ValueError) as err:
+        raise UsageError("--proxy-trusted: %s" % str(err).replace("proxy_trusted: ", "")) from None
+    return dict(given, proxy_protocol=True)
 
 
 def extension_options(ns: argparse.Namespace) -> Dict[str, Any]:
@@ -348,7 +363,7 @@ def startup_line(server: Any, ns: argparse.Namespace) -> str:
         bound = (ns.localhost, ns.localport)
     address = _logging.format_address(bound)
     line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
-    features = _security_features(ns) + _extension_features(ns)
+    features = _security_features(ns) + _extension_features(ns) + (["PROXY protocol"] if ns.proxy_protocol else [])
     if ns.lmtp:
         features.insert(0, "LMTP")
     if features:

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extension_flags(p)
     _add_limit_flags(p)
     _add_output_flags(p)
+    _add_proxy_flags(p)
     _add_lmtp_flags(p)
     return p
 
@@ -175,6 +176,37 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
                         "relays such messages only over TLS to a server announcing it")
     g.add_argument("--add-received-header", action="store_true",
                    help="put a Received: header (RFC 5321 4.4) at the top of each message")
+
+
+def _add_proxy_flags(p: argparse.ArgumentParser) -> None:
+    # Behind HAProxy and the like (docs/proxy-protocol.md); the values are
+    # checked with the option (_proxy_io), and need --proxy-protocol.
+    g = p.add_argument_group("behind a proxy (docs/proxy-protocol.md)")
+    g.add_argument("--proxy-protocol", action="store_true",
+                   help="read a PROXY protocol header (HAProxy's v1 or v2) at the start of each connection: "
+                        "the client it names is the session's peer")
+    g.add_argument("--proxy-trusted", metavar="CIDR,...", type=_networks, default=argparse.SUPPRESS,
+                   help="the networks the proxies connect from; any other connection is closed "
+                        "(default 127.0.0.0/8,::1)")
+    g.add_argument("--proxy-timeout", metavar="SECONDS", type=_proxy_seconds, default=argparse.SUPPRESS,
+                   help="close a connection whose header is not complete within SECONDS (default 5)")
+
+
+def _networks(text: str) -> Tuple[str, ...]:
+    networks = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not networks:
+        raise argparse.ArgumentTypeError("expected networks such as 10.0.0.0/8,::1, not %r" % text)
+    return networks
+
+
+def _proxy_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number)" % text)
+    return value
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

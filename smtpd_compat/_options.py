@@ -23,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, Union, cast
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, TypedDict, Union, cast
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "PROXY", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -112,6 +113,16 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- PROXY protocol (_proxy_io; docs/proxy-protocol.md) ----------------------------
+    # Each connection starts with a PROXY protocol header (HAProxy's v1 or
+    # v2) naming the real client, which becomes the session's peer.
+    proxy_protocol: bool = False
+    # The networks the proxies connect from; a connection from anywhere
+    # else is closed unanswered (with proxy_protocol only).
+    proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]] = ("127.0.0.0/8", "::1/128")
+    # Seconds a proxy may take to send the whole header.
+    proxy_timeout: float = 5.0
+
     # -- LMTP and Unix sockets (_lmtp, _unix; docs/lmtp.md) ----------------------------
     # Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient
     # after the message; PIPELINING and ENHANCEDSTATUSCODES always on.
@@ -150,6 +161,9 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    proxy_protocol: bool
+    proxy_trusted: Sequence[Union[str, IPv4Network, IPv6Network]]
+    proxy_timeout: float
     lmtp: bool
     unix_socket: Union[str, os.PathLike[str], None]
     unix_mode: int
@@ -164,6 +178,7 @@ TLS = (
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
+PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 LOCAL = ("lmtp", "unix_socket", "unix_mode")
 
 _DEFAULTS = Options()

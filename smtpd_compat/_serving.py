@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from . import _grammar, _listener, _logging, _options, _reactor
+from . import _grammar, _listener, _logging, _options, _proxy_io, _reactor
 
 # The keyword options of SMTPServer that this module applies, with their
 # defaults (all declared in _options.Options).
@@ -312,6 +312,7 @@ def server_close(server: Any) -> None:
     server.close()
     for channel in _channels(server):
         channel.close()
+    _proxy_io.close_pending(server)
     st.closing = True
     st.requested = True
     _cancel_timers(st)
@@ -332,6 +333,7 @@ def begin_shutdown(server: Any) -> None:
         _listener.refuse_handshakes(server.socket)
         _listener.drain_backlog(server)
         server.close()
+    _proxy_io.close_pending(server)  # connections that never said who their client is
     in_data = 0
     told = 0
     active = 0

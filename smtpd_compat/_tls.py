@@ -25,7 +25,7 @@ import smtplib
 import ssl
 from typing import Any, Dict, Optional
 
-from . import _options
+from . import _options, _transport
 from ._auth import MECHANISMS, Credentials, PasswordFile, check_in_worker
 
 log = logging.getLogger("smtpd_compat")
@@ -134,7 +134,8 @@ def wrap_accepted(server: Any, conn: Any) -> Optional[Any]:
         return conn
     try:
         conn.setblocking(False)
-        return context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return _transport.keep_peer(conn, tls)  # behind a PROXY header: the client's address
     except (OSError, ValueError) as err:
         log.warning("cannot start TLS on an accepted connection: %s", err)
         conn.close()

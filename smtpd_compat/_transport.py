@@ -37,7 +37,10 @@ from typing import Any, Callable, List, Optional
 
 log = logging.getLogger("smtpd_compat")
 
-__all__ = ["HANDSHAKE_DONE", "HANDSHAKE_READ", "HANDSHAKE_WRITE", "PlainTransport", "TLSTransport", "can_start_tls", "send_each"]
+__all__ = [
+    "HANDSHAKE_DONE", "HANDSHAKE_READ", "HANDSHAKE_WRITE", "PlainTransport", "ProxiedSocket", "TLSTransport", "can_start_tls",
+    "keep_peer", "peek", "send_each", "take",
+]
 
 # What TLSTransport.handshake() returns.
 HANDSHAKE_DONE = "done"
@@ -66,7 +69,7 @@ class PlainTransport:
         self.recv: Callable[[int], bytes] = sock.recv
         self.send: Callable[[Any], int] = sock.send
         self.sendmsg: Callable[[List[Any]], int]
-        if type(sock) is socket.socket:
+        if type(sock) is socket.socket or type(sock) is ProxiedSocket:
             self.sendmsg = sock.sendmsg
         elif isinstance(sock, ssl.SSLSocket):
             # A socket some code wrapped in TLS itself: one record for the
@@ -136,7 +139,7 @@ class TLSTransport:
     @classmethod
     def start(cls, sock: Any, context: ssl.SSLContext) -> "TLSTransport":
         """Wrap *sock* (STARTTLS); raises OSError/ValueError if it cannot be."""
-        return cls(context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), True)
+        return cls(keep_peer(sock, context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)), True)
 
     @classmethod
     def adopt(cls, sock: ssl.SSLSocket) -> "TLSTransport":
@@ -233,3 +236,51 @@ class TLSTransport:
             self.sock.unwrap()
         except (OSError, ValueError):
             pass
+
+
+# -- a connection behind a proxy (PROXY protocol, see _proxy_io) ----------------------
+class ProxiedSocket(socket.socket):
+    """An accepted connection whose PROXY protocol header named the real
+    client: ``getpeername()`` answers that client's address, so that the
+    channel's ``peer`` (and anything else that asks the socket) is the
+    client's, not the proxy's.  Everything else is the socket's own."""
+
+    __slots__ = ("proxied_peer",)
+    proxied_peer: Any
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, peer: Any) -> "ProxiedSocket":
+        """*sock*'s connection as a ProxiedSocket (*sock* is detached)."""
+        proxied = cls(sock.family, sock.type, sock.proto, sock.detach())
+        proxied.proxied_peer = peer
+        return proxied
+
+    def getpeername(self) -> Any:
+        try:
+            return self.proxied_peer
+        except AttributeError:  # a dup() of one
+            return super().getpeername()
+
+
+def keep_peer(plain: Any, tls: ssl.SSLSocket) -> ssl.SSLSocket:
+    """*tls*, the TLS socket made from *plain*, answering ``getpeername()``
+    as *plain* did when that is a :class:`ProxiedSocket`."""
+    if type(plain) is ProxiedSocket:
+        peer = plain.getpeername()
+        setattr(tls, "getpeername", lambda: peer)  # noqa: B010 (an instance attribute over the method)
+    return tls
+
+
+def peek(sock: Any, size: int) -> bytes:
+    """Up to *size* bytes waiting on *sock*, left there (``MSG_PEEK``)."""
+    data: bytes = sock.recv(size, socket.MSG_PEEK)
+    return data
+
+
+def take(sock: Any, size: int) -> None:
+    """Consume *size* bytes that :func:`peek` has seen on *sock*."""
+    while size > 0:
+        data = sock.recv(size)
+        if not data:
+            raise ConnectionResetError("the connection closed")
+        size -= len(data)

@@ -65,6 +65,7 @@ from . import (
     _lmtp,
     _logging,
     _options,
+    _proxy_io,
     _relay,
     _serving,
     _tls,
@@ -186,6 +187,9 @@ class SMTPServer(asyncore.dispatcher):
         _tls.check_options(values, self)
         _extensions.check_options(values, _options.EXTENSIONS)
         _extensions.check_options(values, _options.TRACE)  # (bools too)
+        _proxy_io.check_options(values)
+        if values.proxy_protocol:
+            _proxy_io.install(self, values)  # each connection's PROXY header is read before handle_accepted()
         _lmtp.check_options(values)
         _unix.check_options(values)
 
