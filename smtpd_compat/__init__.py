@@ -20,6 +20,7 @@ from . import asynchat, asyncore, smtpd
 from ._auth import PasswordFile
 from .asyncore import close_all, loop
 from .controller import Controller
+from .lmtp import LMTPServer
 from .servers import MailboxServer, RecordingServer
 from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
 
@@ -40,6 +41,7 @@ __all__ = [
     "install_aliases",
     "loop",
     "smtpd",
+    "LMTPServer",
 ]
 
 _ALIASES = {"smtpd": smtpd, "asyncore": asyncore, "asynchat": asynchat}

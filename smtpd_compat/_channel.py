@@ -30,12 +30,14 @@ from . import (
     _grammar,
     _guard,
     _limits,
+    _lmtp,  # noqa: F401  (its session class, for _extensions.session_class)
     _logging,
     _options,
     _serving,
     _session,
     _tls,
     _transport,
+    _unix,
     _views,
     asynchat,
 )
@@ -166,7 +168,7 @@ class SMTPChannel(asynchat.async_chat):
         decode_data: bool = False,
     ) -> None:
         features = _features(server)
-        # With enhanced status codes the session is of its class from the start (see _extensions.enable).
+        # With the extensions that need one, the session is of its class from the start (see _extensions.enable).
         session = _session_of(self, _extensions.session_class(features))
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
@@ -184,8 +186,8 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
-        if features.enhanced_status_codes or features.dsn:
-            _extensions.enable(session)
+        if features.enhanced_status_codes or features.dsn or features.chunking:
+            _extensions.enable(session)  # its class (an LMTP server has enhanced codes)
         if features.chunking:
             _chunking.enable(self, session)
         self._set_rset_state()
@@ -195,6 +197,8 @@ class SMTPChannel(asynchat.async_chat):
         self.fqdn = _globals.fqdn()
         try:
             self.peer = conn.getpeername()
+            if self.peer.__class__ is not tuple:  # a Unix socket's client
+                self.peer = _unix.peer(conn, self.peer)
         except OSError as err:
             # The client may already be gone.
             self.close()
@@ -513,6 +517,7 @@ def _features(server: Any) -> _session.Features:
         received_header=options.add_received_header,
         chunking=options.chunking,
         dsn=options.dsn,
+        lmtp=options.lmtp,
     )
 
 

@@ -81,10 +81,10 @@ class ChunkingSession(Session):
             if self.chunk_refusal is None:
                 self.chunks.append(data)
             return  # a refused chunk's octets are dropped as they come
-        Session.collect(self, data)
+        super().collect(data)
 
     def post_data_state(self) -> None:
-        Session.post_data_state(self)
+        super().post_data_state()
         self.chunks = []
         self.message_size = 0
         self.chunked = False
@@ -102,7 +102,7 @@ class ChunkingSession(Session):
                 self.host._set_post_data_state()
                 self.host.push(refusal)
                 return
-        Session.data(self, arg)
+        super().data(arg)
 
     def bdat(self, arg: Optional[str]) -> None:
         """``BDAT <size> [LAST]``: read the chunk's octets next (the reply
@@ -151,7 +151,7 @@ class ChunkingSession(Session):
 
     def end_of_data(self, pieces: List[bytes]) -> Optional[Union[bytes, str]]:
         if self.state is not _S_BDAT:
-            return Session.end_of_data(self, pieces)  # DATA's message
+            return super().end_of_data(pieces)  # DATA's message
         # The size was checked chunk by chunk; the octets are the message.
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
@@ -166,7 +166,7 @@ class ChunkingSession(Session):
         return chunks
 
 
-_extensions.add_session_class("chunking", ChunkingSession, first=True)
+_extensions.add_session_class("chunking", ChunkingSession)
 
 
 def enable(channel: Any, session: Session) -> None:

@@ -40,6 +40,7 @@ from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args
 from ._cli_hash_password import hash_password_main
 from ._limits import DEFAULTS
 from ._platform import NotAvailable, require
+from .lmtp import LMTPServer
 from .servers import MailboxPathError, MailboxServer, ReadableDebuggingServer, RecordingServer
 from .smtpd import DATA_SIZE_DEFAULT, DebuggingServer, PureProxy, SMTPServer
 
@@ -102,6 +103,9 @@ def check_applicable(ns: argparse.Namespace, cls: Any) -> None:
             raise UsageError("%s applies to -c PureProxy (the class that relays), not to %s" % (flag, name))
     if ns.readable and not (cls is DebuggingServer or _is_subclass(cls, ReadableDebuggingServer)):
         raise UsageError("--readable applies to -c DebuggingServer, not to %s" % name)
+    if cls is LMTPServer:
+        raise UsageError("LMTPServer is a base class that delivers nowhere: give a class that does, "
+                         "with --lmtp (-c MailboxServer --lmtp --maildir DIR)")
 
 
 # -- TLS, AUTH and relay flags ----------------------------------------------------------
@@ -229,6 +233,20 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(extension_options(ns))
     options.update({name: True for name in _options.TRACE if getattr(ns, name)})
     options.update(proxy_options(ns))
+    options.update(local_options(ns))
+    return options
+
+
+def local_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The LMTP and Unix socket options of ``--lmtp``, ``--unix`` and
+    ``--unix-mode`` (only those given)."""
+    if ns.unix_mode is not None and ns.unix is None:
+        raise UsageError("--unix-mode needs --unix")
+    options: Dict[str, Any] = {"lmtp": True} if ns.lmtp else {}
+    if ns.unix is not None:
+        options["unix_socket"] = ns.unix
+    if ns.unix_mode is not None:
+        options["unix_mode"] = ns.unix_mode
     return options
 
 
@@ -330,7 +348,7 @@ def make_server(ns: argparse.Namespace) -> Any:
         raise UsageError("--%s %s: %s" % (err.option, err.path, err.reason)) from None
     except OSError as err:
         reason = err.strerror or str(err)
-        raise UsageError("cannot listen on %s: %s" % (ns.localspec, reason)) from None
+        raise UsageError("cannot listen on %s: %s" % (ns.unix or ns.localspec, reason)) from None
     except (TypeError, ValueError) as err:
         raise UsageError("cannot start %s: %s" % (ns.classname, err)) from None
 
@@ -346,6 +364,8 @@ def startup_line(server: Any, ns: argparse.Namespace) -> str:
     address = _logging.format_address(bound)
     line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
     features = _security_features(ns) + _extension_features(ns) + (["PROXY protocol"] if ns.proxy_protocol else [])
+    if ns.lmtp:
+        features.insert(0, "LMTP")
     if features:
         line += " (%s)" % ", ".join(features)
     return line + _destination(server, ns)

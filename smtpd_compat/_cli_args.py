@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_flags(p)
     _add_output_flags(p)
     _add_proxy_flags(p)
+    _add_lmtp_flags(p)
     return p
 
 
@@ -236,6 +237,19 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
                    help="print smtpd_compat's version and exit")
 
 
+def _add_lmtp_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LMTP and Unix sockets (docs/lmtp.md)")
+    g.add_argument("--lmtp", action="store_true",
+                   help="speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient; "
+                        "with any class (-c MailboxServer --lmtp: a local delivery agent)")
+    g.add_argument("--unix", metavar="PATH",
+                   help="listen on this Unix socket instead of localhost:localport "
+                        "(a stale socket file there is replaced; removed on exit)")
+    g.add_argument("--unix-mode", type=_mode, metavar="MODE",
+                   help="the Unix socket's permissions, in octal (default 600: its owner only; "
+                        "660 for a group such as postfix)")
+
+
 # -- the flags' values -------------------------------------------------------------------
 def _size(text: str) -> int:
     try:
@@ -244,6 +258,17 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError("invalid size: %r" % text) from None
     if value < 0:
         raise argparse.ArgumentTypeError("invalid size: %r" % text)
+    return value
+
+
+def _mode(text: str) -> int:
+    """A permission mode in octal (``660``, ``0o660``)."""
+    try:
+        value = int(text[2:] if text.lower().startswith("0o") else text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("invalid mode: %r (octal, such as 660)" % text)
     return value
 
 

@@ -73,7 +73,7 @@ class EnhancedSession(Session):
 
     def command_line(self, line: bytes, size: int = -1) -> Optional[Tuple[str, Optional[str]]]:
         self.command = None
-        command = Session.command_line(self, line, size)
+        command = super().command_line(line, size)
         if command is not None:
             self.command = command[0]
         return command
@@ -84,7 +84,7 @@ class EnhancedSession(Session):
             if isinstance(status, bytes):
                 status = status.decode("utf-8", "replace")
             self.theirs = status
-        Session.replied(self, status)
+        super().replied(status)
 
 
 class EnhancingHost:
@@ -134,41 +134,39 @@ class DSNSession(Session):
     dsn: Any = None  # the transaction's _dsn.Transaction (post_data_state() resets it)
 
     def _extension_keywords(self) -> List[str]:
-        keywords = Session._extension_keywords(self)
+        keywords = super()._extension_keywords()
         limits = self.command_size_limits
         limits["MAIL"] += _dsn.MAIL_LINE_GROWTH
         limits["RCPT"] += _dsn.RCPT_LINE_GROWTH
         return keywords
 
     def message_options(self) -> Dict[str, Any]:
-        options = Session.message_options(self)
+        options = super().message_options()
         options["dsn"] = _dsn.of(self.dsn, self.rcpttos)
         return options
 
 
-# The session classes of the options that need one, each with the Features
-# attribute that asks for it, in the order they are bases of a session with
-# several (the first one's methods are found first): extension modules
-# above this one add theirs (add_session_class), so that any combination of
-# options makes one class (session_class).
-_SESSION_CLASSES: List[Tuple[str, Type[Session]]] = [
-    ("enhanced_status_codes", EnhancedSession),
-    ("dsn", DSNSession),
-]
+# The session classes of the options that need one, by the Features
+# attribute that asks for it; a session with several is of a class made of
+# theirs, as bases in the order of _SESSION_ORDER (the first one's methods
+# are found first; each calls the next with super()).  Extension modules
+# above this one add theirs (add_session_class).
+_SESSION_ORDER = ("lmtp", "chunking", "enhanced_status_codes", "dsn")
+_SESSION_CLASSES: Dict[str, Type[Session]] = {"enhanced_status_codes": EnhancedSession, "dsn": DSNSession}
 _COMPOSED: Dict[Tuple[Type[Session], ...], Type[Session]] = {}
 
 
-def add_session_class(feature: str, cls: Type[Session], first: bool = False) -> None:
-    """Sessions whose Features have *feature* true are of *cls* (with the
-    classes of the other features they have)."""
-    _SESSION_CLASSES.insert(0 if first else len(_SESSION_CLASSES), (feature, cls))
+def add_session_class(feature: str, cls: Type[Session]) -> None:
+    """Sessions whose Features have *feature* (of _SESSION_ORDER) true are
+    of *cls* (with the classes of the other features they have)."""
+    _SESSION_CLASSES[feature] = cls
 
 
 def session_class(features: Features) -> Type[Session]:
     """The class of a session that has *features*: Session, the class of
     the one option that needs one, or a class made of several (made once
     per combination)."""
-    bases = tuple(cls for feature, cls in _SESSION_CLASSES if getattr(features, feature))
+    bases = tuple(_SESSION_CLASSES[feature] for feature in _SESSION_ORDER if getattr(features, feature))
     if len(bases) < 2:
         return bases[0] if bases else Session
     cls = _COMPOSED.get(bases)

@@ -37,10 +37,12 @@ def format_address(addr: Any) -> str:
     """``host:port``, with IPv6 hosts in brackets."""
     if isinstance(addr, tuple) and len(addr) >= 2:
         host, port = addr[0], addr[1]
+        if str(host).startswith("unix:"):
+            return str(host)  # a Unix socket's client (see _unix.peer)
         if ":" in str(host):
             return "[%s]:%s" % (host, port)
         return "%s:%s" % (host, port)
-    return str(addr)
+    return str(addr) or "a Unix socket"  # accept()'s address of a Unix socket's client: ''
 
 
 def _in_sasl_exchange(channel: Any) -> bool:
@@ -102,6 +104,8 @@ def log_delivery(peer: Any, mailfrom: str, rcpttos: List[str], size: int, reply:
     if log.isEnabledFor(logging.INFO):
         if isinstance(reply, bytes):
             reply = reply.decode("utf-8", "replace")
+        elif isinstance(reply, (list, tuple)):  # LMTP: one reply per recipient
+            reply = "; ".join(r.decode("utf-8", "replace") if isinstance(r, bytes) else (r or "250 OK") for r in reply)
         log.info("%s: message from %s to %s, %d bytes: %s", format_address(peer), mailfrom,
                  _recipients(rcpttos), size, reply or "250 OK")
 

@@ -21,6 +21,7 @@ live with the features (``_limits.check_options``, ``_tls.check_options``,
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, TypedDict, Union, cast
@@ -130,6 +131,15 @@ class Options:
     # and ORCPT; process_message() gets them as its dsn argument.
     dsn: bool = False
 
+    # -- LMTP and Unix sockets (_lmtp, _unix; docs/lmtp.md) ----------------------------
+    # Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient
+    # after the message; PIPELINING and ENHANCEDSTATUSCODES always on.
+    lmtp: bool = False
+    # Listen on this Unix socket path instead of localaddr (kept as a str).
+    unix_socket: Union[str, os.PathLike[str], None] = None
+    # The Unix socket's permissions (only its owner may connect by default).
+    unix_mode: int = 0o600
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -164,6 +174,9 @@ class ServerOptions(TypedDict, total=False):
     proxy_timeout: float
     chunking: bool
     dsn: bool
+    lmtp: bool
+    unix_socket: Union[str, os.PathLike[str], None]
+    unix_mode: int
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -177,6 +190,7 @@ EXTENSIONS: Tuple[str, ...] = ("pipelining", "enhanced_status_codes", "requiretl
 TRACE = ("add_received_header",)
 PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)
+LOCAL = ("lmtp", "unix_socket", "unix_mode")
 
 _DEFAULTS = Options()
 

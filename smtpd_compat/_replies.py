@@ -167,6 +167,12 @@ DSN_BAD_RET = "501 Error: RET can only be one of FULL, HDRS"
 DSN_BAD_ENVID = "501 Error: ENVID must be xtext of printable US-ASCII, at most 100 characters"
 DSN_BAD_NOTIFY = "501 Error: NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
 DSN_BAD_ORCPT = "501 Error: ORCPT must be addr-type;xtext, at most 500 characters"
+# LMTP (RFC 2033; see _lmtp): LHLO replaces HELO and EHLO, which an LMTP
+# server answers 500; HELP names LHLO.
+SYNTAX_LHLO = "501 Syntax: LHLO hostname"
+LMTP_SEND_LHLO = "500 Error: this is an LMTP server: send LHLO"
+LMTP_HELP_ALL = "250 Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+LMTP_HELP_LHLO = "250 Syntax: LHLO hostname"
 
 # The enhanced status code (RFC 3463) of each reply of the server's own,
 # sent after the basic code (``250 2.1.0 OK``) when the option
@@ -257,6 +263,8 @@ STATUS_CODES.update({
     BINARYMIME_NEEDS_BDAT: "5.5.1",
 })
 STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN_BAD_ENVID, DSN_BAD_NOTIFY, DSN_BAD_ORCPT))
+# LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
+STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -320,8 +320,8 @@ class Session:
         if self._greeted(arg, R.SYNTAX_HELO):
             self.host.push(R.HELO_OK % self.host.fqdn)
 
-    def ehlo(self, arg: Optional[str]) -> None:
-        if not self._greeted(arg, R.SYNTAX_EHLO):
+    def ehlo(self, arg: Optional[str], syntax: str = R.SYNTAX_EHLO) -> None:
+        if not self._greeted(arg, syntax):  # (LMTP's LHLO gives its own *syntax* reply)
             return
         host = self.host
         self.extended_smtp = True

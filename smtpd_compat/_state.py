@@ -161,6 +161,7 @@ class Features:
         "received_header",
         "chunking",
         "dsn",
+        "lmtp",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -185,6 +186,8 @@ class Features:
         self.chunking = False
         # DSN (RFC 3461): a session of its own class (_dsn.DSNSession).
         self.dsn = False
+        # LMTP (RFC 2033) instead of SMTP: the session is an _lmtp.LMTPSession.
+        self.lmtp = False
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).

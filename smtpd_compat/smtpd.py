@@ -63,12 +63,14 @@ from . import (
     _grammar,
     _limits,
     _listener,
+    _lmtp,
     _logging,
     _options,
     _proxy_io,
     _relay,
     _serving,
     _tls,
+    _unix,
     _views,
     asynchat,  # noqa: F401  (CPython's smtpd namespace had it)
     asyncore,
@@ -157,8 +159,11 @@ class SMTPServer(asyncore.dispatcher):
         _chunking.check_options(_options.of(self), decode_data)
         asyncore.dispatcher.__init__(self, map=map)
         try:
-            gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
-            self.create_socket(gai_results[0][0], gai_results[0][1])
+            if _unix.path_of(self) is not None:
+                _unix.create(self)  # unix_socket: localaddr is not used
+            else:
+                gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
+                self.create_socket(gai_results[0][0], gai_results[0][1])
             self.server_bind()
             self.server_activate()
         except BaseException:
@@ -187,6 +192,8 @@ class SMTPServer(asyncore.dispatcher):
         _proxy_io.check_options(values)
         if values.proxy_protocol:
             _proxy_io.install(self, values)  # each connection's PROXY header is read before handle_accepted()
+        _lmtp.check_options(values)
+        _unix.check_options(values)
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
@@ -214,6 +221,10 @@ class SMTPServer(asyncore.dispatcher):
         Windows, where ``SO_REUSEADDR`` would let a second server bind the
         same port, it makes the port exclusive instead (``SO_EXCLUSIVEADDRUSE``).
         """
+        unix_path = _unix.path_of(self)
+        if unix_path is not None:
+            _unix.bind(self, unix_path)  # the unix_socket option (a stale socket file replaced)
+            return
         if os.name == "nt":
             _listener.exclusive_address(self.socket)
         else:
@@ -250,6 +261,12 @@ class SMTPServer(asyncore.dispatcher):
     def server_close(self) -> None:
         """Close the listening socket and every session of this server now."""
         _serving.server_close(self)
+
+    def close(self) -> None:
+        """Close the listening socket (asyncore's ``close()``); a Unix
+        socket's file is removed (``unix_socket``)."""
+        asyncore.dispatcher.close(self)
+        _unix.unlink(self)
 
     def __enter__(self) -> "SMTPServer":
         return self

@@ -555,6 +555,7 @@ def test_every_reply_has_a_code_or_a_reason_not_to() -> None:
     without = {
         _replies.GREETING, _replies.HELO_OK, _replies.SYNTAX_HELO, _replies.SYNTAX_EHLO,  # RFC 2034 section 3
         _replies.DUPLICATE_HELO,
+        _replies.SYNTAX_LHLO,  # LMTP's EHLO
         _replies.START_DATA, _replies.AUTH_CHALLENGE,  # 3xx
         *_replies.CODED,  # have their code already
     }

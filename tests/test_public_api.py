@@ -247,6 +247,7 @@ def test_star_import_names_pinned() -> None:
 PACKAGE_ALL = [
     "Controller", "DebuggingServer", "MailboxServer", "PasswordFile", "PureProxy", "RecordingServer",
     "SMTPChannel", "SMTPServer", "asynchat", "asyncore", "close_all", "install_aliases", "loop", "smtpd",
+    "LMTPServer",
 ]
 
 
