@@ -33,6 +33,7 @@ from . import (
     _options,
     _serving,
     _session,
+    _spool,
     _tls,
     _transport,
     _views,
@@ -184,6 +185,8 @@ class SMTPChannel(asynchat.async_chat):
         session.features = features
         if features.enhanced_status_codes:
             _extensions.enable(session)
+        if features.spool_threshold is not None:
+            _spool.enable(session)  # (a session made before __init__ ran)
         self._set_rset_state()
         session.seen_greeting = ""
         session.extended_smtp = False
@@ -501,6 +504,8 @@ def _features(server: Any) -> _session.Features:
         enhanced_status_codes=options.enhanced_status_codes,
         requiretls=options.requiretls,
         received_header=options.add_received_header,
+        spool_threshold=options.spool_threshold,
+        spool_dir=options.spool_dir,
     )
 
 

@@ -228,7 +228,15 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(limit_options(ns))
     options.update(extension_options(ns))
     options.update({name: True for name in _options.TRACE if getattr(ns, name)})
+    options.update(spool_options(ns))
     return options
+
+
+def spool_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """spool_threshold and spool_dir, when given."""
+    if ns.spool_dir is not None and ns.spool_threshold is None:
+        raise UsageError("--spool-dir needs --spool-threshold")
+    return {name: getattr(ns, name) for name in _options.SPOOL if getattr(ns, name) is not None}
 
 
 def extension_options(ns: argparse.Namespace) -> Dict[str, Any]:

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extension_flags(p)
     _add_limit_flags(p)
     _add_output_flags(p)
+    _add_spool_flags(p)
     return p
 
 
@@ -174,6 +175,14 @@ def _add_extension_flags(p: argparse.ArgumentParser) -> None:
                         "relays such messages only over TLS to a server announcing it")
     g.add_argument("--add-received-header", action="store_true",
                    help="put a Received: header (RFC 5321 4.4) at the top of each message")
+
+
+def _add_spool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("big messages (docs/big-messages.md)")
+    g.add_argument("--spool-threshold", metavar="BYTES", type=_size,
+                   help="keep at most BYTES of a message in memory, the rest in a temporary file "
+                        "(MailboxServer and PureProxy then never hold the message whole)")
+    g.add_argument("--spool-dir", metavar="DIR", help="where those temporary files go (default: the system's)")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ import operator
 from typing import Any, Iterable, List, Optional, Tuple, Type, cast
 
 from . import _replies as R
+from . import _spool
 from ._session import Session
 from ._state import Features, Host
 
@@ -122,7 +123,8 @@ del _name
 
 def session_class(features: Features) -> Type[Session]:
     """The class of a session that has *features*."""
-    return EnhancedSession if features.enhanced_status_codes else Session
+    cls = EnhancedSession if features.enhanced_status_codes else Session
+    return cls if features.spool_threshold is None else _spool.session_class(cls)
 
 
 def enable(session: Session) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypedDict, ca
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
+__all__ = ["EXTENSIONS", "LIMITS", "Options", "SERVING", "ServerOptions", "SPOOL", "TLS", "TRACE", "defaults", "names", "of"]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -111,6 +111,13 @@ class Options:
     # to process_message().
     add_received_header: bool = False
 
+    # -- big messages (_spool; docs/big-messages.md) -----------------------------------
+    # Keep at most this many bytes of a message in memory, the rest in a
+    # temporary file (None: all in memory, as smtpd).
+    spool_threshold: Optional[int] = None
+    # Where those temporary files go (None: tempfile.gettempdir()).
+    spool_dir: Optional[str] = None
+
 
 class ServerOptions(TypedDict, total=False):
     """The keyword options of ``SMTPServer``, for a type checker
@@ -140,6 +147,8 @@ class ServerOptions(TypedDict, total=False):
     enhanced_status_codes: bool
     requiretls: bool
     add_received_header: bool
+    spool_threshold: Optional[int]
+    spool_dir: Optional[str]
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -151,6 +160,7 @@ TLS = (
 SERVING = ("shutdown_timeout",)
 EXTENSIONS = ("pipelining", "enhanced_status_codes", "requiretls")
 TRACE = ("add_received_header",)
+SPOOL = ("spool_threshold", "spool_dir")
 
 _DEFAULTS = Options()
 

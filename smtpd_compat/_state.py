@@ -150,6 +150,8 @@ class Features:
         "requiretls",
         "keywords",
         "received_header",
+        "spool_threshold",
+        "spool_dir",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -170,6 +172,9 @@ class Features:
         self.requiretls = False  # announced over TLS only (Session._extension_keywords)
         # Prepend a Received: header to each message (see _received).
         self.received_header = False
+        # Spool message text beyond this many bytes to a file (see _spool).
+        self.spool_threshold: Optional[int] = None
+        self.spool_dir: Optional[str] = None
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).
