@@ -186,11 +186,15 @@ class StreamPayload:
 
     def _measure(self) -> Tuple[int, bool]:
         if self._measured is None:
-            size, ascii_only = 0, True
-            for block in self.blocks():
-                size += len(block)
-                ascii_only = ascii_only and block.isascii()
-            self._measured = size, ascii_only
+            ascii_only = [True]
+
+            def text() -> Iterator[bytes]:
+                for block in self._text():
+                    ascii_only[0] = ascii_only[0] and block.isascii()
+                    yield block
+
+            size = _spool.Stuffer().size(text())
+            self._measured = size, ascii_only[0]
         return self._measured
 
     def __len__(self) -> int:

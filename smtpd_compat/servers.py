@@ -278,7 +278,7 @@ def _from_line(mailfrom: str) -> bytes:
     return ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
 
 
-def _file_blocks(file: Any, size: int = 1 << 16) -> Iterator[bytes]:
+def _file_blocks(file: Any, size: int = 1 << 20) -> Iterator[bytes]:
     block = file.read(size)
     while block:
         yield block

@@ -52,6 +52,7 @@ def test_unstuffer_gives_what_the_in_memory_path_gives(data: bytes, cuts: List[i
 def test_stuffer_gives_what_the_relay_sends(data: bytes, cuts: List[int]) -> None:
     stuffer = _spool.Stuffer()
     assert b"".join(stuffer.wire(split(data, cuts))) == _relay.wire_data(data)
+    assert _spool.Stuffer().size(split(data, cuts)) == len(_relay.wire_data(data))
 
 
 @given(texts, st.lists(st.integers(0, 200), max_size=8))
@@ -317,3 +318,70 @@ def test_the_flags_reach_the_server_only_when_given(tmp_path: Path) -> None:
     assert "spool_threshold" not in _cli.server_options(_cli_args.parse_args([]))
     with pytest.raises(_cli_args.UsageError, match="--spool-threshold"):
         _cli.server_options(_cli_args.parse_args(["--spool-dir", str(tmp_path)]))
+
+
+def test_with_enhanced_status_codes_the_spool_still_serves() -> None:
+    with running_server(spool_threshold=0, enhanced_status_codes=True) as st:
+        with RawClient(st.address) as client:
+            assert client.read_reply().startswith(b"220 ")
+            assert b"250-ENHANCEDSTATUSCODES\r\n" in client.command(b"EHLO client.example")
+            assert client.command(b"MAIL FROM:<a@example.com>") == b"250 2.1.0 OK\r\n"
+            assert client.command(b"RCPT TO:<b@example.com>") == b"250 2.1.5 OK\r\n"
+            assert client.command(b"DATA").startswith(b"354 ")
+            client.send(b"..dot\r\nline\r\n")
+            assert client.command(b".") == b"250 2.0.0 OK\r\n"
+            assert st.call(lambda: type(next(iter(_serving.sessions(st.server)))._session).__name__) == "SpoolingEnhancedSession"
+        assert [m.data for m in st.server.wait_for(1)] == [b".dot\nline"]
+
+
+def test_received_data_holds_the_message_process_message_got() -> None:
+    with running_server(spool_threshold=THRESHOLD) as st:
+        with RawClient(st.address) as client:
+            start_message(client)
+            client.send(b"Subject: x\r\n\r\n" + b"..body\r\n" * 1000)
+            assert client.command(b".") == b"250 OK\r\n"
+            data = st.call(lambda: next(iter(_serving.sessions(st.server))).received_data)
+        assert data == st.server.wait_for(1)[0].data == b"Subject: x\n\n" + b".body\n" * 999 + b".body"
+
+
+# -- any split into reads, through the framer ----------------------------------------
+def _reads(server_options: Dict[str, Any], reads: List[bytes]) -> Any:
+    from test_read_pieces import Session as Reads
+
+    session = Reads(RecordingSMTPServer, **server_options)
+    for piece in reads:
+        session.feed(piece)
+    return session.finish(), [(m.mailfrom, m.rcpttos, m.data) for m in session.server.messages]
+
+
+def _transcripts() -> List[Any]:
+    from test_transcripts import TRANSCRIPTS
+
+    return TRANSCRIPTS
+
+
+@pytest.mark.parametrize("how", ["steps", "whole", "cuts"])
+@pytest.mark.parametrize("t", _transcripts(), ids=lambda t: t.name)
+def test_every_transcript_gives_the_same_with_the_spool(t: Any, how: str) -> None:
+    # Every message of every transcript on disk (threshold 0): the same
+    # replies and the same messages as in memory.
+    from test_read_pieces import pieces
+
+    from test_transcripts import CONFIGS
+
+    reads = pieces(t, how)
+    assert _reads(dict(CONFIGS[t.config], spool_threshold=0), reads) == _reads(CONFIGS[t.config], reads)
+
+
+ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts, st.lists(st.integers(0, 300), max_size=6))
+def test_any_message_read_in_any_pieces_is_delivered_as_in_memory(text: bytes, cuts: List[int]) -> None:
+    stream = ENVELOPE + text + b"\r\n.\r\nQUIT\r\n"
+    # The message is what lies between DATA's line and the first end of data.
+    reads = split(stream, [len(ENVELOPE) + c for c in cuts])
+    spooled = _reads({"spool_threshold": 3}, reads)
+    assert spooled == _reads({}, reads)
+    assert b"221 Bye" in spooled[0]
