@@ -16,6 +16,8 @@ Servers (each skipped when unavailable):
   maildir       smtpd_compat's MailboxServer --maildir (spooled, then
                 copied into the Maildir and fsync'ed)
   proxy         smtpd_compat's PureProxy relaying to an smtp-sink
+  maildir-memory  MailboxServer --maildir without the spool, for comparison
+                (not in the default list: it holds the message in memory)
 
     python3 benchmarks/bigmessage.py --quick            # 8 MiB, 1 run: CI
     python3 benchmarks/bigmessage.py --size 100M --repeat 3
@@ -167,11 +169,12 @@ def start_smtp_sink(port: int) -> subprocess.Popen:  # type: ignore[type-arg]
 
 
 def start_compat(kind: str, port: int, work: str, upstream: Optional[int]) -> subprocess.Popen:  # type: ignore[type-arg]
-    args = [sys.executable, "-m", "smtpd_compat", "-n", "-q", "-s", "0", "--spool-threshold", str(THRESHOLD),
-            "--spool-dir", work]
+    args = [sys.executable, "-m", "smtpd_compat", "-n", "-q", "-s", "0"]
+    if kind != "maildir-memory":
+        args += ["--spool-threshold", str(THRESHOLD), "--spool-dir", work]
     if kind == "sink":
         args += ["-c", "bench_big_sink.Sink"]
-    elif kind == "maildir":
+    elif kind in ("maildir", "maildir-memory"):
         args += ["-c", "MailboxServer", "--maildir", os.path.join(work, "Maildir")]
     else:
         args += ["-c", "PureProxy"]
