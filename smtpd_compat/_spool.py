@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import os
 import tempfile
 import threading
 from typing import Any, BinaryIO, Iterable, Iterator, List, Optional, Tuple, Type, cast
 
+from . import _replies as R
 from ._session import Session
-from ._state import S_DATA
+from ._state import E_REFUSED, S_DATA
+
+log = logging.getLogger("smtpd_compat")
 
 __all__ = ["Spool", "check_options", "SpoolingSession", "Stuffer", "Unstuffer", "enable", "open_spools", "session_class"]
 
@@ -355,7 +359,18 @@ class SpoolingSession(Session):
             return  # over the limit: store nothing more (answered 552 at the end)
         self.spooled_raw += len(data)
         assert self.unstuffer is not None
-        spool.write(self.unstuffer.feed(bytes(data)))
+        if spool.closed:
+            return  # the spool failed: count, store nothing (answered 452 at the end)
+        try:
+            spool.write(self.unstuffer.feed(bytes(data)))
+        except OSError as err:
+            self._failed(spool, err)
+
+    def _failed(self, spool: Spool, err: OSError) -> None:
+        """Writing *spool* failed (a full disk): the message is read to its
+        end and answered 452, and the server goes on."""
+        log.error("spooling a message from %r failed, answering 452: %s", getattr(self.host, "peer", None), err)
+        spool.close()
 
     def _new_spool(self) -> Spool:
         self.drop_spool()
@@ -372,10 +387,19 @@ class SpoolingSession(Session):
             self.collect(piece)
         spool = self.spool if self.spool is not None else self._new_spool()
         assert self.unstuffer is not None
-        spool.write(self.unstuffer.finish())
+        if not spool.closed:
+            try:
+                spool.write(self.unstuffer.finish())
+            except OSError as err:
+                self._failed(spool, err)
         self.spool = self.unstuffer = None
         self.num_bytes = self.spooled_raw  # what Session.end_of_data checks against the limit
         limit = self.host.data_size_limit
+        if spool.closed and not (limit and self.num_bytes > limit):
+            self.host._set_post_data_state()
+            self._move_if(S_DATA, E_REFUSED)
+            self.host.push(R.SPOOL_FAILED)
+            return None
         if self.host._decode_data and not (limit and self.num_bytes > limit) and not spool.is_utf8():
             spool.close()
             Session.end_of_data(self, [b"\xff"])  # refused as the in-memory path refuses it: 554

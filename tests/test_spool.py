@@ -385,3 +385,26 @@ def test_any_message_read_in_any_pieces_is_delivered_as_in_memory(text: bytes, c
     spooled = _reads({"spool_threshold": 3}, reads)
     assert spooled == _reads({}, reads)
     assert b"221 Bye" in spooled[0]
+
+
+def test_a_spool_that_cannot_be_written_is_answered_452_and_the_session_goes_on() -> None:
+    write = _spool.Spool.write
+
+    def full_disk(self: _spool.Spool, data: bytes) -> None:
+        if self.size + len(data) > 10000:
+            raise OSError(28, "No space left on device")
+        write(self, data)
+
+    before = _spool.open_spools()
+    with mock.patch.object(_spool.Spool, "write", full_disk), running_server(spool_threshold=100) as st:
+        with RawClient(st.address) as client:
+            start_message(client)
+            client.send(b"a line of the message\r\n" * 2000)
+            assert client.command(b".") == b"452 Error: insufficient system storage\r\n"
+            assert client.command(b"NOOP") == b"250 OK\r\n"
+            start_message_after_greeting(client)
+            client.send(b"small\r\n")
+            assert client.command(b".") == b"250 OK\r\n"
+        assert [m.data for m in st.server.wait_for(1)] == [b"small"]
+        wait_until_no_session(st)
+    assert _spool.open_spools() == before
