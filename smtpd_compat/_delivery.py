@@ -123,10 +123,17 @@ def deliver_spooled(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     ``process_message_stream()`` method gets it as a binary file (a text
     file with decode_data), anyone else's ``process_message()`` the data it
     always got."""
+    spool = channel._session.end_of_spool(pieces)
+    if spool is not None:  # (else refused, and answered: too large, not UTF-8, disk full)
+        deliver_spool(channel, spool, tracing)
+
+
+def deliver_spool(channel: Any, spool: Any, tracing: bool) -> None:
+    """Hand the complete message in *spool* (a ``_spool.Spool``, the
+    caller's no more: it is closed once the message is handed over) to the
+    server and answer; the session has accepted the message (``AWAIT_REPLY``).
+    What ``BDAT ... LAST`` can call with the spool its chunks went to."""
     session = channel._session
-    spool = session.end_of_spool(pieces)
-    if spool is None:
-        return  # refused (too large, not UTF-8): answered
     decode = channel._decode_data
     if tracing:
         channel._session_trace("Data:", "<%d bytes, spooled>" % spool.size)
