@@ -186,7 +186,7 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
-        if features.enhanced_status_codes or features.dsn or features.chunking:
+        if features.enhanced_status_codes or features.dsn or features.chunking or features.spool_threshold is not None:
             _extensions.enable(session)  # its class (an LMTP server has enhanced codes)
         if features.chunking:
             _chunking.enable(self, session)
@@ -518,6 +518,8 @@ def _features(server: Any) -> _session.Features:
         chunking=options.chunking,
         dsn=options.dsn,
         lmtp=options.lmtp,
+        spool_threshold=options.spool_threshold,
+        spool_dir=options.spool_dir,
     )
 
 

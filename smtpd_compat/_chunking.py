@@ -22,13 +22,18 @@ The chunks accepted are kept in :attr:`ChunkingSession.chunks` (the octets
 as received, in the pieces the framer handed out); after ``BDAT … LAST``
 they go to ``_delivery.deliver()``, the entry point of DATA's messages, and
 ``process_message()`` gets them joined, exactly as sent (CRLF line ends).
+On a server with ``spool_threshold`` they go to a ``_spool.Spool`` as they
+arrive instead (:class:`SpooledChunks`), handed over with
+``_delivery.deliver_spool()``: a message sent with BDAT is never held whole
+either.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, List, Optional, Tuple, Union, cast
 
-from . import _delivery, _extensions, _globals, _serving
+from . import _delivery, _extensions, _globals, _serving, _spool
 from . import _replies as R
 from ._session import Session
 from ._state import Event, State
@@ -36,6 +41,8 @@ from ._state import Event, State
 __all__ = ["ChunkingSession", "check_options", "chunk_done", "command", "enable"]
 
 _S_BDAT, _S_COMMAND = State.BDAT, State.COMMAND
+
+log = logging.getLogger("smtpd_compat")
 
 
 def check_options(options: Any, decode_data: bool) -> None:
@@ -67,7 +74,7 @@ class ChunkingSession(Session):
 
     # The transaction's message so far (chunks accepted), its size, and
     # whether a BDAT was accepted in it.
-    chunks: List[bytes]
+    chunks: Union[List[bytes], SpooledChunks]
     message_size = 0
     chunked = False
     # The chunk being read: its size, whether it is the last one, and the
@@ -85,7 +92,7 @@ class ChunkingSession(Session):
 
     def post_data_state(self) -> None:
         super().post_data_state()
-        self.chunks = []
+        self._drop_chunks()
         self.message_size = 0
         self.chunked = False
 
@@ -121,6 +128,8 @@ class ChunkingSession(Session):
         if refusal is None:
             self.chunked = True
             self.message_size += size
+            if self.features.spool_threshold is not None and type(self.chunks) is list:
+                self.chunks = SpooledChunks(self.features, getattr(host, "peer", None))
         elif self.mailfrom:
             host._set_post_data_state()  # section 2: the transaction fails
         self.chunk_size, self.chunk_last, self.chunk_refusal = size, last, refusal
@@ -159,14 +168,61 @@ class ChunkingSession(Session):
         self._move(Event.MESSAGE)
         return data
 
-    def take_message(self) -> List[bytes]:
-        """The chunks of the message, for _delivery.deliver() (which empties
-        the list)."""
+    def take_message(self) -> Any:
+        """The chunks of the message (a list, or SpooledChunks), the
+        caller's now."""
         chunks, self.chunks = self.chunks, []
         return chunks
 
+    def _drop_chunks(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        if type(chunks) is SpooledChunks:
+            chunks.spool.close()  # a transaction reset before its LAST chunk
+
+    def detach(self) -> None:
+        self._drop_chunks()
+        super().detach()
+
 
 _extensions.add_session_class("chunking", ChunkingSession)
+
+
+class SpooledChunks:
+    """``ChunkingSession.chunks`` of a server with ``spool_threshold``: the
+    octets of each accepted chunk written to a spool as they arrive (no
+    unstuffing: BDAT has no dot-stuffing).  A write that fails (a full
+    disk) closes the spool; the message is then answered 452 at its end."""
+
+    def __init__(self, features: Any, peer: Any) -> None:
+        self.spool = _spool.Spool(features.spool_threshold or 0, features.spool_dir)
+        self.peer = peer
+
+    def append(self, data: Any) -> None:
+        spool = self.spool
+        if spool.closed:
+            return
+        try:
+            spool.write(bytes(data))
+        except OSError as err:
+            log.error("spooling a message from %r failed, answering 452: %s", self.peer, err)
+            spool.close()
+
+    def __len__(self) -> int:
+        return self.spool.size
+
+
+def _deliver_spooled(channel: Any, session: ChunkingSession, chunks: SpooledChunks) -> None:
+    """After ``BDAT … LAST`` on a spooling server: hand the spool over, or
+    answer 452 (per recipient in LMTP) when writing it failed."""
+    if chunks.spool.closed:
+        session._move(Event.REFUSED)
+        count = len(session.rcpttos) if session.features.lmtp else 1
+        channel._set_post_data_state()
+        for _ in range(max(count, 1)):
+            session.host.push(R.SPOOL_FAILED)
+        return
+    session.end_of_data([])  # the phase, and an LMTP session's count of replies
+    _delivery.deliver_spool(channel, chunks.spool, _globals.tracing)
 
 
 def enable(channel: Any, session: Session) -> None:
@@ -203,7 +259,11 @@ def chunk_done(channel: Any) -> None:
     the BDAT phase): answer it, or hand the message over after LAST."""
     session = channel._session
     if session.chunk_last and session.chunk_refusal is None:
-        _delivery.deliver(channel, session.take_message(), _globals.tracing)
+        chunks = session.take_message()
+        if type(chunks) is list:
+            _delivery.deliver(channel, chunks, _globals.tracing)
+        else:
+            _deliver_spooled(channel, session, chunks)
         _serving.after_data(channel)  # a graceful shutdown ends the session here
     else:
         session.chunk_received()

@@ -234,6 +234,7 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update({name: True for name in _options.TRACE if getattr(ns, name)})
     options.update(proxy_options(ns))
     options.update(local_options(ns))
+    options.update(spool_options(ns))
     return options
 
 
@@ -262,6 +263,13 @@ def proxy_options(ns: argparse.Namespace) -> Dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise UsageError("--proxy-trusted: %s" % str(err).replace("proxy_trusted: ", "")) from None
     return dict(given, proxy_protocol=True)
+
+
+def spool_options(ns: argparse.Namespace) -> Dict[str, Any]:
+    """spool_threshold and spool_dir, when given."""
+    if ns.spool_dir is not None and ns.spool_threshold is None:
+        raise UsageError("--spool-dir needs --spool-threshold")
+    return {name: getattr(ns, name) for name in _options.SPOOL if getattr(ns, name) is not None}
 
 
 def extension_options(ns: argparse.Namespace) -> Dict[str, Any]:

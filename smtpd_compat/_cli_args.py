@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p)
     _add_proxy_flags(p)
     _add_lmtp_flags(p)
+    _add_spool_flags(p)
     return p
 
 
@@ -212,6 +213,14 @@ def _proxy_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError("invalid number of seconds: %r (a positive number)" % text)
     return value
+
+
+def _add_spool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("big messages (docs/big-messages.md)")
+    g.add_argument("--spool-threshold", metavar="BYTES", type=_size,
+                   help="keep at most BYTES of a message in memory, the rest in a temporary file "
+                        "(MailboxServer and PureProxy then never hold the message whole)")
+    g.add_argument("--spool-dir", metavar="DIR", help="where those temporary files go (default: the system's)")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:

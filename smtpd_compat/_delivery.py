@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import inspect
+import io
 import logging
 import time
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
@@ -68,6 +69,9 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     bytes received): hand it to process_message and answer.  *tracing*:
     smtpd's debug output is on."""
     session = channel._session
+    if session.features.spool_threshold is not None:
+        deliver_spooled(channel, pieces, tracing)
+        return
     if tracing:
         raw = b"".join(pieces)
         channel._session_trace("Data:", repr(raw.decode("utf-8", "surrogateescape") if channel._decode_data else raw))
@@ -79,23 +83,81 @@ def deliver(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     args = (channel.peer, session.mailfrom, session.rcpttos, data)
     # For the log line; taken now, as _set_post_data_state() resets them.
     envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, len(data))
+    _hand_over(channel, channel.smtp_server.process_message, args, envelope)
+
+
+def _hand_over(channel: Any, func: Callable[..., Any], args: Tuple[Any, ...], envelope: Envelope,
+               done: Optional[Callable[[], None]] = None) -> None:
+    """Call *func* (process_message or process_message_stream) and answer
+    with what it returns, now or when its Future is done.  *done* is called
+    once it has returned or its Future is done (the spool's close)."""
+    session = channel._session
     try:
-        status = call_with_accepted_options(channel.smtp_server.process_message, args, session.message_options())
+        status = call_with_accepted_options(func, args, session.message_options())
     except NotImplementedError:
         # The server class did not implement process_message: a
         # programming error that must stay loud, as in smtpd.
         channel._set_post_data_state()
         session.replied(_failed(channel))
+        if done is not None:
+            done()
         raise
     except Exception:
         log.exception("process_message() failed for a message from %r", channel.peer)
         status = _failed(channel)
     channel._set_post_data_state()
     if isinstance(status, _Future):
+        if done is not None:
+            status.add_done_callback(lambda _: done())
         await_reply(channel, status, envelope)
-    else:
-        session.replied(status)
-        _logging.log_delivery(*envelope, status)
+        return
+    if done is not None:
+        done()
+    session.replied(status)
+    _logging.log_delivery(*envelope, status)
+
+
+def deliver_spooled(channel: Any, pieces: List[bytes], tracing: bool) -> None:
+    """deliver() for a server with ``spool_threshold`` (see _spool): the
+    message is in the session's spool.  A server with a
+    ``process_message_stream()`` method gets it as a binary file (a text
+    file with decode_data), anyone else's ``process_message()`` the data it
+    always got."""
+    spool = channel._session.end_of_spool(pieces)
+    if spool is not None:  # (else refused, and answered: too large, not UTF-8, disk full)
+        deliver_spool(channel, spool, tracing)
+
+
+def deliver_spool(channel: Any, spool: Any, tracing: bool) -> None:
+    """Hand the complete message in *spool* (a ``_spool.Spool``, the
+    caller's no more: it is closed once the message is handed over) to the
+    server and answer; the session has accepted the message (``AWAIT_REPLY``).
+    What ``BDAT ... LAST`` can call with the spool its chunks went to."""
+    session = channel._session
+    decode = channel._decode_data
+    if tracing:
+        channel._session_trace("Data:", "<%d bytes, spooled>" % spool.size)
+    header: Any = "" if decode else b""
+    if session.features.received_header:
+        header = _received.prepend(channel, session, header, time.time())
+    head = header.encode("utf-8") if decode else header
+    server = channel.smtp_server
+    stream = getattr(server, "process_message_stream", None)
+    envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, len(head) + spool.size)
+    if stream is None:
+        try:
+            data: Any = head + spool.getvalue()
+        finally:
+            spool.close()
+        if decode:
+            data = data.decode("utf-8")
+        session.received_data = data
+        _hand_over(channel, server.process_message, (channel.peer, session.mailfrom, session.rcpttos, data), envelope)
+        return
+    message: Any = spool.reader(head)
+    if decode:
+        message = io.TextIOWrapper(message, encoding="utf-8", newline="")
+    _hand_over(channel, stream, (channel.peer, session.mailfrom, session.rcpttos, message), envelope, spool.close)
 
 
 def await_reply(channel: Any, future: "concurrent.futures.Future[Any]", envelope: Optional[Envelope] = None) -> None:

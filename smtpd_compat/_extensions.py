@@ -27,7 +27,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, cast
 
-from . import _dsn
+from . import _dsn, _spool
 from . import _replies as R
 from ._session import Session
 from ._state import Features, Host
@@ -151,8 +151,12 @@ class DSNSession(Session):
 # theirs, as bases in the order of _SESSION_ORDER (the first one's methods
 # are found first; each calls the next with super()).  Extension modules
 # above this one add theirs (add_session_class).
-_SESSION_ORDER = ("lmtp", "chunking", "enhanced_status_codes", "dsn")
-_SESSION_CLASSES: Dict[str, Type[Session]] = {"enhanced_status_codes": EnhancedSession, "dsn": DSNSession}
+_SESSION_ORDER = ("lmtp", "chunking", "spool_threshold", "enhanced_status_codes", "dsn")
+_SESSION_CLASSES: Dict[str, Type[Session]] = {
+    "spool_threshold": _spool.SpoolingSession,
+    "enhanced_status_codes": EnhancedSession,
+    "dsn": DSNSession,
+}
 _COMPOSED: Dict[Tuple[Type[Session], ...], Type[Session]] = {}
 
 
@@ -162,11 +166,16 @@ def add_session_class(feature: str, cls: Type[Session]) -> None:
     _SESSION_CLASSES[feature] = cls
 
 
+def _on(value: Any) -> bool:
+    return value is not None and value is not False
+
+
 def session_class(features: Features) -> Type[Session]:
     """The class of a session that has *features*: Session, the class of
     the one option that needs one, or a class made of several (made once
     per combination)."""
-    bases = tuple(_SESSION_CLASSES[feature] for feature in _SESSION_ORDER if getattr(features, feature))
+    # (A feature is on when true, or for spool_threshold when not None: 0 is a threshold.)
+    bases = tuple(_SESSION_CLASSES[name] for name in _SESSION_ORDER if _on(getattr(features, name)))
     if len(bases) < 2:
         return bases[0] if bases else Session
     cls = _COMPOSED.get(bases)

@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 import time
-from typing import BinaryIO, Iterator, Optional, Set
+from typing import BinaryIO, Iterable, Iterator, Optional, Set
 
 try:
     import fcntl
@@ -67,6 +67,29 @@ def mbox_entry(from_line: bytes, message: bytes) -> bytes:
     return from_line + _LINESEP + body + _LINESEP
 
 
+def entry_chunks(from_line: bytes, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """:func:`mbox_entry` piece by piece, for a message that is not in
+    memory whole: the same bytes, however the message is split.  A tail
+    that may be the start of ``\\nFrom `` is held until the next piece."""
+    yield from_line + _LINESEP
+    held, tail = b"", b""
+    for chunk in chunks:
+        text = held + chunk
+        newline = text.rfind(b"\n")
+        if newline >= 0 and len(text) - newline < 6:
+            held, text = text[newline:], text[:newline]
+        else:
+            held = b""
+        if text:
+            out = text.replace(b"\nFrom ", b"\n>From ").replace(b"\n", _LINESEP)
+            tail = (tail + out)[-len(_LINESEP) :]
+            yield out
+    out = held.replace(b"\n", _LINESEP)  # too short to hold "\nFrom "
+    tail = (tail + out)[-len(_LINESEP) :]
+    yield out
+    yield _LINESEP + _LINESEP if tail != _LINESEP else _LINESEP
+
+
 def problem(path: str) -> Optional[str]:
     """Create an empty mbox at *path* if nothing is there; what is wrong
     with *path* otherwise (None: an mbox we can append to)."""
@@ -95,11 +118,18 @@ def problem(path: str) -> Optional[str]:
 def append(path: str, entry: bytes) -> None:
     """Append *entry* (see :func:`mbox_entry`) to the mbox at *path* under
     its locks and sync it to disk; on failure the file is as it was."""
+    append_chunks(path, [entry])
+
+
+def append_chunks(path: str, entry: Iterable[bytes]) -> None:
+    """:func:`append` for an entry given in pieces (see :func:`entry_chunks`)."""
     with locked(path) as box:
         fd = box.fileno()
         size = os.fstat(fd).st_size
         try:
-            _write_all(fd, _separator(box, size) + entry)
+            _write_all(fd, _separator(box, size))
+            for chunk in entry:
+                _write_all(fd, chunk)
             os.fsync(fd)
         except BaseException:
             _cut_back(path, fd, size)

@@ -28,7 +28,9 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Typ
 
 from ._sasl import DEFAULT_MECHANISMS
 
-__all__ = ["EXTENSIONS", "LIMITS", "Options", "PROXY", "SERVING", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of"]
+__all__ = [
+    "EXTENSIONS", "LIMITS", "LOCAL", "Options", "PROXY", "SERVING", "SPOOL", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of",
+]
 
 # The attribute of the server that holds its Options.
 ATTRIBUTE = "_compat_options"
@@ -139,6 +141,12 @@ class Options:
     unix_socket: Union[str, os.PathLike[str], None] = None
     # The Unix socket's permissions (only its owner may connect by default).
     unix_mode: int = 0o600
+    # -- big messages (_spool; docs/big-messages.md) -----------------------------------
+    # Keep at most this many bytes of a message in memory, the rest in a
+    # temporary file (None: all in memory, as smtpd).
+    spool_threshold: Optional[int] = None
+    # Where those temporary files go (None: tempfile.gettempdir()).
+    spool_dir: Optional[str] = None
 
 
 class ServerOptions(TypedDict, total=False):
@@ -177,6 +185,8 @@ class ServerOptions(TypedDict, total=False):
     lmtp: bool
     unix_socket: Union[str, os.PathLike[str], None]
     unix_mode: int
+    spool_threshold: Optional[int]
+    spool_dir: Optional[str]
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -191,6 +201,7 @@ TRACE = ("add_received_header",)
 PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)
 LOCAL = ("lmtp", "unix_socket", "unix_mode")
+SPOOL = ("spool_threshold", "spool_dir")
 
 _DEFAULTS = Options()
 

@@ -44,9 +44,9 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from . import _globals, _options, _tls
+from . import _globals, _options, _spool, _tls
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -174,6 +174,94 @@ def wire_data(data: Union[bytes, str]) -> bytes:
     return text + b"\r\n.\r\n"
 
 
+class StreamPayload:
+    """The DATA payload of a message relayed from a file (a spool's reader,
+    see _spool): what :func:`wire_data` gives for the file's content with
+    the ``X-Peer`` header added as ``_grammar.add_peer_header()`` adds it,
+    made block by block, so the message is never in memory whole.
+
+    ``len()`` and ``isascii()`` (for MAIL's ``SIZE=`` and ``BODY=``) read
+    the file through once more; :meth:`blocks` gives the payload.
+    """
+
+    def __init__(self, file: BinaryIO, peer_host: str) -> None:
+        self.file = file
+        self.header = ("X-Peer: %s" % peer_host).encode("ascii", "backslashreplace")
+        self._measured: Optional[Tuple[int, bool]] = None
+
+    def blocks(self) -> Iterator[bytes]:
+        return _spool.Stuffer().wire(self._text())
+
+    def _measure(self) -> Tuple[int, bool]:
+        if self._measured is None:
+            ascii_only = [True]
+
+            def text() -> Iterator[bytes]:
+                for block in self._text():
+                    ascii_only[0] = ascii_only[0] and block.isascii()
+                    yield block
+
+            size = _spool.Stuffer().size(text())
+            self._measured = size, ascii_only[0]
+        return self._measured
+
+    def __len__(self) -> int:
+        return self._measure()[0]
+
+    def isascii(self) -> bool:
+        return self._measure()[1]
+
+    def _text(self) -> Iterator[bytes]:
+        """The file's content with the header line put where
+        add_peer_header() puts it: before the first empty line, else at
+        the end."""
+        line = self.header + b"\n"
+        end = self._find_blank_line()
+        file = self.file
+        file.seek(0)
+        first = file.read(1)
+        if not first or first == b"\n":
+            yield line
+            yield first
+        elif end >= 0:
+            yield first
+            yield from _blocks_of(file, end)  # up to the first of the two LFs
+            yield line
+        else:
+            last = first
+            yield first
+            for block in _blocks_of(file):
+                last = block
+                yield block
+            yield line if last.endswith(b"\n") else b"\n" + self.header
+            return
+        yield from _blocks_of(file)
+
+    def _find_blank_line(self) -> int:
+        """Where the first ``\\n\\n`` starts in the file, or -1."""
+        file = self.file
+        file.seek(0)
+        offset, carry = 0, b""
+        for block in _blocks_of(file):
+            text = carry + block
+            index = text.find(b"\n\n")
+            if index >= 0:
+                return offset - len(carry) + index
+            offset += len(block)
+            carry = text[-1:]
+        return -1
+
+
+def _blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
+    """The rest of *file* (or its next *size* bytes), block by block."""
+    while size:
+        block = file.read(_BLOCK if size < 0 else min(size, _BLOCK))
+        if not block:
+            return
+        size -= len(block)
+        yield block
+
+
 def _path(address: str) -> str:
     return address if address == "<>" else "<%s>" % address
 
@@ -218,7 +306,7 @@ def _all(rcpttos: Sequence[str], code: int, text: Any) -> Refusals:
     return {rcpt: (code, text) for rcpt in rcpttos}
 
 
-def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Refusals:
+def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str, StreamPayload]) -> Refusals:
     """Relay one message upstream; return the refused recipients.
 
     The result follows smtpd's ``PureProxy._deliver``: ``{}`` when every
@@ -234,7 +322,7 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
     """
     reply_timeout = _options.of(server).reply_timeout
     deadline = None if reply_timeout is None else time.monotonic() + reply_timeout
-    payload = wire_data(data)
+    payload = data if isinstance(data, StreamPayload) else wire_data(data)
     try:
         conn = connect(server)
     except smtplib.SMTPResponseException as err:
@@ -258,7 +346,7 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
 
 
 def _transaction(
-    conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: bytes, deadline: Optional[float]
+    conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: Union[bytes, StreamPayload], deadline: Optional[float]
 ) -> Refusals:
     needs: Needs = getattr(_current, "needs", NO_NEEDS)
     refusal = _unmet(conn, needs) if needs is not NO_NEEDS else None
@@ -329,7 +417,7 @@ def _unmet(conn: smtplib.SMTP, needs: Needs) -> Optional[str]:
     return None
 
 
-def _send_message(conn: smtplib.SMTP, payload: bytes, deadline: Optional[float]) -> Tuple[int, bytes]:
+def _send_message(conn: smtplib.SMTP, payload: Union[bytes, StreamPayload], deadline: Optional[float]) -> Tuple[int, bytes]:
     """Send the DATA payload block by block; return the reply to it.
 
     Each block, and the wait for the reply, gets the connection's timeout
@@ -340,11 +428,15 @@ def _send_message(conn: smtplib.SMTP, payload: bytes, deadline: Optional[float])
     if sock is None:  # smtplib closed it on an error
         raise smtplib.SMTPServerDisconnected("Server not connected")
     timeout = sock.gettimeout()
-    view = memoryview(payload)
+    if isinstance(payload, StreamPayload):
+        blocks: Any = payload.blocks()
+    else:
+        view = memoryview(payload)
+        blocks = (view[start : start + _BLOCK] for start in range(0, len(view), _BLOCK))
     try:
-        for start in range(0, len(view), _BLOCK):
+        for block in blocks:
             _bound(sock, timeout, deadline)
-            sock.sendall(view[start : start + _BLOCK])
+            sock.sendall(block)
         _bound(sock, timeout, deadline)
         return conn.getreply()
     finally:

@@ -154,6 +154,9 @@ REQUIRETLS_NO_ARGS = "501 Error: REQUIRETLS takes no arguments"
 # nothing was relayed.
 RELAY_NO_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses not permitted for that recipient: upstream server does not support SMTPUTF8"
 RELAY_NO_REQUIRETLS = "550 5.7.30 REQUIRETLS support required"
+# spool_threshold (see _spool): the spool could not be written (a full disk);
+# RFC 5321's 452, so the client keeps the message and retries.
+SPOOL_FAILED = "452 Error: insufficient system storage"
 # The replies above that carry their enhanced status code already.
 CODED = frozenset(
     (TOO_MANY_RECIPIENTS, NON_ASCII_SENDER, NON_ASCII_RECIPIENT, RELAY_NO_SMTPUTF8, RELAY_NO_REQUIRETLS)
@@ -265,6 +268,7 @@ STATUS_CODES.update({
 STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN_BAD_ENVID, DSN_BAD_NOTIFY, DSN_BAD_ORCPT))
 # LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
 STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})
+STATUS_CODES[SPOOL_FAILED] = "4.3.1"  # mail system full
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

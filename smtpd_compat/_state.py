@@ -162,6 +162,8 @@ class Features:
         "chunking",
         "dsn",
         "lmtp",
+        "spool_threshold",
+        "spool_dir",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -188,6 +190,9 @@ class Features:
         self.dsn = False
         # LMTP (RFC 2033) instead of SMTP: the session is an _lmtp.LMTPSession.
         self.lmtp = False
+        # Spool message text beyond this many bytes to a file (see _spool).
+        self.spool_threshold: Optional[int] = None
+        self.spool_dir: Optional[str] = None
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).

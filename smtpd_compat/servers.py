@@ -16,15 +16,18 @@ same arguments (``remoteaddr`` may be omitted), so they also work with
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import email.policy
+import errno
+import itertools
 import mailbox
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Union
+from typing import Any, Iterable, Iterator, List, Optional, Union
 
 from . import _mbox
 from ._mbox import mbox_entry
@@ -255,9 +258,65 @@ class MailboxServer(SMTPServer):
 
     def _deliver_mbox(self, mailfrom: str, message: bytes) -> None:
         assert self.mbox is not None
-        sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
-        from_line = ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
-        _mbox.append(self.mbox, mbox_entry(from_line, message))
+        _mbox.append(self.mbox, mbox_entry(_from_line(mailfrom), message))
+
+    def process_message_stream(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Any, **kwargs: Any) -> Optional[str]:
+        """With ``spool_threshold``: deliver the message from its spool
+        file, block by block (see docs/big-messages.md), to the same bytes
+        in the mailbox as :meth:`process_message`."""
+        chunks = itertools.chain([trace_headers(peer, mailfrom, rcpttos)], _file_blocks(getattr(data, "buffer", data)))
+        if self._maildir is not None:
+            _maildir_add(self._maildir, chunks)
+        else:
+            assert self.mbox is not None
+            _mbox.append_chunks(self.mbox, _mbox.entry_chunks(_from_line(mailfrom), chunks))
+        return None
+
+
+def _from_line(mailfrom: str) -> bytes:
+    """An mbox entry's ``From sender date`` line (no line end)."""
+    sender = "_".join(mailfrom.strip("<>").split()) or "MAILER-DAEMON"
+    return ("From %s %s" % (sender, time.asctime(time.gmtime()))).encode("utf-8", "surrogateescape")
+
+
+def _file_blocks(file: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    block = file.read(size)
+    while block:
+        yield block
+        block = file.read(size)
+
+
+def _maildir_add(box: Any, chunks: Iterable[bytes]) -> str:
+    """:meth:`mailbox.Maildir.add` for a message given in pieces: written
+    to a new file in ``tmp/``, synced, then linked (or renamed) into
+    ``new/``; the same bytes as ``add(bytes)`` writes.  Returns its key."""
+    tmp = box._create_tmp()
+    try:
+        for chunk in chunks:
+            tmp.write(chunk.replace(b"\n", _mbox._LINESEP))
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    except BaseException:
+        tmp.close()
+        os.remove(tmp.name)
+        raise
+    tmp.close()
+    key: str = os.path.basename(tmp.name).split(box.colon)[0]
+    dest = os.path.join(box._path, "new", key)
+    try:
+        try:
+            os.link(tmp.name, dest)
+        except (AttributeError, PermissionError):  # no hard links here
+            os.rename(tmp.name, dest)
+        else:
+            os.remove(tmp.name)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp.name)
+        if err.errno == errno.EEXIST:
+            raise mailbox.ExternalClashError("name clash with an existing message: %s" % dest) from None
+        raise
+    return key
 
 
 def _part_text(part: email.message.Message) -> Optional[str]:

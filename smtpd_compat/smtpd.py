@@ -69,6 +69,7 @@ from . import (
     _proxy_io,
     _relay,
     _serving,
+    _spool,
     _tls,
     _unix,
     _views,
@@ -194,6 +195,7 @@ class SMTPServer(asyncore.dispatcher):
             _proxy_io.install(self, values)  # each connection's PROXY header is read before handle_accepted()
         _lmtp.check_options(values)
         _unix.check_options(values)
+        _spool.check_options(values)
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
@@ -449,7 +451,15 @@ class PureProxy(SMTPServer):
         needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"))
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data, needs)
 
-    def _relay(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], needs: _relay.Needs = _relay.NO_NEEDS) -> Optional[str]:
+    def process_message_stream(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Any, **kwargs: Any) -> Any:
+        """With ``spool_threshold``: relay the message from its spool file,
+        block by block (see docs/big-messages.md); the upstream server gets
+        what process_message() would send it."""
+        payload = _relay.StreamPayload(getattr(data, "buffer", data), peer[0])
+        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"))
+        return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), payload, needs)
+
+    def _relay(self, mailfrom: str, rcpttos: List[str], data: Any, needs: _relay.Needs = _relay.NO_NEEDS) -> Optional[str]:
         """Deliver one message (worker thread); return the client's reply."""
         with _relay.needing(needs):
             refused = self._deliver(mailfrom, rcpttos, data)
@@ -459,11 +469,12 @@ class PureProxy(SMTPServer):
         # Only the 451 is ours: the upstream server's refusals are quoted as it sent them.
         return _server_reply(self, reply) if reply == R.RELAY_UNAVAILABLE else reply
 
-    def _deliver(self, mailfrom: str, rcpttos: List[str], data: Union[bytes, str]) -> Dict[str, Tuple[int, Any]]:
+    def _deliver(self, mailfrom: str, rcpttos: List[str], data: Any) -> Dict[str, Tuple[int, Any]]:
         """Send one message upstream; return the refused recipients as
         ``{address: (code, reply text)}`` (code -1: the upstream server
         could not be reached), as smtpd's PureProxy did.  ``{}`` means it
-        was accepted for every recipient."""
+        was accepted for every recipient.  *data* is bytes or str, or a
+        ``_relay.StreamPayload`` for a spooled message (process_message_stream)."""
         return _relay.deliver(self, mailfrom, rcpttos, data)
 
     def close(self) -> None:

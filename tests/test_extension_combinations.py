@@ -1,6 +1,7 @@
 """The opt-in extensions together: every combination of the options that
 give a session a class of its own (``_extensions.session_class``: LMTP,
-CHUNKING, ENHANCEDSTATUSCODES, DSN) and of PIPELINING announces each chosen
+CHUNKING, the spool of big messages, ENHANCEDSTATUSCODES, DSN) and of
+PIPELINING announces each chosen
 keyword and runs a whole transaction with each extension's parameters and
 commands, on a real loopback socket."""
 
@@ -18,15 +19,20 @@ from conftest import GREETING, RawClient
 
 OPTIONS = ("lmtp", "chunking", "enhanced_status_codes", "dsn", "pipelining")
 KEYWORDS = {"chunking": b"CHUNKING", "enhanced_status_codes": b"ENHANCEDSTATUSCODES", "dsn": b"DSN", "pipelining": b"PIPELINING"}
-COMBINATIONS = [dict(zip(OPTIONS, values)) for values in itertools.product((False, True), repeat=len(OPTIONS))]
+# spool_threshold=0: every message goes through the spool (None: smtpd's way).
+COMBINATIONS = [
+    dict(zip(OPTIONS, values), spool_threshold=spool)
+    for values in itertools.product((False, True), repeat=len(OPTIONS))
+    for spool in (None, 0)
+]
 
 
-def _name(options: Dict[str, bool]) -> str:
-    return "+".join(name for name, on in options.items() if on) or "none"
+def _name(options: Dict[str, Any]) -> str:
+    return "+".join(name for name, on in options.items() if on is not None and on is not False) or "none"
 
 
 @pytest.mark.parametrize("options", COMBINATIONS, ids=_name)
-def test_a_transaction_with_every_combination(server_factory: Any, options: Dict[str, bool]) -> None:
+def test_a_transaction_with_every_combination(server_factory: Any, options: Dict[str, Any]) -> None:
     st = server_factory(**options)
     lmtp = options["lmtp"]
     # RFC 2033 section 5: an LMTP server has these two whatever was asked.
