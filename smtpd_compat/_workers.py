@@ -133,9 +133,11 @@ class _Supervisor:
                 self._start(worker)
             while self.pids or (self.restarts and not self.stopping):
                 self._wait()
-                self._reap()
+                # The signal first: Ctrl-C, or systemd's SIGTERM to the whole
+                # group, reaches the workers too, which then end at once.
                 if self.stop_signal is not None and not self.stopping:
                     self._stop("signal %d" % self.stop_signal)
+                self._reap()
                 self._restart_due()
         finally:
             for pid in list(self.pids):  # only if the parent itself failed

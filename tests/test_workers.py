@@ -290,6 +290,32 @@ def test_a_stop_signal_during_load_delivers_every_acknowledged_message(pid_serve
     assert sorted(acknowledged) == sequence_numbers(tmp_path / "mail")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_without_restarts(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C in a terminal, or systemd stopping a unit, signals every
+    process of the group at once: the workers end by themselves, and the
+    parent must not take that for deaths to repair."""
+    proc = subprocess.Popen([sys.executable, "-m", "smtpd_compat", "-n", "-v", "-c", "MailboxServer", "--maildir",
+                             str(tmp_path / "mail"), "--workers", "2", "127.0.0.1:0"], cwd=str(REPO_ROOT), env=env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            universal_newlines=True, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        while len([line for line in lines if STARTED.search(line)]) < 2:
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=3 * TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "starting it again" not in err and "all workers stopped" in err, err
+
+
 def test_the_workers_stop_when_the_parent_is_killed(pid_server: Any) -> None:
     server = pid_server("--workers", "2", "-v")
     worker_pids(server, 2)
