@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _listener, _platform, _serving, asyncore
+from . import _listener, _mbox, _platform, _serving, asyncore
 
 log = logging.getLogger("smtpd_compat")
 
@@ -49,6 +49,8 @@ MAX_FAILED_STARTS = 5
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 MAX_WORKERS = 1024
+# How long a worker waits for another worker's lock on an mbox (_mbox).
+MBOX_LOCK_WAIT = 1.0
 # How often the parent looks for ended workers if no signal tells it.
 _REAP_INTERVAL = 1.0
 _STOP_SIGNALS = ("SIGTERM", "SIGINT")
@@ -278,6 +280,7 @@ class _Supervisor:
         if hasattr(signal, "SIGCHLD"):
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         tag_log_records("worker %d pid %d" % (worker, os.getpid()))
+        _mbox.LOCK_WAIT = MBOX_LOCK_WAIT  # the other workers append to the same mbox
         shared = self.all_stopping
         self.server.__dict__["_compat_worker_alone"] = lambda: not shared[0]
         _Lifeline(self.lifeline_child, self.server)

@@ -331,6 +331,46 @@ def test_the_workers_stop_when_the_parent_is_killed(pid_server: Any) -> None:
     raise AssertionError("the workers kept serving after their parent was killed")
 
 
+def test_workers_share_an_mbox_without_mixing_messages(tmp_path: Path) -> None:
+    """mbox appends take an fcntl lock and a dot-lock, both of which exclude
+    the other workers: every acknowledged message is there, whole."""
+    import mailbox
+
+    path = tmp_path / "box"
+    server = Announced(["-c", "MailboxServer", "--mbox", str(path), "--workers", "2", "127.0.0.1:0"])
+    try:
+        acknowledged: List[int] = []
+        lock = threading.Lock()
+
+        def client(first: int) -> None:
+            for number in range(first, first + 25):
+                # A body of many lines, so that interleaved appends would show.
+                body = b"".join(b"message %d line %d\r\n" % (number, line) for line in range(200))
+                with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as c:
+                    c.sendmail("a@example.org", ["b@example.org"], b"X-Seq: %d\r\n\r\n" % number + body)
+                with lock:
+                    acknowledged.append(number)
+
+        threads = [threading.Thread(target=client, args=(first,)) for first in (0, 100, 200, 300)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(6 * TIMEOUT)
+        status, _, err = server.stop()
+    finally:
+        server.kill()
+    assert status == 0, err
+    assert len(acknowledged) == 100
+    box = mailbox.mbox(str(path))
+    seen = []
+    for message in box:
+        number = int(message["X-Seq"])
+        body = message.get_payload(decode=True)
+        assert body.splitlines() == [b"message %d line %d" % (number, line) for line in range(200)]
+        seen.append(number)
+    assert sorted(seen) == sorted(acknowledged)
+
+
 # -- a worker that cannot start ------------------------------------------------------------------
 BROKEN = '''
 import sys
