@@ -34,9 +34,9 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import smtpd_compat
 
-from . import _logging, _options, _proxy_io, _serving, asyncore, smtpd
+from . import _logging, _options, _proxy_io, _serving, _workers, asyncore, smtpd
 from ._auth import AuthFileError, PasswordFile, load_credentials
-from ._cli_args import HASH_PASSWORD, PROG, UsageError, build_parser, parse_args, print_error
+from ._cli_args import HASH_PASSWORD, LOG_FORMAT, PROG, WORKERS_LOG_FORMAT, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
 from ._limits import DEFAULTS
 from ._platform import NotAvailable, require
@@ -371,7 +371,7 @@ def startup_line(server: Any, ns: argparse.Namespace) -> str:
         bound = (ns.localhost, ns.localport)
     address = _logging.format_address(bound)
     line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
-    features = _security_features(ns) + _extension_features(ns) + (["PROXY protocol"] if ns.proxy_protocol else [])
+    features = _security_features(ns) + _extension_features(ns) + (["PROXY protocol"] if ns.proxy_protocol else []) + _worker_features(ns)
     if ns.lmtp:
         features.insert(0, "LMTP")
     if features:
@@ -396,6 +396,11 @@ def _extension_features(ns: argparse.Namespace) -> List[str]:
               ("DSN", ns.dsn)]
     chosen.append(("CHUNKING", ns.chunking))
     return [name for name, on in chosen if on]
+
+
+def _worker_features(ns: argparse.Namespace) -> List[str]:
+    number = _workers.count(ns.workers)
+    return ["%d worker processes" % number] if number > 1 else []
 
 
 def _destination(server: Any, ns: argparse.Namespace) -> str:
@@ -448,7 +453,13 @@ def configure_logging(ns: argparse.Namespace) -> Callable[[], None]:
     """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(ns.log_format))
+    log_format = ns.log_format
+    if _workers.count(ns.workers) > 1:
+        # Every record says which process wrote it (%(worker)s).
+        _workers.tag_log_records("main pid %d" % os.getpid())
+        if log_format == LOG_FORMAT:
+            log_format = WORKERS_LOG_FORMAT
+    handler.setFormatter(logging.Formatter(log_format))
     previous = root.level
     root.addHandler(handler)
     root.setLevel(_log_level_of(ns))
@@ -462,9 +473,16 @@ def configure_logging(ns: argparse.Namespace) -> Callable[[], None]:
     return restore
 
 
-def run(server: Any) -> None:
+def run(server: Any, workers: _workers.Count = None) -> None:
     """Serve until Ctrl-C (immediate stop) or SIGTERM (graceful shutdown:
-    messages being received are finished, other sessions get 421)."""
+    messages being received are finished, other sessions get 421); in
+    *workers* processes, both stop gracefully (_workers)."""
+    if _workers.count(workers) > 1:
+        try:
+            _workers.serve_forever(server, 0.5, workers)
+        finally:
+            asyncore.close_all(map=server._map, ignore_all=True)
+        return
     # The package's own serving loop for its servers (not a serve_forever()
     # method, which a class written for smtpd may define for itself).
     graceful = isinstance(server, SMTPServer)
@@ -530,17 +548,34 @@ def _serve(ns: argparse.Namespace) -> int:
             server = make_server(ns)
             if ns.setuid:
                 _become_nobody()
+            _check_workers(server, ns)
         except (UsageError, NotAvailable) as err:
             if server is not None:
                 server.close()
             return print_error(err)
         if not ns.quiet:
             print(startup_line(server, ns), file=sys.stderr, flush=True)
-        run(server)
+        run(server, ns.workers)
         logging.getLogger("smtpd_compat").info("%s stopped", type(server).__name__)
+    except _workers.WorkerFailed as err:
+        return print_error(err, status=1)
     except (KeyboardInterrupt, _Stop):
         if server is not None:
             server.close()  # stopped before run() (which closes all it served)
     finally:
         restore()
     return 0
+
+
+def _check_workers(server: Any, ns: argparse.Namespace) -> None:
+    """``--workers`` above 1 with a class that cannot have them is a usage
+    error, said before anything forks."""
+    number = _workers.count(ns.workers)
+    if number <= 1:
+        return
+    if not isinstance(server, SMTPServer):
+        raise UsageError("--workers applies to SMTPServer subclasses, not to %s" % type(server).__name__)
+    try:
+        _workers.check(server, number)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError("--workers %s: %s" % (ns.workers, err)) from None

@@ -21,6 +21,7 @@ from ._limits import DEFAULTS, count_in_range, timeout_in_range
 PROG = "smtpd_compat"
 DEFAULT_CLASS = "PureProxy"  # smtpd's; announced at start-up when not chosen with -c
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKERS_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(worker)s]: %(message)s"  # --workers N
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 HASH_PASSWORD = "hash-password"
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_flags(p)
     _add_lmtp_flags(p)
     _add_spool_flags(p)
+    _add_process_flags(p)
     return p
 
 
@@ -329,6 +331,24 @@ def _log_format(text: str) -> str:
     except (ValueError, TypeError) as err:
         raise argparse.ArgumentTypeError("invalid log format %r: %s" % (text, err)) from None
     return text
+
+
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes (docs/workers.md)")
+    g.add_argument("--workers", type=_workers, metavar="N", default=None,
+                   help="serve in N processes sharing the port ('auto': one per CPU; default 1, no fork)")
+
+
+def _workers(text: str) -> Any:
+    if text == "auto":
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 1024:
+        raise argparse.ArgumentTypeError("invalid worker count %r: expected a number from 1 to 1024 or 'auto'" % text)
+    return number
 
 
 # The session-limit flags: the option each sets, its value, and what it does.

@@ -51,6 +51,12 @@ STALE_AFTER = 300.0
 _in_use: Set[str] = set()
 _in_use_lock = threading.Lock()
 
+# How long a delivery waits for the fcntl lock held by another process
+# before it is answered 451: none, except in the workers of
+# serve_forever(workers=N), which _workers sets to a second, since they
+# append to the same mbox at the same time and each holds it for an append.
+LOCK_WAIT = 0.0
+
 
 class MailboxLocked(mailbox.ExternalClashError):
     """Another delivery or mail program holds the mbox's lock."""
@@ -166,12 +172,7 @@ def locked(path: str) -> Iterator[BinaryIO]:
     try:
         with open(path, "a+b", buffering=0) as box:
             if fcntl is not None:
-                try:
-                    fcntl.lockf(box.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as err:
-                    if isinstance(err, (BlockingIOError, PermissionError)):
-                        raise MailboxLocked("mbox %s: locked by another program (fcntl)" % path) from None
-                    raise
+                _lock_file(box.fileno(), path)
             try:
                 with _dot_lock(path):
                     yield box  # unbuffered (FileIO): each os.write() is seen at once
@@ -181,6 +182,21 @@ def locked(path: str) -> Iterator[BinaryIO]:
     finally:
         with _in_use_lock:
             _in_use.discard(key)
+
+
+def _lock_file(fd: int, path: str) -> None:
+    """Take the fcntl lock, waiting up to LOCK_WAIT seconds for another process."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if not isinstance(err, (BlockingIOError, PermissionError)):
+                raise
+            if time.monotonic() >= deadline:
+                raise MailboxLocked("mbox %s: locked by another program (fcntl)" % path) from None
+        time.sleep(0.002)
 
 
 @contextlib.contextmanager

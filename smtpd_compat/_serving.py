@@ -330,8 +330,10 @@ def begin_shutdown(server: Any) -> None:
     st.requested = True
     _remember_address(server)
     if server._fileno is not None and server.accepting:
-        _listener.refuse_handshakes(server.socket)
-        _listener.drain_backlog(server)
+        alone = server.__dict__.get("_compat_worker_alone")  # _workers: the other workers go on
+        if alone is None or not alone():
+            _listener.refuse_handshakes(server.socket)
+            _listener.drain_backlog(server)
         server.close()
     _proxy_io.close_pending(server)  # connections that never said who their client is
     in_data = 0

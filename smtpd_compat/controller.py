@@ -56,6 +56,9 @@ class Controller(Generic[S]):
         poll_interval: float = 0.5,
         **server_kwargs: Any,
     ) -> None:
+        if server_kwargs.pop("workers", None) not in (None, 1):
+            raise ValueError("Controller serves in a thread of this process: workers>1 needs "
+                             "server.serve_forever(workers=N) on the main thread of a process of its own")
         self.server_class = server_class
         self.addr = addr
         self.remoteaddr = remoteaddr

@@ -79,6 +79,8 @@ class RecordingServer(SMTPServer):
     """
 
     reply: Optional[str] = None
+    # Refused by serve_forever(workers=N): see _workers.check().
+    _one_process_only = "it keeps messages in this process's memory, which other processes cannot share"
 
     def __init__(self, localaddr: Any, remoteaddr: Any = None, *args: Any, **kwargs: Any) -> None:
         self._records: List[RecordedMessage] = []

@@ -240,14 +240,24 @@ class SMTPServer(asyncore.dispatcher):
         self.listen(_LISTEN_BACKLOG)
 
     # -- serving API (socketserver style); implemented in _serving ----------
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
+    def serve_forever(self, poll_interval: float = 0.5, *, workers: Union[int, str, None] = None) -> None:
         """Serve this server's socket map until :meth:`shutdown` completes.
 
         Another thread's ``shutdown()`` wakes the loop at once (through the
         loop's wake-up socket); *poll_interval* only bounds one wait.  A
         server that was shut down stays closed: a later call returns at once.
+
+        *workers* (a number, or ``"auto"`` for one per CPU) above 1 forks
+        that many processes sharing the listening socket, supervised by
+        this one until SIGTERM or SIGINT (docs/workers.md); call it on the
+        main thread, before starting any thread.
         """
-        _serving.serve_forever(self, poll_interval)
+        if workers is None or workers == 1:
+            _serving.serve_forever(self, poll_interval)
+            return
+        from . import _workers
+
+        _workers.serve_forever(self, poll_interval, workers)
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Shut down gracefully and wait until ``serve_forever()`` returns.

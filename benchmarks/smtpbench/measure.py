@@ -13,7 +13,7 @@ from .common import KIB, Context
 from .launch import RunningServer, ServerStartError, start_server
 from .loadgen import GenResult, PyLoadGen, run_smtp_source
 from .loads import Load
-from .procfs import RssSampler, listen_overflows, proc_cpu_seconds, proc_status_kb, reset_peak_rss
+from .procfs import RssSampler, listen_overflows, proc_status_kb, reset_peak_rss, tree_cpu_seconds
 from .servers import Server
 
 Metric = Union[float, str]  # every figure is a number but peak_method
@@ -64,7 +64,8 @@ class Baseline:
 
     def __init__(self, rs: RunningServer) -> None:
         self.rs = rs
-        self.cpu = proc_cpu_seconds(rs.pid)
+        self.tree = tree_cpu_seconds(rs.pid)  # the server and its workers (--workers N)
+        self.cpu = sum(self.tree.values()) if self.tree else None
         self.overflows = listen_overflows()
 
     def metrics(self, delivered: int) -> Dict[str, Metric]:
@@ -72,11 +73,20 @@ class Baseline:
         ovf = listen_overflows()
         if self.overflows is not None and ovf is not None:
             m["listen_overflows"] = ovf - self.overflows
-        cpu = proc_cpu_seconds(self.rs.pid)
+        tree = tree_cpu_seconds(self.rs.pid)
+        # Processes present before and after (a worker restarted in between is left out).
+        used = {p: tree[p] - self.tree[p] for p in tree if p in self.tree}
+        cpu = sum(used.values()) if used else None
         if self.cpu is not None and cpu is not None:
-            m["server_cpu_s"] = round(cpu - self.cpu, 3)
-            if delivered and cpu - self.cpu >= 0.2:  # /proc counts in 10 ms ticks
-                m["cpu_us_per_msg"] = round((cpu - self.cpu) * 1e6 / delivered, 1)
+            m["server_cpu_s"] = round(cpu, 3)
+            if delivered and cpu >= 0.2:  # /proc counts in 10 ms ticks
+                m["cpu_us_per_msg"] = round(cpu * 1e6 / delivered, 1)
+        workers = [used[p] for p in used if p != self.rs.pid]
+        if len(workers) > 1 and sum(workers) >= 0.2:
+            # How evenly the kernel spread the connections: the busiest
+            # worker's share of the workers' CPU (50% is even for two).
+            m["workers"] = len(workers)
+            m["busiest_worker_pct"] = round(100 * max(workers) / sum(workers), 1)
         hwm = proc_status_kb(self.rs.pid, "VmHWM")
         if hwm is not None:
             m["server_hwm_kb"] = hwm

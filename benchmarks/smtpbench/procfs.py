@@ -6,7 +6,7 @@ reports throughput.
 
 import os
 import threading
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 try:
     import resource
@@ -36,6 +36,33 @@ def proc_cpu_seconds(pid: int) -> Optional[float]:
         return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def child_pids(pid: int) -> List[int]:
+    """The live children of *pid* (the workers of ``--workers N``)."""
+    found: List[int] = []
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                found.extend(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> Dict[int, float]:
+    """CPU seconds of *pid* and of each of its live children, by pid (a
+    child's CPU is not in its parent's figure until the parent reaps it)."""
+    found: Dict[int, float] = {}
+    for p in [pid] + child_pids(pid):
+        cpu = proc_cpu_seconds(p)
+        if cpu is not None:
+            found[p] = cpu
+    return found
 
 
 def listen_overflows() -> Optional[int]:

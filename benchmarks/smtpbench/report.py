@@ -93,6 +93,8 @@ class Report:
             self.section("Throughput (messages/s, higher is better)", "load", names, [
                 ("%s (%s)" % (ld.name, ld.describe()), self.cells(ld.name, "msgs_per_s")) for ld in self.tp_loads])
             self.section("Server CPU time per message (µs, lower is better)", "load", names, self.cpu_rows())
+            self.section("Worker processes: the busiest worker's share of the workers' CPU (%; 50 is an even "
+                         "split of 2)", "load", names, self.worker_rows())
             self.section("Memory (lower is better)", "metric", names,
                          [row for ld in self.mem_loads for row in self.memory_rows(ld)])
             self.ratios()
@@ -116,6 +118,11 @@ class Report:
     def cpu_rows(self) -> List[Row]:
         rows = [(ld.name, self.cells(ld.name, "cpu_us_per_msg")) for ld in self.tp_loads]
         # Only when some run used enough CPU to be measured (measure.py).
+        return rows if any(t[0].isdigit() for _, row in rows for t in row) else []
+
+    def worker_rows(self) -> List[Row]:
+        rows = [(ld.name, self.cells(ld.name, "busiest_worker_pct", 1)) for ld in self.tp_loads]
+        # Only when a server with workers (compat-w2) was measured.
         return rows if any(t[0].isdigit() for _, row in rows for t in row) else []
 
     def memory_rows(self, ld: Load) -> List[Row]:

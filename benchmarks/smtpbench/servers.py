@@ -179,6 +179,22 @@ class CompatServer(Server):
                 *self.flags(), "%s:%d" % (HOST, port)]
 
 
+class CompatWorkersServer(CompatServer):
+    """smtpd_compat in two processes (``--workers 2``): the same sink, the
+    same interpreter; its CPU is the parent's plus the workers'."""
+
+    key = "compat-w2"
+    column = "smtpd_compat --workers 2"
+
+    def prepare(self) -> Optional[str]:
+        problem = super().prepare()
+        self.label += ", --workers 2 (forked workers sharing the listening socket)"
+        return problem
+
+    def flags(self) -> List[str]:
+        return super().flags() + ["--workers", "2"]
+
+
 class CPythonSmtpdServer(Server):
     key = "cpython"
     column = "cpython-smtpd"
@@ -376,7 +392,7 @@ class FloorServer(Server):
         return [self.python, self.script, "%s:%d" % (HOST, port)]
 
 
-SERVER_CLASSES = [CompatServer, CPythonSmtpdServer, AiosmtpdServer, SmtpSinkServer, FloorServer]
+SERVER_CLASSES = [CompatServer, CPythonSmtpdServer, AiosmtpdServer, SmtpSinkServer, FloorServer, CompatWorkersServer]
 DEFAULT_SERVERS = "compat,cpython,aiosmtpd,smtp-sink"  # floor is an instrument: asked for by name
 SERVER_ALIASES = {
     "compat": "compat", "smtpd_compat": "compat", "smtpd-compat": "compat",
@@ -384,4 +400,5 @@ SERVER_ALIASES = {
     "aiosmtpd": "aiosmtpd",
     "smtp-sink": "smtp-sink", "sink": "smtp-sink", "postfix": "smtp-sink",
     "floor": "floor",
+    "compat-w2": "compat-w2", "workers": "compat-w2",
 }
