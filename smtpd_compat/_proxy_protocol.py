@@ -81,7 +81,8 @@ def wanted(data: bytes) -> int:
         return V1_MAX - len(data)
     if len(data) < V2_FIXED:
         return V2_FIXED - len(data)
-    return V2_FIXED + struct.unpack_from("!H", data, 14)[0] - len(data)
+    length: int = struct.unpack_from("!H", data, 14)[0]
+    return V2_FIXED + length - len(data)
 
 
 def parse(data: bytes) -> Optional[Header]:
