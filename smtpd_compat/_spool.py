@@ -109,7 +109,7 @@ class Spool:
             if self.size <= self.threshold:
                 memory += data
                 return
-            self._file = cast(io.BufferedRandom, tempfile.TemporaryFile(dir=self.directory))
+            self._file = tempfile.TemporaryFile(dir=self.directory)
             self._file.write(memory)
             self._memory = None
         assert self._file is not None, "write() to a closed Spool"
