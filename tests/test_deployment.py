@@ -115,9 +115,17 @@ class Balancer:
 
     def wait_for(self, server: str, state: int) -> None:
         deadline = time.monotonic() + TIMEOUT * 2
-        while self.states().get(server) != state:
+        while self.state(server) != state:
             assert time.monotonic() < deadline, "HAProxy never saw %s in state %d: %r" % (server, state, self.states())
             time.sleep(0.05)
+
+    def state(self, server: str) -> int:
+        """*server*'s state, or -1 while the admin socket is not there yet
+        (HAProxy may create it after its frontends listen)."""
+        try:
+            return self.states().get(server, -1)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return -1
 
 
 @contextlib.contextmanager
