@@ -358,17 +358,23 @@ backend v2
 """
 
 
-@contextlib.contextmanager
-def haproxy(tmp_path: Path, server_port: int) -> Iterator[Tuple[int, int]]:
-    """HAProxy in the foreground, relaying two free ports to *server_port*
-    with send-proxy (v1) and send-proxy-v2; yields those two ports."""
-    if not (os.path.exists(HAPROXY) or shutil.which("haproxy")):
+def haproxy_program() -> str:
+    """The HAProxy executable; skips the test where there is none."""
+    if os.path.exists(HAPROXY):
+        return HAPROXY
+    found = shutil.which("haproxy")
+    if not found:
         pytest.skip("haproxy is not installed")
-    program = HAPROXY if os.path.exists(HAPROXY) else str(shutil.which("haproxy"))
-    ports = free_port(), free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(v1=ports[0], v2=ports[1], server=server_port))
-    proc = subprocess.Popen([program, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return str(found)
+
+
+@contextlib.contextmanager
+def run_haproxy(config: Path, ports: Tuple[int, ...]) -> Iterator["subprocess.Popen[bytes]"]:
+    """HAProxy in the foreground with the config file *config*; returns once
+    it accepts connections on every one of *ports* (its frontends), stops it
+    on the way out."""
+    proc = subprocess.Popen([haproxy_program(), "-db", "-f", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + TIMEOUT
         for port in ports:
@@ -380,7 +386,7 @@ def haproxy(tmp_path: Path, server_port: int) -> Iterator[Tuple[int, int]]:
                     break
                 except OSError:
                     time.sleep(0.05)
-        yield ports
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -388,6 +394,18 @@ def haproxy(tmp_path: Path, server_port: int) -> Iterator[Tuple[int, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+@contextlib.contextmanager
+def haproxy(tmp_path: Path, server_port: int) -> Iterator[Tuple[int, int]]:
+    """HAProxy in the foreground, relaying two free ports to *server_port*
+    with send-proxy (v1) and send-proxy-v2; yields those two ports."""
+    haproxy_program()
+    ports = free_port(), free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(v1=ports[0], v2=ports[1], server=server_port))
+    with run_haproxy(config, ports):
+        yield ports
 
 
 @pytest.mark.parametrize("version", [0, 1], ids=["send-proxy", "send-proxy-v2"])
