@@ -519,11 +519,39 @@ def _cli_error(*args: str) -> str:
     [
         (["-c", "DebuggingServer", "--unix-mode", "660"], "--unix-mode needs --unix"),
         (["-c", "DebuggingServer", "--unix", "/tmp/x.sock", "--unix-mode", "999"], "invalid mode"),
-        (["-c", "LMTPServer", "--lmtp"], "--lmtp"),
     ],
 )
 def test_cli_errors(args: List[str], words: str) -> None:
     assert words in _cli_error(*args)
+
+
+@pytest.mark.parametrize("delivery", ["print", "maildir"])
+def test_cli_class_lmtpserver_is_lmtp_with_the_default_delivery(tmp_path: Any, delivery: str) -> None:
+    """-c LMTPServer: --lmtp with DebuggingServer's printing, or with
+    MailboxServer's store when --maildir is given."""
+    maildir = str(tmp_path / "mail")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    args = ["-c", "LMTPServer"] + (["--maildir", maildir] if delivery == "maildir" else []) + ["127.0.0.1:%d" % port]
+    proc = _start_cli(args, lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close())
+    try:
+        with smtplib.LMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+            # smtplib reads one reply after the data; LMTP sends one per recipient.
+            assert client.ehlo()[0] == 250 and client.has_extn("enhancedstatuscodes")  # (LMTP: sends LHLO)
+            assert client.mail("a@example.com")[0] == 250
+            assert client.rcpt("b@example.com")[0] == 250 and client.rcpt("c@example.com")[0] == 250
+            assert client.data(b"Subject: lmtp\r\n\r\nhi\r\n") == (250, b"2.0.0 OK")
+            assert client.getreply() == (250, b"2.0.0 OK")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0 and "(LMTP" in err, err
+    if delivery == "maildir":
+        assert b"X-RcptTo: b@example.com, c@example.com" in _delivered(maildir, 1)[0]
+    else:
+        assert "b'Subject: lmtp'" in out and out.count("MESSAGE FOLLOWS") == 1, out
 
 
 @unix_only
