@@ -22,6 +22,7 @@ import logging
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from . import (
+    _admission,
     _auth,
     _chunking,
     _delivery,
@@ -520,6 +521,7 @@ def _features(server: Any) -> _session.Features:
         lmtp=options.lmtp,
         spool_threshold=options.spool_threshold,
         spool_dir=options.spool_dir,
+        auth_throttle=_admission.auth_throttle(server),
     )
 
 

@@ -232,6 +232,7 @@ def server_options(ns: argparse.Namespace) -> Dict[str, Any]:
     options.update(proxy_options(ns))
     options.update(local_options(ns))
     options.update(spool_options(ns))
+    options.update({name: getattr(ns, name) for name in _options.ADMISSION if getattr(ns, name, None) is not None})
     return options
 
 

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lmtp_flags(p)
     _add_spool_flags(p)
     _add_process_flags(p)
+    _add_admission_flags(p)
     return p
 
 
@@ -395,3 +396,40 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ns.localhost, ns.localport = split_hostport(ns.localspec, "local")
     ns.remotehost, ns.remoteport = split_hostport(ns.remotespec, "remote")
     return ns
+
+
+def _add_admission_flags(p: argparse.ArgumentParser) -> None:
+    # Per client address, counted across --workers (docs/admission.md); only
+    # given flags reach the server class.
+    g = p.add_argument_group("admission control, per client address (docs/admission.md)")
+    g.add_argument("--max-connections-per-ip", metavar="N", type=_per_ip_count, default=None,
+                   help="sessions open at once from one address; one more is answered 421 4.7.0 and closed")
+    g.add_argument("--connection-rate-per-ip", metavar="N/SECONDS", type=_rate("connection-rate-per-ip"), default=None,
+                   help="connections from one address: N at once, then N per SECONDS (token bucket); "
+                        "beyond that, 421 4.7.0")
+    g.add_argument("--auth-failures-per-ip", metavar="K/SECONDS", type=_rate("auth-failures-per-ip"), default=None,
+                   help="failed AUTH exchanges from one address, K then K per SECONDS; "
+                        "beyond that, AUTH is answered 454 4.7.0")
+
+
+def _per_ip_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("invalid number: %r (a whole number from 1)" % text)
+    return value
+
+
+def _rate(flag: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        from ._admission import parse_rate  # (imports nothing that serves)
+
+        try:
+            parse_rate(text, flag)
+        except ValueError:
+            raise argparse.ArgumentTypeError("invalid rate: %r (N/SECONDS, such as 10/60)" % text) from None
+        return text
+
+    return check

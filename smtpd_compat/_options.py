@@ -30,6 +30,7 @@ from ._sasl import DEFAULT_MECHANISMS
 
 __all__ = [
     "EXTENSIONS", "LIMITS", "LOCAL", "Options", "PROXY", "SERVING", "SPOOL", "ServerOptions", "TLS", "TRACE", "defaults", "names", "of",
+    "ADMISSION",
 ]
 
 # The attribute of the server that holds its Options.
@@ -147,6 +148,16 @@ class Options:
     spool_threshold: Optional[int] = None
     # Where those temporary files go (None: tempfile.gettempdir()).
     spool_dir: Optional[str] = None
+    # -- admission control (_admission; docs/admission.md) --------------------------
+    # Sessions open at once from one client address (in all workers);
+    # one more is answered 421 4.7.0 before the greeting and closed.
+    max_connections_per_ip: Optional[int] = None
+    # "N/SECONDS": a token bucket per client address, N connections at once,
+    # refilled at N per SECONDS; beyond it, 421 4.7.0.
+    connection_rate_per_ip: Optional[str] = None
+    # "K/SECONDS": failed AUTH exchanges per client address, across sessions
+    # and workers; with none left, AUTH is answered 454 4.7.0.
+    auth_failures_per_ip: Optional[str] = None
 
 
 class ServerOptions(TypedDict, total=False):
@@ -187,6 +198,9 @@ class ServerOptions(TypedDict, total=False):
     unix_mode: int
     spool_threshold: Optional[int]
     spool_dir: Optional[str]
+    max_connections_per_ip: Optional[int]
+    connection_rate_per_ip: Optional[str]
+    auth_failures_per_ip: Optional[str]
 
 
 # The options of each feature, by name (their defaults are Options').
@@ -202,6 +216,7 @@ PROXY = ("proxy_protocol", "proxy_trusted", "proxy_timeout")
 EXTENSIONS += ("chunking",)  # RFC 3030 (_chunking)
 LOCAL = ("lmtp", "unix_socket", "unix_mode")
 SPOOL = ("spool_threshold", "spool_dir")
+ADMISSION = ("max_connections_per_ip", "connection_rate_per_ip", "auth_failures_per_ip")
 
 _DEFAULTS = Options()
 

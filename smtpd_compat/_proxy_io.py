@@ -33,7 +33,7 @@ import logging
 import numbers
 from typing import Any, Iterable, Set, Tuple, Union
 
-from . import _logging, _reactor, _transport, asyncore
+from . import _admission, _logging, _reactor, _transport, asyncore
 from ._proxy_protocol import Header, ProxyProtocolError, parse, wanted
 
 __all__ = ["HeaderReader", "check_options", "close_pending", "install", "trusted_networks"]
@@ -166,7 +166,11 @@ class HeaderReader(asyncore.dispatcher):
             conn = _transport.ProxiedSocket.adopt(conn, addr)
         log.debug("PROXY protocol v%d header from %s: client %s", header.version,
                   _logging.format_address(self.addr), _logging.format_address(addr))
-        type(server).handle_accepted(server, conn, addr)
+        gate = _admission.gate_of(server)  # per-address limits, accept_connection(): by the client's address
+        if gate is not None:
+            gate(conn, addr)
+        else:
+            type(server).handle_accepted(server, conn, addr)
 
     def _expired(self) -> None:
         self.timer = None

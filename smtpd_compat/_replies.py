@@ -269,6 +269,16 @@ STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN
 # LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
 STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})
 STATUS_CODES[SPOOL_FAILED] = "4.3.1"  # mail system full
+# Admission control (see _admission; docs/admission.md): a connection refused
+# by a per-address limit, in place of the greeting, and AUTH refused while an
+# address has used up its failures.  They carry their RFC 3463 code (X.7.0:
+# a security or policy status) with enhanced_status_codes or without, as the
+# feature is new and its clients read the reason either way; AUTH's is RFC
+# 4954 section 6's "454 4.7.0" (temporary: the client may try again later).
+TOO_MANY_CONNECTIONS_PER_IP = "421 4.7.0 Too many connections from your address, try again later"
+TOO_MANY_CONNECTIONS_RATE = "421 4.7.0 Too many connections from your address in too short a time, try again later"
+AUTH_THROTTLED = "454 4.7.0 Too many failed authentications from your address, try again later"
+CODED = CODED | frozenset((TOO_MANY_CONNECTIONS_PER_IP, TOO_MANY_CONNECTIONS_RATE, AUTH_THROTTLED))
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -239,6 +239,10 @@ def command(session: Any, arg: Optional[str]) -> None:
     if not session.tls_active and features.auth_require_tls:
         host.push(R.AUTH_ENCRYPTION_REQUIRED)
         return
+    throttle = features.auth_throttle  # auth_failures_per_ip (_admission)
+    if throttle is not None and throttle.auth_blocked(getattr(host, "peer", None)):
+        host.push(R.AUTH_THROTTLED)
+        return
     try:
         exchange = mechanism_for(mechanism, words[1] if len(words) == 2 else None)
     except ReplyError as err:
@@ -301,6 +305,8 @@ def verdict(session: Any, credentials: Credentials, ok: bool) -> None:
         host.push(R.AUTH_OK)
         return
     session.auth_failures += 1
+    if session.features.auth_throttle is not None:
+        session.features.auth_throttle.auth_failed(getattr(host, "peer", None))
     log.info("authentication failed for login %r from %r", credentials.login, getattr(host, "peer", None))
     limit = session.features.max_auth_failures
     if limit and session.auth_failures >= limit:

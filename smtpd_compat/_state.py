@@ -164,6 +164,7 @@ class Features:
         "lmtp",
         "spool_threshold",
         "spool_dir",
+        "auth_throttle",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -193,6 +194,9 @@ class Features:
         # Spool message text beyond this many bytes to a file (see _spool).
         self.spool_threshold: Optional[int] = None
         self.spool_dir: Optional[str] = None
+        # auth_failures_per_ip: the table that counts AUTH failures per client
+        # address (_admission.Table: auth_blocked(peer), auth_failed(peer)).
+        self.auth_throttle: Any = None
         for name, value in values.items():
             setattr(self, name, value)
         # Whether MAIL must pass a rule of these features (TLS or AUTH first).

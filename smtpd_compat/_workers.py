@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _listener, _mbox, _platform, _serving, asyncore
+from . import _admission, _listener, _mbox, _platform, _serving, asyncore
 
 log = logging.getLogger("smtpd_compat")
 
@@ -124,6 +124,8 @@ class _Supervisor:
         self.all_stopping = mmap.mmap(-1, 1)
         # Lifeline: the parent keeps one end, the workers the other (see _Lifeline).
         self.lifeline, self.lifeline_child = socket.socketpair()
+        # The per-address counters, shared by the workers (_admission).
+        _admission.prepare_workers(server, number)
 
     # -- the parent's loop --------------------------------------------------
     def run(self) -> None:
@@ -203,6 +205,7 @@ class _Supervisor:
 
     def _ended(self, pid: int, worker: int, started: float, status: int) -> None:
         how = _describe(status)
+        _admission.worker_ended(self.server, worker)  # its sessions are gone: uncount them
         if self.stopping:
             if how != "exit status 0":
                 log.warning("worker %d (pid %d) ended with %s while stopping", worker, pid, how)
@@ -281,6 +284,7 @@ class _Supervisor:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         tag_log_records("worker %d pid %d" % (worker, os.getpid()))
         _mbox.LOCK_WAIT = MBOX_LOCK_WAIT  # the other workers append to the same mbox
+        _admission.worker_started(self.server, worker)  # its own column of open sessions
         shared = self.all_stopping
         self.server.__dict__["_compat_worker_alone"] = lambda: not shared[0]
         _Lifeline(self.lifeline_child, self.server)

@@ -57,6 +57,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
 from . import (
+    _admission,
     _chunking,
     _extensions,
     _globals,
@@ -136,6 +137,8 @@ class SMTPServer(asyncore.dispatcher):
         hooks = {name for name in ("accept_mail", "accept_rcpt") if getattr(cls, name) is not getattr(SMTPServer, name)}
         if cls.authenticate is not SMTPServer.authenticate and _tls.is_authenticate_override(cls.authenticate):
             hooks.add("authenticate")  # AUTH is then offered
+        if cls.accept_connection is not SMTPServer.accept_connection and _admission.is_hook(cls.accept_connection):
+            hooks.add("accept_connection")  # asked before each greeting
         cls._overridden_hooks = frozenset(hooks)
 
     def __init__(
@@ -196,6 +199,9 @@ class SMTPServer(asyncore.dispatcher):
         _lmtp.check_options(values)
         _unix.check_options(values)
         _spool.check_options(values)
+        _admission.check_options(values)
+        if _admission.wanted(values, self):
+            _admission.install(self, values)  # per-address limits, accept_connection()
 
     # What this package adds to smtpd's SMTPServer are names a subclass
     # written for smtpd may use for its own purposes (self.port = ...).
@@ -326,6 +332,20 @@ class SMTPServer(asyncore.dispatcher):
         is answered ``454`` (temporary failure) and logged.
         """
         return _tls.authenticate_with_option(self, channel, mechanism, login, password)
+
+    def accept_connection(self, peer: Any) -> Optional[str]:
+        """Decide on a new connection before it is greeted; override this to
+        refuse some.
+
+        *peer* is the client's address (``(host, port)``; the one a PROXY
+        protocol header named, with ``proxy_protocol``).  Return None to
+        greet it, or the complete reply line refusing it, such as
+        ``"554 5.7.1 Go away"``: sent in place of the ``220`` greeting,
+        then the connection is closed.  Asked after the per-address limits
+        (``max_connections_per_ip``...) have let the connection in.  Not
+        called unless a subclass overrides it with this signature.
+        """
+        return None
 
     def accept_mail(self, channel: SMTPChannel, address: str, params: List[str]) -> Optional[str]:
         """Decide on the sender of a new transaction; override this to refuse
