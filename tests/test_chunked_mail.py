@@ -335,3 +335,13 @@ def test_needs_of_a_bdat_message() -> None:
     assert _relay.needs_of("a", ["b"], ["BODY=BINARYMIME"], chunked=True)[3:] == (True, True)
     assert _relay.needs_of("a", ["b"], ["BODY=8BITMIME"], chunked=True)[3:] == (True, False)
     assert _relay.needs_of("a", ["b"], ["BODY=BINARYMIME"]) == _relay.NO_NEEDS  # DATA's: refused before
+
+
+@modes
+def test_the_upstream_servers_refusal_of_a_bdat_message_reaches_the_client(server_factory: Any,
+                                                                           options: Dict[str, Any]) -> None:
+    upstream = upstream_server(server_factory, chunking=True)
+    upstream.server.reply = "550 5.7.1 Not this one"
+    st_ = proxy(server_factory, upstream.address, **options)
+    assert send_bdat(st_.address, BINARY, b" BODY=BINARYMIME") == b"550 5.7.1 Not this one\r\n"
+    assert send_bdat(st_.address, TEXT) == b"550 5.7.1 Not this one\r\n"
