@@ -14,6 +14,8 @@ from __future__ import annotations
 import mailbox
 import os
 import smtplib
+import socket
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -345,3 +347,55 @@ def test_the_upstream_servers_refusal_of_a_bdat_message_reaches_the_client(serve
     st_ = proxy(server_factory, upstream.address, **options)
     assert send_bdat(st_.address, BINARY, b" BODY=BINARYMIME") == b"550 5.7.1 Not this one\r\n"
     assert send_bdat(st_.address, TEXT) == b"550 5.7.1 Not this one\r\n"
+
+
+class ChunkRefusingUpstream:
+    """A raw upstream announcing CHUNKING and BINARYMIME that answers the
+    first BDAT chunk 452, after reading its octets; it records each line."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self.lines: List[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.settimeout(TIMEOUT)
+            conn.sendall(b"220 upstream\r\n")
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                self.lines.append(line)
+                verb = line.split()[0].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-upstream\r\n250-CHUNKING\r\n250 BINARYMIME\r\n")
+                elif verb == b"BDAT":
+                    reader.read(int(line.split()[1]))
+                    conn.sendall(b"452 4.3.1 Insufficient system storage\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(TIMEOUT)
+
+
+def test_a_chunk_refused_upstream_ends_the_relay(server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_chunked_mail, "CHUNK", 1000)
+    upstream = ChunkRefusingUpstream()
+    try:
+        st_ = proxy(server_factory, upstream.address)
+        assert send_bdat(st_.address, BINARY, b" BODY=BINARYMIME") == b"452 4.3.1 Insufficient system storage\r\n"
+    finally:
+        upstream.close()
+    verbs = [line.split()[0].upper() for line in upstream.lines]
+    assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"BDAT", b"QUIT"]  # no chunk after the refused one
+    assert upstream.lines[1] == b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"
+    assert upstream.lines[3] == b"BDAT 1000\r\n"
