@@ -21,7 +21,9 @@ refused too (``503 need MAIL``) and discarded.
 The chunks accepted are kept in :attr:`ChunkingSession.chunks` (the octets
 as received, in the pieces the framer handed out); after ``BDAT … LAST``
 they go to ``_delivery.deliver()``, the entry point of DATA's messages, and
-``process_message()`` gets them joined, exactly as sent (CRLF line ends).
+``process_message()`` gets them joined, exactly as sent (CRLF line ends),
+with ``chunked=True`` (False for a DATA message) when it takes that
+argument: what PureProxy and MailboxServer go by (``_chunked_mail``).
 On a server with ``spool_threshold`` they go to a ``_spool.Spool`` as they
 arrive instead (:class:`SpooledChunks`), handed over with
 ``_delivery.deliver_spool()``: a message sent with BDAT is never held whole
@@ -31,7 +33,7 @@ either.
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 from . import _delivery, _extensions, _globals, _serving, _spool
 from . import _replies as R
@@ -95,6 +97,13 @@ class ChunkingSession(Session):
         self._drop_chunks()
         self.message_size = 0
         self.chunked = False
+
+    def message_options(self) -> Dict[str, Any]:
+        # chunked: the message is octets as sent, not DATA's form (see
+        # _chunked_mail), for a process_message that takes it.
+        options = super().message_options()
+        options["chunked"] = self.chunked
+        return options
 
     def data(self, arg: Optional[str]) -> None:
         if self.rcpttos:

@@ -9,7 +9,10 @@ What arrives upstream is the client's message plus the ``X-Peer`` header,
 with every line end a CRLF: the ``\\n`` that separate lines in
 ``process_message``'s *data* and any bare CR go out as CRLF (see
 :func:`wire_data`), lines starting with ``.`` are dot-stuffed, and nothing
-else is touched.
+else is touched.  A message the client sent with BDAT (``Needs.chunked``)
+is its octets instead, relayed with BDAT where the upstream server
+announces CHUNKING, else in the DATA form a DATA client would have given
+it; a BINARYMIME one goes with BDAT or not at all (see _chunked_mail).
 
 The upstream ``MAIL`` carries ``SMTPUTF8`` and ``REQUIRETLS`` when the
 message needs them (:class:`Needs`); an upstream session that cannot carry
@@ -46,7 +49,7 @@ import threading
 import time
 from typing import Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from . import _globals, _options, _spool, _tls
+from . import _chunked_mail, _globals, _options, _spool, _tls
 from . import _replies as R
 
 log = logging.getLogger("smtpd_compat")
@@ -82,6 +85,12 @@ class Needs(NamedTuple):
     # announces DSN and dropped for one that does not: DSN, unlike the
     # others, is no reason to refuse a message.
     dsn: Any = None
+    # The message came by BDAT (RFC 3030; process_message()'s chunked): it
+    # is CRLF-ended octets, relayed with BDAT where the upstream server
+    # announces CHUNKING (see _chunked_mail); binarymime: MAIL had
+    # BODY=BINARYMIME, so it is relayed with BDAT or refused.
+    chunked: bool = False
+    binarymime: bool = False
 
 
 NO_NEEDS = Needs()
@@ -91,11 +100,14 @@ NO_NEEDS = Needs()
 _current = threading.local()
 
 
-def needs_of(mailfrom: str, rcpttos: Sequence[str], mail_options: Sequence[str], dsn: Any = None) -> Needs:
-    """The Needs of a message from its envelope, MAIL's parameters and its
-    DSN parameters (process_message()'s dsn)."""
+def needs_of(mailfrom: str, rcpttos: Sequence[str], mail_options: Sequence[str], dsn: Any = None,
+             chunked: bool = False) -> Needs:
+    """The Needs of a message from its envelope, MAIL's parameters, its
+    DSN parameters (process_message()'s dsn) and whether it came by BDAT
+    (process_message()'s chunked)."""
     ascii_only = mailfrom.isascii() and all(rcpt.isascii() for rcpt in rcpttos)
-    return Needs(smtputf8="SMTPUTF8" in mail_options or not ascii_only, requiretls="REQUIRETLS" in mail_options, dsn=dsn)
+    return Needs(smtputf8="SMTPUTF8" in mail_options or not ascii_only, requiretls="REQUIRETLS" in mail_options, dsn=dsn,
+                 chunked=bool(chunked), binarymime=bool(chunked) and _chunked_mail.is_binary(mail_options))
 
 
 @contextlib.contextmanager
@@ -252,6 +264,28 @@ class StreamPayload:
         return -1
 
 
+class _DataFormPayload(StreamPayload):
+    """The DATA payload of a spooled text message received with BDAT
+    (a _chunked_mail.Octets): its data_form, block by block, as
+    StreamPayload makes DATA's from a file."""
+
+    def __init__(self, octets: _chunked_mail.Octets) -> None:
+        super().__init__(octets.file, "")
+        self.octets = octets
+
+    def _text(self) -> Iterator[bytes]:
+        return _chunked_mail.data_form_blocks(self.octets.blocks())
+
+
+def _as_data(payload: Any) -> Any:
+    """The DATA payload of a text message received with BDAT, relayed to
+    an upstream server without CHUNKING: what a DATA client sending the
+    same lines would have made it (see _chunked_mail)."""
+    if isinstance(payload, _chunked_mail.Octets):
+        return _DataFormPayload(payload)
+    return wire_data(_chunked_mail.data_form(bytes(payload)))
+
+
 def _blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
     """The rest of *file* (or its next *size* bytes), block by block."""
     while size:
@@ -322,7 +356,10 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
     """
     reply_timeout = _options.of(server).reply_timeout
     deadline = None if reply_timeout is None else time.monotonic() + reply_timeout
-    payload = data if isinstance(data, StreamPayload) else wire_data(data)
+    # A message received with BDAT goes to _transaction as its octets (see
+    # _chunked_mail), unless a subclass's _deliver() made it something else.
+    octets = getattr(_current, "needs", NO_NEEDS).chunked and isinstance(data, (bytes, _chunked_mail.Octets))
+    payload: Any = data if octets or isinstance(data, StreamPayload) else wire_data(data)
     try:
         conn = connect(server)
     except smtplib.SMTPResponseException as err:
@@ -332,7 +369,7 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
         return _all(rcpttos, -1, "upstream unreachable: %s" % err)
     finished = False
     try:
-        refused = _transaction(conn, mailfrom, rcpttos, payload, deadline)
+        refused = _transaction(conn, mailfrom, rcpttos, payload, deadline, octets)
         finished = True
         return refused
     except (OSError, smtplib.SMTPException, ValueError, UnicodeError) as err:
@@ -346,7 +383,7 @@ def deliver(server: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, s
 
 
 def _transaction(
-    conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: Union[bytes, StreamPayload], deadline: Optional[float]
+    conn: smtplib.SMTP, mailfrom: str, rcpttos: List[str], payload: Any, deadline: Optional[float], octets: bool = False
 ) -> Refusals:
     needs: Needs = getattr(_current, "needs", NO_NEEDS)
     refusal = _unmet(conn, needs) if needs is not NO_NEEDS else None
@@ -354,15 +391,10 @@ def _transaction(
         # Nothing sent: no downgrade to a session that lacks what the
         # message asks for (RFC 6531 section 3.2, RFC 8689 section 4.2.1).
         return _all(rcpttos, int(refusal[:3]), refusal[4:])
-    params = ""
-    if needs.smtputf8:
-        params += " SMTPUTF8"
-    if needs.requiretls:
-        params += " REQUIRETLS"
-    if conn.has_extn("size"):
-        params += " SIZE=%d" % len(payload)
-    if not payload.isascii() and conn.has_extn("8bitmime"):
-        params += " BODY=8BITMIME"
+    bdat = octets and conn.has_extn("chunking")
+    if octets and not bdat:
+        payload = _as_data(payload)  # a text message (_unmet refused a binary one)
+    params = _mail_params(conn, needs, payload, bdat)
     dsn_mail, dsn_rcpt = _dsn_params(conn, needs.dsn, rcpttos)
     code, text = conn.docmd("MAIL", "FROM:%s%s%s" % (_path(mailfrom), params, dsn_mail))
     if code != 250:
@@ -377,14 +409,32 @@ def _transaction(
         # All or nothing (see the module docstring): relay to nobody.
         _abandon(conn)
         return refused
-    code, text = conn.docmd("DATA")
-    if code != 354:
-        _abandon(conn)
-        return _all(rcpttos, code, text)
-    code, text = _send_message(conn, payload, deadline)
+    if not bdat:
+        code, text = conn.docmd("DATA")
+        if code != 354:
+            _abandon(conn)
+            return _all(rcpttos, code, text)
+    code, text = _send_message(conn, payload, deadline, bdat)
     if not 200 <= code < 300:
         return _all(rcpttos, code, text)
     return {}
+
+
+def _mail_params(conn: smtplib.SMTP, needs: Needs, payload: Any, bdat: bool) -> str:
+    """The upstream MAIL's parameters but DSN's, for *payload* sent with
+    BDAT (*bdat*) or DATA."""
+    params = ""
+    if needs.smtputf8:
+        params += " SMTPUTF8"
+    if needs.requiretls:
+        params += " REQUIRETLS"
+    if conn.has_extn("size"):
+        params += " SIZE=%d" % len(payload)
+    if bdat and needs.binarymime:
+        params += " BODY=BINARYMIME"
+    elif not payload.isascii() and conn.has_extn("8bitmime"):
+        params += " BODY=8BITMIME"
+    return params
 
 
 def _dsn_params(conn: smtplib.SMTP, dsn: Any, rcpttos: Sequence[str]) -> Tuple[str, List[str]]:
@@ -414,11 +464,14 @@ def _unmet(conn: smtplib.SMTP, needs: Needs) -> Optional[str]:
         return R.RELAY_NO_REQUIRETLS
     if needs.smtputf8 and not conn.has_extn("smtputf8"):
         return R.RELAY_NO_SMTPUTF8
+    if needs.binarymime and not (conn.has_extn("chunking") and conn.has_extn("binarymime")):
+        return R.RELAY_NO_BINARYMIME  # RFC 3030 section 3: no DATA, and no conversion here
     return None
 
 
-def _send_message(conn: smtplib.SMTP, payload: Union[bytes, StreamPayload], deadline: Optional[float]) -> Tuple[int, bytes]:
-    """Send the DATA payload block by block; return the reply to it.
+def _send_message(conn: smtplib.SMTP, payload: Any, deadline: Optional[float], bdat: bool = False) -> Tuple[int, bytes]:
+    """Send the DATA payload block by block (with *bdat*: the octets of a
+    message received with BDAT, in BDAT chunks); return the reply to it.
 
     Each block, and the wait for the reply, gets the connection's timeout
     (``relay_timeout``) afresh, cut short by *deadline*.  Raises ``OSError``
@@ -428,14 +481,21 @@ def _send_message(conn: smtplib.SMTP, payload: Union[bytes, StreamPayload], dead
     if sock is None:  # smtplib closed it on an error
         raise smtplib.SMTPServerDisconnected("Server not connected")
     timeout = sock.gettimeout()
-    if isinstance(payload, StreamPayload):
-        blocks: Any = payload.blocks()
+    if bdat:
+        blocks: Any = _chunked_mail.bdat_wire(payload, len(payload))
+    elif isinstance(payload, StreamPayload):
+        blocks = payload.blocks()
     else:
         view = memoryview(payload)
         blocks = (view[start : start + _BLOCK] for start in range(0, len(view), _BLOCK))
     try:
         for block in blocks:
             _bound(sock, timeout, deadline)
+            if block is None:  # a BDAT chunk is sent: its reply before the next one
+                code, text = conn.getreply()
+                if code != 250:
+                    return code, text
+                continue
             sock.sendall(block)
         _bound(sock, timeout, deadline)
         return conn.getreply()

@@ -265,6 +265,12 @@ STATUS_CODES.update({
     DATA_AFTER_BDAT: "5.5.1",
     BINARYMIME_NEEDS_BDAT: "5.5.1",
 })
+# PureProxy (see _chunked_mail): a BINARYMIME message for an upstream server
+# that does not announce CHUNKING and BINARYMIME cannot be relayed without
+# converting it (RFC 3030 section 3), which the relay does not do; RFC
+# 3463's 5.6.3, "conversion required but prohibited", carried already.
+RELAY_NO_BINARYMIME = "554 5.6.3 Conversion required but not supported: upstream server does not accept BINARYMIME"
+CODED = CODED | {RELAY_NO_BINARYMIME}
 STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN_BAD_ENVID, DSN_BAD_NOTIFY, DSN_BAD_ORCPT))
 # LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
 STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})

@@ -27,9 +27,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from . import _mbox
+from . import _chunked_mail, _mbox
 from ._mbox import mbox_entry
 from .smtpd import DebuggingServer, SMTPServer
 
@@ -251,8 +251,14 @@ class MailboxServer(SMTPServer):
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
         """Deliver the message; an exception is answered ``451``."""
-        message = trace_headers(peer, mailfrom, rcpttos) + _as_bytes(data)
-        if self._maildir is not None:
+        head, binary = _head(peer, mailfrom, rcpttos, kwargs)
+        body = _as_bytes(data)
+        if kwargs.get("chunked") and not binary:
+            body = _chunked_mail.data_form(body)
+        message = head + body
+        if binary and self._maildir is not None:
+            _maildir_add(self._maildir, [message], raw=True)
+        elif self._maildir is not None:
             self._maildir.add(message)
         else:
             self._deliver_mbox(mailfrom, message)
@@ -266,13 +272,29 @@ class MailboxServer(SMTPServer):
         """With ``spool_threshold``: deliver the message from its spool
         file, block by block (see docs/big-messages.md), to the same bytes
         in the mailbox as :meth:`process_message`."""
-        chunks = itertools.chain([trace_headers(peer, mailfrom, rcpttos)], _file_blocks(getattr(data, "buffer", data)))
+        head, binary = _head(peer, mailfrom, rcpttos, kwargs)
+        blocks = _file_blocks(getattr(data, "buffer", data))
+        if kwargs.get("chunked") and not binary:
+            blocks = _chunked_mail.data_form_blocks(blocks)
+        chunks = itertools.chain([head], blocks)
         if self._maildir is not None:
-            _maildir_add(self._maildir, chunks)
+            _maildir_add(self._maildir, chunks, raw=binary)
         else:
             assert self.mbox is not None
             _mbox.append_chunks(self.mbox, _mbox.entry_chunks(_from_line(mailfrom), chunks))
         return None
+
+
+def _head(peer: Any, mailfrom: str, rcpttos: List[str], kwargs: Dict[str, Any]) -> Tuple[bytes, bool]:
+    """The trace header lines for a message, and whether it is binary: a
+    BINARYMIME message received with BDAT (process_message()'s chunked and
+    mail_options), stored as its octets, after header lines that end with
+    CRLF as its own do.  A text message received with BDAT is stored in
+    DATA's form (see _chunked_mail), as a DATA client's would be."""
+    head = trace_headers(peer, mailfrom, rcpttos)
+    if kwargs.get("chunked") and _chunked_mail.is_binary(kwargs.get("mail_options")):
+        return head.replace(b"\n", b"\r\n"), True
+    return head, False
 
 
 def _from_line(mailfrom: str) -> bytes:
@@ -288,14 +310,15 @@ def _file_blocks(file: Any, size: int = 1 << 20) -> Iterator[bytes]:
         block = file.read(size)
 
 
-def _maildir_add(box: Any, chunks: Iterable[bytes]) -> str:
+def _maildir_add(box: Any, chunks: Iterable[bytes], raw: bool = False) -> str:
     """:meth:`mailbox.Maildir.add` for a message given in pieces: written
     to a new file in ``tmp/``, synced, then linked (or renamed) into
-    ``new/``; the same bytes as ``add(bytes)`` writes.  Returns its key."""
+    ``new/``; the same bytes as ``add(bytes)`` writes (with *raw*: the
+    bytes given, no ``\\n`` made ``os.linesep``).  Returns its key."""
     tmp = box._create_tmp()
     try:
         for chunk in chunks:
-            tmp.write(chunk.replace(b"\n", _mbox._LINESEP))
+            tmp.write(chunk if raw else chunk.replace(b"\n", _mbox._LINESEP))
         tmp.flush()
         os.fsync(tmp.fileno())
     except BaseException:

@@ -58,6 +58,7 @@ from warnings import warn  # noqa: F401  (CPython's smtpd namespace had it)
 
 from . import (
     _admission,
+    _chunked_mail,
     _chunking,
     _extensions,
     _globals,
@@ -468,25 +469,34 @@ class PureProxy(SMTPServer):
     non-ASCII address; else ``553 5.6.7``) and ``REQUIRETLS`` (only over a
     TLS session whose server announces it; else ``550 5.7.30``).  See
     docs/extensions.md.
+
+    With ``chunking``, a message received with ``BDAT`` is relayed with
+    ``BDAT`` to an upstream server announcing ``CHUNKING`` (unchanged, with
+    ``BODY=BINARYMIME`` when given), else with ``DATA`` as a ``DATA``
+    client's would be; a ``BINARYMIME`` message that cannot be relayed so is
+    refused ``554 5.6.3``.
     """
 
     relay_timeout: float = _relay.DEFAULT_TIMEOUT
     relay_workers: int = _relay.DEFAULT_WORKERS
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
-        if isinstance(data, str):
+        if kwargs.get("chunked") and isinstance(data, bytes):
+            data = _chunked_mail.add_peer_header(data, peer[0])  # octets as sent by BDAT, CRLF-ended
+        elif isinstance(data, str):
             data = _grammar.add_peer_header(data, peer[0])
         else:
             data = _grammar.add_peer_header(data, peer[0])
-        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"))
+        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"), kwargs.get("chunked", False))
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), data, needs)
 
     def process_message_stream(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Any, **kwargs: Any) -> Any:
         """With ``spool_threshold``: relay the message from its spool file,
         block by block (see docs/big-messages.md); the upstream server gets
         what process_message() would send it."""
-        payload = _relay.StreamPayload(getattr(data, "buffer", data), peer[0])
-        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"))
+        chunked = kwargs.get("chunked", False)
+        payload: Any = (_chunked_mail.Octets if chunked else _relay.StreamPayload)(getattr(data, "buffer", data), peer[0])
+        needs = _relay.needs_of(mailfrom, rcpttos, kwargs.get("mail_options") or (), kwargs.get("dsn"), chunked)
         return _relay.executor(self).submit(self._relay, mailfrom, list(rcpttos), payload, needs)
 
     def _relay(self, mailfrom: str, rcpttos: List[str], data: Any, needs: _relay.Needs = _relay.NO_NEEDS) -> Optional[str]:

@@ -149,7 +149,7 @@ def test_two_chunks(server_factory: Any, enhanced: bool) -> None:
         (bdat(b"late\r\n"), NEED_MAIL),  # section 2: after LAST, 503 (and its octets dropped)
     ], enhanced)
     assert messages(st) == [b"Subject: x\r\n\r\nhello\r\n"]
-    assert st.server.messages[0].kwargs == {"mail_options": [], "rcpt_options": []}
+    assert st.server.messages[0].kwargs == {"mail_options": [], "rcpt_options": [], "chunked": True}
 
 
 @both
