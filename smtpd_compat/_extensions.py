@@ -175,6 +175,9 @@ def session_class(features: Features) -> Type[Session]:
     the one option that needs one, or a class made of several (made once
     per combination)."""
     # (A feature is on when true, or for spool_threshold when not None: 0 is a threshold.)
+    if not (features.lmtp or features.chunking or features.enhanced_status_codes or features.dsn
+            or features.spool_threshold is not None):
+        return Session  # smtpd's session: decided without the loop below (once per connection)
     bases = tuple(_SESSION_CLASSES[name] for name in _SESSION_ORDER if _on(getattr(features, name)))
     if len(bases) < 2:
         return bases[0] if bases else Session
