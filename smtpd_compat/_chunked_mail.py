@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 
-__all__ = ["CHUNK", "Octets", "add_peer_header", "bdat_wire", "data_form", "data_form_blocks", "is_binary"]
+__all__ = [
+    "CHUNK", "Octets", "add_peer_header", "bdat_wire", "blocks_of", "data_form", "data_form_blocks", "find_in_file", "is_binary",
+]
 
 CRLF = b"\r\n"
 # Octets per upstream BDAT chunk (the last one may be shorter).
@@ -111,34 +113,24 @@ class Octets:
             return
         if first == CRLF:
             yield self.header + first
-            yield from _blocks_of(file)
+            yield from blocks_of(file)
             return
         end = self._find_blank_line()
         file.seek(0)
         if end >= 0:
-            yield from _blocks_of(file, end + 2)
+            yield from blocks_of(file, end + 2)
             yield self.header
-            yield from _blocks_of(file)
+            yield from blocks_of(file)
             return
         last = b""
-        for block in _blocks_of(file):
+        for block in blocks_of(file):
             last = (last + block)[-2:]
             yield block
         yield self.header if last == CRLF else CRLF + self.header
 
     def _find_blank_line(self) -> int:
         """Where the first CRLF CRLF starts in the file, or -1."""
-        file = self.file
-        file.seek(0)
-        offset, carry = 0, b""
-        for block in _blocks_of(file):
-            text = carry + block
-            index = text.find(b"\r\n\r\n")
-            if index >= 0:
-                return offset - len(carry) + index
-            offset += len(block)
-            carry = text[-3:]
-        return -1
+        return find_in_file(self.file, b"\r\n\r\n")
 
     def __len__(self) -> int:
         if self._size is None:
@@ -151,7 +143,7 @@ class Octets:
         return self._ascii
 
 
-def _blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
+def blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
     """The rest of *file* (or its next *size* bytes), block by block."""
     while size:
         block = file.read(_PIECE if size < 0 else min(size, _PIECE))
@@ -159,6 +151,21 @@ def _blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
             return
         size -= len(block)
         yield block
+
+
+def find_in_file(file: BinaryIO, needle: bytes) -> int:
+    """Where *needle* first starts in *file* (read from its start, block by
+    block, never whole), or -1."""
+    file.seek(0)
+    offset, carry = 0, b""
+    for block in blocks_of(file):
+        text = carry + block
+        index = text.find(needle)
+        if index >= 0:
+            return offset - len(carry) + index
+        offset += len(block)
+        carry = text[1 - len(needle):] if len(needle) > 1 else b""
+    return -1
 
 
 def _pieces(payload: Union[bytes, Octets]) -> Iterator[bytes]:

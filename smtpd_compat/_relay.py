@@ -237,31 +237,21 @@ class StreamPayload:
             yield first
         elif end >= 0:
             yield first
-            yield from _blocks_of(file, end)  # up to the first of the two LFs
+            yield from _chunked_mail.blocks_of(file, end)  # up to the first of the two LFs
             yield line
         else:
             last = first
             yield first
-            for block in _blocks_of(file):
+            for block in _chunked_mail.blocks_of(file):
                 last = block
                 yield block
             yield line if last.endswith(b"\n") else b"\n" + self.header
             return
-        yield from _blocks_of(file)
+        yield from _chunked_mail.blocks_of(file)
 
     def _find_blank_line(self) -> int:
         """Where the first ``\\n\\n`` starts in the file, or -1."""
-        file = self.file
-        file.seek(0)
-        offset, carry = 0, b""
-        for block in _blocks_of(file):
-            text = carry + block
-            index = text.find(b"\n\n")
-            if index >= 0:
-                return offset - len(carry) + index
-            offset += len(block)
-            carry = text[-1:]
-        return -1
+        return _chunked_mail.find_in_file(self.file, b"\n\n")
 
 
 class _DataFormPayload(StreamPayload):
@@ -284,16 +274,6 @@ def _as_data(payload: Any) -> Any:
     if isinstance(payload, _chunked_mail.Octets):
         return _DataFormPayload(payload)
     return wire_data(_chunked_mail.data_form(bytes(payload)))
-
-
-def _blocks_of(file: BinaryIO, size: int = -1) -> Iterator[bytes]:
-    """The rest of *file* (or its next *size* bytes), block by block."""
-    while size:
-        block = file.read(_BLOCK if size < 0 else min(size, _BLOCK))
-        if not block:
-            return
-        size -= len(block)
-        yield block
 
 
 def _path(address: str) -> str:

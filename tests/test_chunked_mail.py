@@ -399,3 +399,17 @@ def test_a_chunk_refused_upstream_ends_the_relay(server_factory: Any, monkeypatc
     assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"BDAT", b"QUIT"]  # no chunk after the refused one
     assert upstream.lines[1] == b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"
     assert upstream.lines[3] == b"BDAT 1000\r\n"
+
+
+@pytest.mark.parametrize("needle", [b"\n\n", b"\r\n\r\n"])
+@pytest.mark.parametrize("where", [0, 65533, 65534, 65535, 65536, 200000])
+def test_find_in_file_across_block_boundaries(needle: bytes, where: int) -> None:
+    """The blank line that ends the header is found wherever it falls, also
+    across the boundary of two blocks read from the spool file."""
+    import io
+
+    from smtpd_compat._chunked_mail import find_in_file
+
+    text = b"x" * where + needle + b"y" * 70000 + needle
+    assert find_in_file(io.BytesIO(text), needle) == where
+    assert find_in_file(io.BytesIO(b"x" * where), needle) == -1
