@@ -17,6 +17,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,15 +35,24 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on th
 
 PID_SERVER = '''
 import os
+import time
 from smtpd_compat import MailboxServer
 
 class PidServer(MailboxServer):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         super().process_message(peer, mailfrom, rcpttos, b"X-Worker-Pid: %d\\n" % os.getpid() + data, **kwargs)
+        if data.startswith(b"X-Hold: "):
+            # Keep this worker busy (it accepts nothing meanwhile), having
+            # said so in the file the header names.
+            with open(data.split(b"\\n", 1)[0][8:].decode(), "w") as f:
+                f.write("%d" % os.getpid())
+            time.sleep(1.0)
         return "250 OK pid %d" % os.getpid()
 '''
 
 REPLY_PID = re.compile(rb"pid (\d+)")
+# Where held messages say they are held (see PidServer).
+MARKERS = tempfile.TemporaryDirectory(prefix="smtpd-compat-held-")
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 
@@ -83,12 +93,15 @@ class Session:
         self.client.ehlo()
         self.pid: Optional[int] = None
 
-    def send(self, number: int) -> int:
-        """Send message *number*; return the pid of the worker that said 250."""
+    def send(self, number: int, hold: Optional[Path] = None) -> int:
+        """Send message *number*; return the pid of the worker that said 250.
+        With *hold*, the worker holds the message a second, after writing
+        that file."""
         c = self.client
         c.mail("a@example.org")
         c.rcpt("b@example.org")
-        code, text = c.data(b"X-Seq: %d\r\n\r\nmessage %d\r\n" % (number, number))
+        head = b"X-Hold: %s\r\n" % str(hold).encode() if hold is not None else b""
+        code, text = c.data(head + b"X-Seq: %d\r\n\r\nmessage %d\r\n" % (number, number))
         assert code == 250, (code, text)
         match = REPLY_PID.search(text)
         assert match, text
@@ -119,16 +132,36 @@ def worker_pids(server: Announced, count: int) -> Dict[int, int]:
 
 def sessions_on_every_worker(port: int, pids: Set[int], counter: List[int]) -> List[Session]:
     """Open sessions (each sends one message to learn its worker) until every
-    pid in *pids* holds at least one; bounded."""
+    pid in *pids* holds at least one.  The workers share one accept queue
+    and a loaded machine may let one of them take every connection, so each
+    worker found is kept busy (a held message) while the next session
+    connects: another worker must take it.  Bounded."""
     sessions: List[Session] = []
-    for _ in range(100):
-        session = Session(port)
-        counter[0] += 1
-        session.send(counter[0])
-        sessions.append(session)
-        if {s.pid for s in sessions} >= pids:
-            return sessions
-    raise AssertionError("100 sessions all went to %s" % {s.pid for s in sessions})
+    holds: List[threading.Thread] = []
+    held: List[int] = []
+    try:
+        for attempt in range(3 * len(pids)):
+            session = Session(port)
+            counter[0] += 1
+            session.send(counter[0])
+            sessions.append(session)
+            if {s.pid for s in sessions} >= pids:
+                return sessions
+            marker = Path(MARKERS.name) / ("held-%d-%d" % (os.getpid(), attempt))
+            counter[0] += 1
+            number = counter[0]
+            hold = threading.Thread(target=lambda s=session, n=number, m=marker: held.append(s.send(n, m)))
+            hold.start()
+            holds.append(hold)
+            deadline = time.monotonic() + TIMEOUT
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert marker.exists(), "the worker did not hold the message"
+        raise AssertionError("sessions went to %s only" % {s.pid for s in sessions})
+    finally:
+        for hold in holds:
+            hold.join(TIMEOUT)
+        assert len(held) == len(holds), "a held message was not answered 250"
 
 
 # -- every worker serves -------------------------------------------------------------
