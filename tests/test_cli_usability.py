@@ -71,9 +71,12 @@ class Announced:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            self.lines.put(line)
+        try:
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                self.lines.put(line)
+        except ValueError:
+            pass  # kill() closed the pipe that a forked worker still held open
         self.lines.put(None)
 
     def _next_line(self) -> str:
