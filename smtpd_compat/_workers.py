@@ -250,16 +250,26 @@ class _Supervisor:
     # -- a worker starting ---------------------------------------------------------
     def _start(self, worker: int) -> None:
         _flush()
-        pid = os.fork()
-        if pid == 0:
-            self._child(worker)  # never returns
+        # A stop signal that reached the child before it has its own
+        # handlers would run the parent's (copied) handler there and be
+        # lost, leaving a worker that never stops: the child starts with
+        # them blocked and unblocks them once its handlers are in place.
+        stops = {getattr(signal, name) for name in _STOP_SIGNALS}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(worker, mask)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pids[pid] = (worker, time.monotonic())
         log.info("worker %d started (pid %d)", worker, pid)
 
-    def _child(self, worker: int) -> None:
+    def _child(self, worker: int, mask: Any) -> None:
         status = 1
         try:
             self._become_worker(worker)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal sent meanwhile is handled now
             _serving.serve_forever(self.server, self.poll_interval)
             status = 0
         except SystemExit as exit:
