@@ -170,7 +170,8 @@ class SMTPChannel(asynchat.async_chat):
     ) -> None:
         features = _features(server)
         # With the extensions that need one, the session is of its class from the start (see _extensions.enable).
-        session = _session_of(self, _extensions.session_class(features))
+        session_class = _extensions.session_class(features)
+        session = _session_of(self, session_class)
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -187,8 +188,8 @@ class SMTPChannel(asynchat.async_chat):
             self._dotsep = "."
             self._newline = NEWLINE
         session.features = features
-        if features.enhanced_status_codes or features.dsn or features.chunking or features.spool_threshold is not None:
-            _extensions.enable(session)  # its class (an LMTP server has enhanced codes)
+        if session_class is not Session:
+            _extensions.enable(session)  # (a session made before __init__ ran gets its class here)
         if features.chunking:
             _chunking.enable(self, session)
         self._set_rset_state()
