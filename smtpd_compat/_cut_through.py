@@ -44,6 +44,7 @@ what the spool holds, then what is added to it, while the rest arrives.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import socket
 import threading
@@ -51,6 +52,8 @@ import time
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Type, cast
 
 from . import _options, _received, _relay, _spool
+
+log = logging.getLogger("smtpd_compat")
 
 # Bytes read from the spool at a time by the worker (more than _relay's
 # 64 KiB block, to spend less per block on a fast upstream; still small).
@@ -92,7 +95,11 @@ def follow(server: Any, channel: Any, session: Any, spool: _spool.Spool, base: T
     mail_options: Sequence[str] = options.get("mail_options") or ()
     rcpttos = list(session.rcpttos)
     needs = _relay.needs_of(session.mailfrom, rcpttos, mail_options, options.get("dsn"))
-    follower = Follower(spool, head.encode("utf-8") if decode else head)
+    try:
+        follower = Follower(spool, head.encode("utf-8") if decode else head)
+    except OSError as err:  # no descriptor to spare (EMFILE): relayed once complete
+        log.warning("relaying a message from %r once complete: %s", channel.peer, err)
+        return None
     payload = CutPayload(follower, channel.peer[0], mail_options, _options.of(server).reply_timeout)
     # A client silent for that long mid-message gives up its relay (451).
     payload.wait_timeout = getattr(server, "relay_timeout", _relay.DEFAULT_TIMEOUT)
@@ -128,7 +135,11 @@ class Follower:
         self.ended_at = 0.0
         self._cond = threading.Condition(threading.Lock())
         # The text's last byte so far, and whether it has its first empty line.
-        self._last, self._blank = _scan(self.fd, spool.size, head)
+        try:
+            self._last, self._blank = _scan(self.fd, spool.size, head)
+        except OSError:
+            self.close()
+            raise
 
     # -- the loop thread --
     def grew(self, spool: _spool.Spool, text: bytes, unstuffer: Optional[_spool.Unstuffer]) -> bool:

@@ -135,8 +135,13 @@ def deliver_spooled(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     if tracing:
         channel._session_trace("Data:", "<%d bytes, spooled, relayed as they came>" % spool.size)
     envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, follower.size_with_header(spool))
-    verdict = follower.finish(spool)  # a Future; the spool is closed
-    _hand_over(channel, lambda *args, **options: verdict, (), envelope)
+    _hand_over(channel, _verdict, (follower.finish(spool),), envelope)  # (finish: a Future; closes the spool)
+
+
+def _verdict(future: Any, **options: Any) -> Any:
+    """The "process_message()" of a message relayed while it arrived: the
+    Future of the relay's reply."""
+    return future
 
 
 _STREAMS: Dict[type, bool] = {}

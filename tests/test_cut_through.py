@@ -9,6 +9,7 @@ make the wire form are held to the store-and-forward path's by hypothesis.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import smtplib
@@ -318,6 +319,19 @@ def test_a_subclass_with_its_own_hook_gets_it_called(upstream: FakeUpstream, cls
     if cls is OwnDeliver:
         assert cls.seen == [_relay.StreamPayload]
     assert not _cut_through.stock(cls, smtpd.PureProxy) and _cut_through.stock(smtpd.PureProxy, smtpd.PureProxy)
+
+
+def test_without_a_descriptor_to_spare_the_message_is_stored_and_forwarded(upstream: FakeUpstream,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_descriptor(self: _spool.Spool) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(_spool.Spool, "share", no_descriptor)
+    with running_server(proxy_factory(upstream.address), spool_threshold=THRESHOLD) as st_:
+        with smtplib.SMTP(*st_.address, timeout=TIMEOUT) as client:
+            client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
+    (got,) = upstream.wait_for_data(1)
+    assert got == store_and_forward(MESSAGE)  # SIZE= measured: relayed once complete
 
 
 def test_a_small_message_is_stored_and_forwarded(upstream: FakeUpstream) -> None:
