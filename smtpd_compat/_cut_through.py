@@ -131,6 +131,7 @@ class Follower:
         # Where the spool stops holding unstuffed text and holds the text
         # as the client sent it (None: not yet): see grew().
         self.raw_from: Optional[int] = None
+        self.check = RawCheck()
         self.state = _RECEIVING
         self.ended_at = 0.0
         self._cond = threading.Condition(threading.Lock())
@@ -152,10 +153,14 @@ class Follower:
         with nothing held, after anything but a CR or LF (an LF may stand
         for a CRLF whose next dot was taken).  The worker then passes on the
         client's dot-stuffing and line ends instead of undoing and redoing
-        them (see :class:`RawWire`)."""
+        them: each raw piece is checked here (:class:`RawCheck`), where the
+        loop thread waits for the client anyway, and a CR at its end is not
+        shown to the worker until the next piece has been checked."""
         spool.flush()
         switch = False
-        if self.raw_from is None and unstuffer is not None:
+        if self.raw_from is not None:
+            self.check.feed(spool.size - len(text), text)
+        elif unstuffer is not None:
             if text:
                 self._blank = self._blank or (self._last + text).find(b"\n\n") >= 0
                 self._last = text[-1:]
@@ -165,7 +170,7 @@ class Follower:
         with self._cond:
             if switch:
                 self.raw_from = spool.size
-            self.written = spool.size
+            self.written = spool.size - len(self.check.held)
             self._cond.notify()
         return switch
 
@@ -173,6 +178,7 @@ class Follower:
         """The message is complete and accepted here: the worker sends the
         rest and its end.  Closes *spool*; returns the Future of the reply."""
         spool.flush()
+        self.check.finish(spool.size)
         with self._cond:
             self.written = spool.size
             self.state = _ENDED
@@ -248,16 +254,17 @@ def _scan(fd: int, size: int, head: bytes) -> Tuple[bytes, bool]:
     return last, blank
 
 
-class RawWire:
-    """The rest of a message as the client sent it (dot-stuffed, CRLF line
-    ends), from the middle of a line, in DATA's wire form, piece by piece.
+class RawCheck:
+    """Which part of the raw text (the client's, past raw_from) can go on
+    as it is: up to :attr:`slow_from` (None: all of it so far), checked
+    piece by piece as it is written (loop thread).
 
-    A client that ends its lines as RFC 5321 says sends that form already:
-    each piece is checked (every CR and every LF in a CRLF: two counts and
-    a comparison, no copy) and passed on as it is.  From the first piece
-    that fails the check (a bare CR or LF), the text is unstuffed and
-    stuffed again, as Stuffer would have made it.  A CR at the end of a
-    piece waits for the next one.
+    A client that ends its lines as RFC 5321 says has made DATA's wire
+    form already: a piece passes when every CR and LF in it is in a CRLF
+    (three counts, no copy).  A CR at the end of a piece is :attr:`held`
+    until the next piece shows whether an LF follows.  From the first piece
+    that fails (a bare CR or LF) to the end, the worker converts the text
+    (:class:`RawWire`), as Stuffer would have made it.
 
     The client's dot-stuffing is passed on unchecked: a line starting with
     one dot that is not stuffing (a client that forgot to stuff) loses that
@@ -267,28 +274,56 @@ class RawWire:
     """
 
     def __init__(self) -> None:
-        self._held = b""
+        self.held = b""
+        self.slow_from: Optional[int] = None
+
+    def feed(self, offset: int, text: bytes) -> None:
+        """*text* was written at *offset*."""
+        if self.slow_from is not None or not text:
+            return
+        if self.held:
+            text, offset = self.held + text, offset - len(self.held)
+        cut = len(text) - 1 if text[-1:] == b"\r" else len(text)
+        crlf = text.count(b"\r\n", 0, cut)
+        if text.count(b"\n", 0, cut) == crlf == text.count(b"\r", 0, cut):
+            self.held = text[cut:]
+        else:
+            self.slow_from, self.held = offset, b""
+
+    def finish(self, end: int) -> None:
+        """The text ends at *end*: a CR held there is a bare one."""
+        if self.slow_from is None and self.held:
+            self.slow_from = end - len(self.held)
+        self.held = b""
+
+
+class RawWire:
+    """The raw text from *start* in DATA's wire form (worker thread): as
+    it is before the RawCheck's slow_from, unstuffed and stuffed again
+    from there (starting in the middle of a line, as it does)."""
+
+    def __init__(self, start: int) -> None:
+        self.pos = start
         self._slow: Optional[Tuple[_spool.Unstuffer, _spool.Stuffer]] = None
 
-    def feed(self, piece: bytes) -> bytes:
-        text = self._held + piece if self._held else piece
+    def feed(self, block: bytes, slow_from: Optional[int]) -> bytes:
+        pos = self.pos
+        self.pos += len(block)
+        head = b""
         if self._slow is None:
-            cut = len(text) - 1 if text[-1:] == b"\r" else len(text)
-            ready = text[:cut] if cut < len(text) else text
-            crlf = ready.count(b"\r\n")
-            if ready.count(b"\n") == crlf == ready.count(b"\r"):
-                self._held = text[cut:]
-                return ready
+            if slow_from is None or self.pos <= slow_from:
+                return block
+            head, block = block[: slow_from - pos], block[slow_from - pos :]
             self._slow = _mid_line()
-        self._held = b""
         unstuffer, stuffer = self._slow
-        return stuffer.feed(unstuffer.feed(text))
+        return head + stuffer.feed(unstuffer.feed(block))
 
     def finish(self) -> bytes:
         """The rest, and the end of data."""
-        unstuffer, stuffer = self._slow or _mid_line()
-        held, self._held = self._held, b""
-        return stuffer.feed(unstuffer.feed(held)) + stuffer.feed(unstuffer.finish()) + stuffer.finish()
+        if self._slow is None:
+            return b"\r\n.\r\n"
+        unstuffer, stuffer = self._slow
+        return stuffer.feed(unstuffer.finish()) + stuffer.finish()
 
 
 def _mid_line() -> Tuple[_spool.Unstuffer, _spool.Stuffer]:
@@ -349,9 +384,10 @@ class CutPayload(_relay.StreamPayload):
             return
         # The text stopped in the middle of a line, with nothing held (see
         # Follower.grew): the raw text follows on from there.
-        wire = RawWire()
+        assert follower.raw_from is not None
+        wire = RawWire(follower.raw_from)
         for piece in follower.pieces(self.wait_timeout, raw=True):
-            out = wire.feed(piece)
+            out = wire.feed(piece, follower.check.slow_from)  # (set before the piece was shown)
             if out:
                 yield out
         yield wire.finish()

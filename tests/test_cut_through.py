@@ -66,18 +66,58 @@ def _stored(wire: bytes) -> bytes:
 raw_text = st.lists(st.sampled_from([b"a", b".", b"\r\n", b"\r", b"\n", b"\xc3\xa9"]), max_size=40).map(b"".join)
 
 
+def _raw_wire(raw: bytes, written: List[bytes], read: List[bytes], start: int = 7) -> bytes:
+    """The wire form of *raw* (at offset *start*), checked as *written* and
+    converted as *read* (two splits of it)."""
+    check, offset = _cut_through.RawCheck(), start
+    for piece in written:
+        check.feed(offset, piece)
+        offset += len(piece)
+    check.finish(offset)
+    wire = _cut_through.RawWire(start)
+    return b"".join(wire.feed(block, check.slow_from) for block in read) + wire.finish()
+
+
 @settings(max_examples=400, deadline=None)
-@given(raw_text, st.lists(st.integers(0, 80), max_size=6))
-def test_the_raw_text_reaches_the_upstream_server_as_the_same_message(raw: bytes, cuts: List[int]) -> None:
+@given(raw_text, st.lists(st.integers(0, 80), max_size=6), st.lists(st.integers(0, 80), max_size=6))
+def test_the_raw_text_reaches_the_upstream_server_as_the_same_message(raw: bytes, cuts: List[int],
+                                                                        other_cuts: List[int]) -> None:
     if b"\r\n.\r\n" in b"\r\n" + raw + b"\r\n":
         return  # would have ended the message (or be its end)
-    wire = _cut_through.RawWire()
-    got = b"".join(wire.feed(piece) for piece in split(raw, cuts)) + wire.finish()
+    got = _raw_wire(raw, split(raw, cuts), split(raw, other_cuts))
     expected = _reference(raw)
     assert _stored(got) == _stored(expected)
     assert b"\r" not in got.replace(b"\r\n", b"") and b"\n" not in got.replace(b"\r\n", b"")
-    if b"\r\n." not in raw.replace(b"\r\n..", b""):  # the client stuffed every dot line: byte for byte
-        assert got == expected
+    if b"\r\n." not in raw.replace(b"\r\n..", b"") and not raw.startswith(b"."):
+        assert got == expected  # the client stuffed every dot line: byte for byte
+
+
+def test_text_that_ends_its_lines_well_goes_on_unchanged() -> None:
+    raw = b"rest of a line\r\n..dot\r\nnext\r"
+    check = _cut_through.RawCheck()
+    check.feed(100, raw)
+    assert (check.held, check.slow_from) == (b"\r", None)  # the last CR waits for the next piece
+    check.feed(100 + len(raw), b"\nmore")
+    assert (check.held, check.slow_from) == (b"", None)
+    check.feed(105 + len(raw), b" bare\nLF")
+    assert check.slow_from == 105 + len(raw)
+
+
+def test_a_cr_ending_a_piece_is_shown_to_the_worker_once_checked(tmp_path: Any) -> None:
+    with _spool.Spool(0, str(tmp_path)) as spool:
+        spool.write(b"Subject: x\n\nbody")
+        follower = _cut_through.Follower(spool, b"")
+        try:
+            assert follower.grew(spool, b"", _spool.Unstuffer())  # mid-line, after the empty line: raw from here
+            assert follower.raw_from == spool.size
+            for piece in (b"\r\nline\r", b"x"):
+                spool.write(piece)
+                follower.grew(spool, piece, None)
+                if piece != b"x":
+                    assert follower.written == spool.size - 1  # the CR waits
+            assert follower.written == spool.size and follower.check.slow_from == spool.size - 2
+        finally:
+            follower.close()
 
 
 # -- end to end ------------------------------------------------------------------------
