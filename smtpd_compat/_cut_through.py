@@ -17,10 +17,14 @@ what the spool holds, then what is added to it, while the rest arrives.
   in blocks of at most :data:`_READ` bytes.  An upstream slower than the
   client leaves the difference in the spool file, never in memory: the
   receiver never waits for the worker, and the worker holds one block.
-* What the upstream server receives is byte for byte what store and
-  forward sends (``Received:`` header first when asked, the ``X-Peer``
-  header before the first empty line, CRLF line ends, dot-stuffing; see
-  :func:`with_header`), with ``MAIL``'s parameters decided before the
+* What the upstream server receives is what store and forward sends
+  (``Received:`` header first when asked, the ``X-Peer`` header before the
+  first empty line, CRLF line ends, dot-stuffing; see :func:`with_header`).
+  Past the first empty line the session spools the client's text as sent,
+  and it goes on unconverted while its line ends are CRLF
+  (:class:`RawCheck`, :class:`RawWire`): byte for byte the same from a
+  client that stuffs its dot lines, the same stored message from one that
+  does not.  ``MAIL``'s parameters are decided before the
   content is known: ``SIZE=`` is the client's declared size plus the
   added headers (none when the client declared none), and ``BODY=8BITMIME``
   is sent when the client declared it (store and forward looks at the
