@@ -243,17 +243,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with open(os.path.join(work, "bench_big_sink.py"), "w") as f:
             f.write(SINK_CLASS)
+        kinds = []
         for kind in ns.servers.split(","):
-            if not available(kind):
+            if available(kind):
+                kinds.append(kind)
+            else:
                 print("%s: skipped (not available)" % kind, file=sys.stderr)
-                continue
-            runs = [run_once(kind, size, work) for _ in range(repeat)]
-            peaks = [p for _, p in runs if p is not None]
-            results[kind] = (statistics.median(s for s, _ in runs), max(peaks) if peaks else None)
-            leftovers = [name for name in os.listdir(work) if name != "bench_big_sink.py" and not name.startswith("__")]
-            if leftovers:
-                print("%s: left %s in the spool directory" % (kind, leftovers), file=sys.stderr)
-                return 1
+        runs: Dict[str, List[Tuple[float, Optional[int]]]] = {kind: [] for kind in kinds}
+        # Round by round, each server once per round: on a shared machine
+        # the servers compared see the same load, more or less.
+        for _ in range(repeat):
+            for kind in kinds:
+                runs[kind].append(run_once(kind, size, work))
+                leftovers = [name for name in os.listdir(work) if name != "bench_big_sink.py" and not name.startswith("__")]
+                if leftovers:
+                    print("%s: left %s in the spool directory" % (kind, leftovers), file=sys.stderr)
+                    return 1
+        for kind in kinds:
+            peaks = [p for _, p in runs[kind] if p is not None]
+            results[kind] = (statistics.median(s for s, _ in runs[kind]), max(peaks) if peaks else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, size, repeat)

@@ -460,6 +460,19 @@ class SMTPChannel(asynchat.async_chat):
         """Send a chunk of the message (RFC 3030), when the server offers CHUNKING."""
         _chunking.command(self, arg)
 
+    def smtp_LHLO(self, arg: Optional[str]) -> None:
+        """LMTP's greeting (RFC 2033), on a server with ``lmtp``; elsewhere
+        an unknown command, as in smtpd."""
+        _lhlo(self._session, arg)
+
+
+def _lhlo(session: Session, arg: Optional[str]) -> None:
+    lhlo = getattr(session, "lhlo", None)  # an LMTPSession's
+    if lhlo is None:
+        session.unknown("LHLO")
+    else:
+        lhlo(arg)
+
 
 # The commands the session implements, by verb: SMTPChannel.smtp_<VERB>
 # calls Session.<method>.
@@ -477,6 +490,7 @@ _SESSION_VERBS = {
     "EXPN": Session.expn,
     "STARTTLS": Session.starttls,
     "AUTH": Session.auth,
+    "LHLO": _lhlo,
 }
 
 

@@ -375,6 +375,7 @@ def startup_line(server: Any, ns: argparse.Namespace) -> str:
     address = _logging.format_address(bound)
     line = "%s %s: %s listening on %s" % (PROG, package_version(), type(server).__name__, address)
     features = _security_features(ns) + _extension_features(ns) + (["PROXY protocol"] if ns.proxy_protocol else []) + _worker_features(ns)
+    features += _limit_features(ns)
     if ns.lmtp:
         features.insert(0, "LMTP")
     if features:
@@ -399,6 +400,19 @@ def _extension_features(ns: argparse.Namespace) -> List[str]:
               ("DSN", ns.dsn)]
     chosen.append(("CHUNKING", ns.chunking))
     return [name for name, on in chosen if on]
+
+
+def _limit_features(ns: argparse.Namespace) -> List[str]:
+    """The spool (--spool-threshold, --spool-dir) and the limits per client address."""
+    features = []
+    if ns.spool_threshold is not None:
+        features.append("spool above %d bytes%s" % (ns.spool_threshold, " in %s" % ns.spool_dir if ns.spool_dir else ""))
+    for text, value in (("at most %s connections per address", ns.max_connections_per_ip),
+                        ("%s connections per %s s per address", ns.connection_rate_per_ip),
+                        ("%s AUTH failures per %s s per address", ns.auth_failures_per_ip)):
+        if value is not None:
+            features.append(text % tuple(str(value).split("/")))
+    return features
 
 
 def _worker_features(ns: argparse.Namespace) -> List[str]:

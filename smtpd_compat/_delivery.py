@@ -123,9 +123,44 @@ def deliver_spooled(channel: Any, pieces: List[bytes], tracing: bool) -> None:
     ``process_message_stream()`` method gets it as a binary file (a text
     file with decode_data), anyone else's ``process_message()`` the data it
     always got."""
-    spool = channel._session.end_of_spool(pieces)
-    if spool is not None:  # (else refused, and answered: too large, not UTF-8, disk full)
+    session = channel._session
+    spool = session.end_of_spool(pieces)
+    if spool is None:
+        return  # refused, and answered: too large, not UTF-8, disk full
+    follower, session.follower = session.follower, None
+    if follower is None:
         deliver_spool(channel, spool, tracing)
+        return
+    # Relayed while it arrived (_cut_through): the reply is the relay's.
+    if tracing:
+        channel._session_trace("Data:", "<%d bytes, spooled, relayed as they came>" % spool.size)
+    envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, follower.size_with_header(spool))
+    _hand_over(channel, _verdict, (follower.finish(spool),), envelope)  # (finish: a Future; closes the spool)
+
+
+def _verdict(future: Any, **options: Any) -> Any:
+    """The "process_message()" of a message relayed while it arrived: the
+    Future of the relay's reply."""
+    return future
+
+
+_STREAMS: Dict[type, bool] = {}
+
+
+def _streams(cls: type) -> bool:
+    """Whether a server of class *cls* gets process_message_stream(): it
+    has one, defined in the same class as its process_message or below it
+    (a subclass overriding only process_message, say of PureProxy, gets
+    process_message called).  Decided once per class."""
+    known = _STREAMS.get(cls)
+    if known is None:
+        mro = cls.__mro__
+
+        def defined_in(name: str) -> int:
+            return next((depth for depth, klass in enumerate(mro) if name in vars(klass)), len(mro))
+
+        known = _STREAMS[cls] = defined_in("process_message_stream") <= defined_in("process_message")
+    return known
 
 
 def deliver_spool(channel: Any, spool: Any, tracing: bool) -> None:
@@ -142,7 +177,7 @@ def deliver_spool(channel: Any, spool: Any, tracing: bool) -> None:
         header = _received.prepend(channel, session, header, time.time())
     head = header.encode("utf-8") if decode else header
     server = channel.smtp_server
-    stream = getattr(server, "process_message_stream", None)
+    stream = getattr(server, "process_message_stream", None) if _streams(type(server)) else None
     envelope: Envelope = (channel.peer, session.mailfrom, session.rcpttos, len(head) + spool.size)
     if stream is None:
         try:

@@ -97,6 +97,11 @@ class EnhancingHost:
         self.session = session
         self.host = host
 
+    @property
+    def _wrapped_channel(self) -> Host:
+        """The channel itself (what _spool hands a server's _follow_spool())."""
+        return self.host
+
     def push(self, msg: str) -> None:
         session = self.session
         if msg is session.theirs:

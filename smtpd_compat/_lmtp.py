@@ -10,7 +10,10 @@ SMTP sessions of other servers take no extra step.  What it changes:
   its keywords; ``HELO`` and ``EHLO`` are answered ``500`` (the RFC says
   LHLO MUST be used), and ``HELP`` names ``LHLO``.  These are decided on
   the command line, before any ``smtp_<VERB>`` method, so an LMTP session
-  never reaches the channel's ``smtp_HELO``/``smtp_EHLO``.
+  never reaches the channel's ``smtp_HELO``/``smtp_EHLO``.  ``LHLO`` is
+  dispatched as any command: to the channel's ``smtp_LHLO`` (the hook a
+  subclass overrides, calling ``super().smtp_LHLO(arg)`` to answer it),
+  whose own rule is :meth:`LMTPSession.lhlo`.
 - ``PIPELINING`` and ``ENHANCEDSTATUSCODES`` are always on (section 5):
   :func:`check_options` turns the two options on, and an LMTPSession is
   an ``EnhancedSession``.
@@ -37,6 +40,21 @@ from ._state import Host
 __all__ = ["LMTPSession", "check_options", "per_recipient"]
 
 log = logging.getLogger("smtpd_compat")
+
+
+
+def _help(arg: Optional[str]) -> Optional[str]:
+    """HELP's reply where LMTP's differs from SMTP's, else None: the list
+    names LHLO; HELP LHLO gives its syntax; HELO, EHLO and unknown topics
+    list LMTP's commands (501, as smtpd's HELP does SMTP's)."""
+    if not arg:
+        return R.LMTP_HELP_ALL
+    topic = arg.upper()
+    if topic == "LHLO":
+        return R.LMTP_HELP_LHLO
+    if topic in ("HELO", "EHLO") or topic not in R.HELP_SYNTAX:
+        return R.LMTP_HELP_UNKNOWN
+    return None
 
 
 def check_options(options: Any) -> None:
@@ -87,15 +105,17 @@ class LMTPSession(EnhancedSession):
         if command is None:
             return None
         verb, arg = command
-        if verb == "LHLO":
-            self.ehlo(arg, R.SYNTAX_LHLO)
-        elif verb in ("HELO", "EHLO"):
+        if verb in ("HELO", "EHLO"):
             self.host.push(R.LMTP_SEND_LHLO)
-        elif verb == "HELP" and (not arg or arg.upper() == "LHLO"):
-            self.host.push(R.LMTP_HELP_LHLO if arg else R.LMTP_HELP_ALL)
+        elif verb == "HELP" and _help(arg) is not None:
+            self.host.push(cast(str, _help(arg)))
         else:
-            return command
+            return command  # LHLO too: the channel's smtp_LHLO (a subclass's hook), or lhlo()
         return None
+
+    def lhlo(self, arg: Optional[str]) -> None:
+        """LHLO (section 4.1): answered as EHLO is, with its own syntax reply."""
+        self.ehlo(arg, R.SYNTAX_LHLO)
 
     def end_of_data(self, pieces: List[bytes]) -> Any:
         count = self.recipients = max(len(self.rcpttos), 1)

@@ -220,6 +220,15 @@ class StreamPayload:
     def __len__(self) -> int:
         return self._measure()[0]
 
+    def size_param(self) -> Optional[int]:
+        """MAIL's ``SIZE=`` value (None: none given)."""
+        return len(self)
+
+    def deadline(self, default: Optional[float]) -> Optional[float]:
+        """When the transfer must be over: *default*, counted from the
+        start of the relay (see _cut_through for a message still arriving)."""
+        return default
+
     def isascii(self) -> bool:
         return self._measure()[1]
 
@@ -409,7 +418,8 @@ def _mail_params(conn: smtplib.SMTP, needs: Needs, payload: Any, bdat: bool) -> 
     if needs.requiretls:
         params += " REQUIRETLS"
     if conn.has_extn("size"):
-        params += " SIZE=%d" % len(payload)
+        size = payload.size_param() if isinstance(payload, StreamPayload) else len(payload)
+        params += "" if size is None else " SIZE=%d" % size
     if bdat and needs.binarymime:
         params += " BODY=BINARYMIME"
     elif not payload.isascii() and conn.has_extn("8bitmime"):
@@ -468,16 +478,17 @@ def _send_message(conn: smtplib.SMTP, payload: Any, deadline: Optional[float], b
     else:
         view = memoryview(payload)
         blocks = (view[start : start + _BLOCK] for start in range(0, len(view), _BLOCK))
+    until = payload.deadline if isinstance(payload, StreamPayload) else (lambda given: given)
     try:
         for block in blocks:
-            _bound(sock, timeout, deadline)
+            _bound(sock, timeout, until(deadline))
             if block is None:  # a BDAT chunk is sent: its reply before the next one
                 code, text = conn.getreply()
                 if code != 250:
                     return code, text
                 continue
             sock.sendall(block)
-        _bound(sock, timeout, deadline)
+        _bound(sock, timeout, until(deadline))
         return conn.getreply()
     finally:
         if conn.sock is not None:

@@ -176,6 +176,7 @@ SYNTAX_LHLO = "501 Syntax: LHLO hostname"
 LMTP_SEND_LHLO = "500 Error: this is an LMTP server: send LHLO"
 LMTP_HELP_ALL = "250 Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
 LMTP_HELP_LHLO = "250 Syntax: LHLO hostname"
+LMTP_HELP_UNKNOWN = "501 Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
 
 # The enhanced status code (RFC 3463) of each reply of the server's own,
 # sent after the basic code (``250 2.1.0 OK``) when the option
@@ -273,7 +274,7 @@ RELAY_NO_BINARYMIME = "554 5.6.3 Conversion required but not supported: upstream
 CODED = CODED | {RELAY_NO_BINARYMIME}
 STATUS_CODES.update((text, "5.5.4") for text in (DSN_DUPLICATE, DSN_BAD_RET, DSN_BAD_ENVID, DSN_BAD_NOTIFY, DSN_BAD_ORCPT))
 # LMTP's (SYNTAX_LHLO has none, as SYNTAX_EHLO: RFC 2034 section 3).
-STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0"})
+STATUS_CODES.update({LMTP_SEND_LHLO: "5.5.1", LMTP_HELP_ALL: "2.0.0", LMTP_HELP_LHLO: "2.0.0", LMTP_HELP_UNKNOWN: "5.5.4"})
 STATUS_CODES[SPOOL_FAILED] = "4.3.1"  # mail system full
 # Admission control (see _admission; docs/admission.md): a connection refused
 # by a per-address limit, in place of the greeting, and AUTH refused while an

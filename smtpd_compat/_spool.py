@@ -149,6 +149,19 @@ class Spool:
             return False
         return True
 
+    def share(self) -> int:
+        """A new descriptor of the file (on disk only), for another thread to
+        read what is written with ``os.pread()`` while it grows (see
+        _cut_through); the caller closes it.  Written data is flushed."""
+        assert self._file is not None, "share() of a Spool in memory"
+        self._file.flush()
+        return os.dup(self._file.fileno())
+
+    def flush(self) -> None:
+        """Make what was written readable through a :meth:`share` descriptor."""
+        if self._file is not None:
+            self._file.flush()
+
     def close(self) -> None:
         """Free the memory and remove the file (again: no effect)."""
         if self.closed:
@@ -255,6 +268,17 @@ class Unstuffer:
         held, self._held = self._held, b""
         return self._convert(held)
 
+    def held(self) -> bytes:
+        """The raw text fed but not given out yet (a CR or a CRLF)."""
+        return self._held
+
+    def stop(self) -> bytes:
+        """Give up unstuffing here: the raw text held, which :meth:`finish`
+        will no longer give."""
+        held, self._held = self._held, b""
+        self._first = False
+        return held
+
     def _convert(self, text: bytes) -> bytes:
         if not text:
             return b""
@@ -346,6 +370,14 @@ class SpoolingSession(Session):
     spool: Optional[Spool] = None
     unstuffer: Optional[Unstuffer] = None
     spooled_raw = 0
+    # What reads the spool while it grows, from when it went to disk: the
+    # server's _follow_spool() made it (PureProxy's relay, see
+    # _cut_through); told of each write (grew), of the end (finish) or of
+    # the message's abandonment (abort).
+    follower: Any = None
+    # The follower takes the rest of the message as it comes (raw), not
+    # unstuffed (see _cut_through.Follower.grew).
+    raw = False
 
     def collect(self, data: Any) -> None:
         if self.state is not S_DATA:
@@ -356,15 +388,32 @@ class SpoolingSession(Session):
             spool = self._new_spool()
         limit = self.host.data_size_limit
         if limit and self.spooled_raw > limit:
+            self.drop_follower()
             return  # over the limit: store nothing more (answered 552 at the end)
         self.spooled_raw += len(data)
         assert self.unstuffer is not None
         if spool.closed:
             return  # the spool failed: count, store nothing (answered 452 at the end)
+        self._write(spool, bytes(data) if self.raw else self.unstuffer.feed(bytes(data)))
+
+    def _write(self, spool: Spool, text: bytes) -> None:
+        on_disk = spool.on_disk
         try:
-            spool.write(self.unstuffer.feed(bytes(data)))
+            spool.write(text)
         except OSError as err:
             self._failed(spool, err)
+            return
+        if self.follower is not None:
+            if self.follower.grew(spool, text, self.unstuffer) and not self.raw:
+                # From here the spool holds the text as the client sent it.
+                assert self.unstuffer is not None
+                self.raw = True
+                self._write(spool, self.unstuffer.stop())
+        elif spool.on_disk and not on_disk:
+            # Past the threshold: the server may read the message from now on.
+            channel = getattr(self.host, "_wrapped_channel", self.host)  # (an EnhancingHost's)
+            follow = getattr(getattr(channel, "smtp_server", None), "_follow_spool", None)
+            self.follower = follow(channel, self, spool) if follow is not None else None
 
     def _failed(self, spool: Spool, err: OSError) -> None:
         """Writing *spool* failed (a full disk): the message is read to its
@@ -377,6 +426,7 @@ class SpoolingSession(Session):
         self.spool = spool = Spool(self.features.spool_threshold or 0, self.features.spool_dir)
         self.unstuffer = Unstuffer()
         self.spooled_raw = 0
+        self.raw = False
         return spool
 
     def end_of_spool(self, pieces: List[bytes]) -> Optional[Spool]:
@@ -388,32 +438,39 @@ class SpoolingSession(Session):
         spool = self.spool if self.spool is not None else self._new_spool()
         assert self.unstuffer is not None
         if not spool.closed:
-            try:
-                spool.write(self.unstuffer.finish())
-            except OSError as err:
-                self._failed(spool, err)
+            self._write(spool, self.unstuffer.finish())
         self.spool = self.unstuffer = None
         self.num_bytes = self.spooled_raw  # what Session.end_of_data checks against the limit
         limit = self.host.data_size_limit
         if spool.closed and not (limit and self.num_bytes > limit):
+            self.drop_follower()
             self.host._set_post_data_state()
             self._move_if(S_DATA, E_REFUSED)
             self.host.push(R.SPOOL_FAILED)
             return None
         if self.host._decode_data and not (limit and self.num_bytes > limit) and not spool.is_utf8():
+            self.drop_follower()
             spool.close()
             self.end_of_data([b"\xff"])  # refused as the in-memory path refuses it: 554
             return None
         if self.end_of_data([]) is None:
+            self.drop_follower()
             spool.close()
             return None
         return spool
 
     def drop_spool(self) -> None:
         """Close the spool of a message not handed over (the session ended)."""
+        self.drop_follower()
         spool, self.spool = self.spool, None
         if spool is not None:
             spool.close()
+
+    def drop_follower(self) -> None:
+        """The message will not be handed over: its follower abandons it."""
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.abort()
 
     def detach(self) -> None:
         self.drop_spool()

@@ -60,6 +60,7 @@ from . import (
     _admission,
     _chunked_mail,
     _chunking,
+    _cut_through,
     _extensions,
     _globals,
     _grammar,
@@ -508,6 +509,10 @@ class PureProxy(SMTPServer):
         reply = _relay.reply_for(refused, rcpttos)
         # Only the 451 is ours: the upstream server's refusals are quoted as it sent them.
         return _server_reply(self, reply) if reply == R.RELAY_UNAVAILABLE else reply
+
+    def _follow_spool(self, channel: Any, session: Any, spool: Any) -> Any:
+        # spool_threshold: a big message is relayed while it arrives (_cut_through).
+        return _cut_through.follow(self, channel, session, spool, PureProxy)
 
     def _deliver(self, mailfrom: str, rcpttos: List[str], data: Any) -> Dict[str, Tuple[int, Any]]:
         """Send one message upstream; return the refused recipients as

@@ -150,7 +150,10 @@ def test_text_to_an_upstream_without_chunking_is_what_data_makes_it(server_facto
     finally:
         upstream.close()
     assert seen[0]["data"] == seen[1]["data"] and seen[2]["data"] == seen[3]["data"]
-    assert seen[0]["mail"] == seen[1]["mail"]
+    # A spooled DATA message is relayed while it arrives: its SIZE= and BODY=
+    # are the client's declarations, not measured (tests/test_cut_through.py).
+    compared = (lambda mail: mail.split(b" ")[1]) if options else (lambda mail: mail)
+    assert compared(seen[0]["mail"]) == compared(seen[1]["mail"])
     assert seen[1]["data"].startswith(b"Subject: text\r\nFrom: a@example.com\r\n" + PEER + b"\r\n..leading dot\r\n..\r\n")
     assert seen[3]["data"].endswith(b"\r\nno line end\r\n")
 
@@ -167,7 +170,9 @@ def test_text_to_an_upstream_with_chunking_goes_by_bdat(server_factory: Any, opt
     assert _chunked_mail.data_form(by_bdat.data) == by_data.data
     # SIZE= is the octets sent: by BDAT the message's, by DATA the stuffed text's.
     assert by_bdat.kwargs["mail_options"] == ["SIZE=%d" % len(by_bdat.data), "BODY=8BITMIME"]
-    assert by_data.kwargs["mail_options"][1:] == ["BODY=8BITMIME"]
+    # Spooled, the DATA message is relayed while it arrives: BODY= is what the
+    # client declared (smtplib: nothing), not what its content needs.
+    assert by_data.kwargs["mail_options"][1:] == ([] if options else ["BODY=8BITMIME"])
 
 
 @modes

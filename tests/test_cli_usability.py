@@ -161,6 +161,20 @@ def test_startup_line_names_the_extensions_turned_on(announced: Any, tls_files: 
     server.stop()
 
 
+def test_startup_line_names_the_spool_and_the_limits_per_address(announced: Any, tmp_path: Path) -> None:
+    server = announced("-c", "DebuggingServer", "--spool-threshold", "1048576", "--spool-dir", str(tmp_path),
+                       "--max-connections-per-ip", "5", "--connection-rate-per-ip", "10/60",
+                       "--auth-failures-per-ip", "3/300", "127.0.0.1:0")
+    assert server.first_line.endswith(
+        "DebuggingServer listening on 127.0.0.1:%d (spool above 1048576 bytes in %s, at most 5 connections per "
+        "address, 10 connections per 60 s per address, 3 AUTH failures per 300 s per address), "
+        "printing every message on stdout" % (server.port, tmp_path))
+    server.stop()
+    server = announced("-c", "DebuggingServer", "--spool-threshold", "0", "127.0.0.1:0")
+    assert server.first_line.endswith("(spool above 0 bytes), printing every message on stdout")
+    server.stop()
+
+
 def test_startup_line_names_the_mailbox(announced: Any, tmp_path: Path) -> None:
     server = announced("-c", "MailboxServer", "--maildir", str(tmp_path / "mail"), "127.0.0.1:0")
     assert server.first_line.endswith(", delivering to the Maildir %s" % (tmp_path / "mail"))

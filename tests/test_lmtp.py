@@ -71,6 +71,48 @@ def fqdn_of(client: RawClient) -> bytes:
 
 
 # -- the protocol, over TCP ------------------------------------------------------------------
+LMTP_COMMANDS = b"501 5.5.4 Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n"
+
+
+def test_help_on_an_unknown_topic_lists_lmtps_commands() -> None:
+    with running_server(Verdicts) as st, RawClient(st.address) as client:
+        fqdn_of(client)
+        for topic in (b"FOO", b"EHLO", b"helo", b"BDAT"):
+            assert client.command(b"HELP " + topic) == LMTP_COMMANDS
+        assert client.command(b"HELP MAIL") == b"250 2.0.0 Syntax: MAIL FROM: <address>\r\n"
+    with running_server(RecordingServer) as st, RawClient(st.address) as client:  # SMTP: smtpd's lists
+        fqdn_of(client)
+        assert client.command(b"HELP FOO") == b"501 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n"
+        assert client.command(b"LHLO client.example") == b'500 Error: command "LHLO" not recognized\r\n'
+
+
+class GreetingChannel(smtpd.SMTPChannel):
+    """A channel subclass with its own LHLO: refuses one name, records the others."""
+
+    greeted: List[Optional[str]] = []
+
+    def smtp_LHLO(self, arg: Optional[str]) -> None:
+        if arg == "bad.example":
+            self.push("550 5.7.1 Not you")
+            return
+        self.greeted.append(arg)
+        super().smtp_LHLO(arg)
+
+
+class GreetingServer(Verdicts):
+    channel_class = GreetingChannel
+
+
+def test_lhlo_calls_the_channels_smtp_lhlo_hook() -> None:
+    GreetingChannel.greeted = []
+    with running_server(GreetingServer) as st, RawClient(st.address) as client:
+        fqdn = fqdn_of(client)
+        assert client.command(b"LHLO bad.example") == b"550 5.7.1 Not you\r\n"
+        assert client.command(b"LHLO client.example") == LHLO_REPLY % fqdn
+        assert client.command(b"EHLO client.example") == b"500 5.5.1 Error: this is an LMTP server: send LHLO\r\n"
+    assert GreetingChannel.greeted == ["client.example"]
+
+
 def test_transcript_over_tcp() -> None:
     with running_server(Verdicts) as st, RawClient(st.address) as client:
         fqdn = fqdn_of(client)

@@ -66,6 +66,7 @@ class FakeUpstream:
         self.stalled = threading.Event()
         self.stall_expired = False  # a stall ended by timeout, not by release
         self.drop_after_data = False
+        self.drop_during_data: Optional[int] = None  # close after this many bytes of a message
         self.lenient = False
         self.data_rate: Optional[float] = None
         self.ended = 0
@@ -167,6 +168,8 @@ class FakeUpstream:
                         continue
                     # The CRLF that ended DATA starts the terminator.
                     raw = bytearray(b"\r\n" + buf)
+                    assert current is not None
+                    current["partial"] = raw  # what has come so far (tests of cut-through)
                     if self.data_rate is not None:
                         paced = [time.monotonic(), 0.0]
                     end = raw.find(b"\r\n.\r\n")
@@ -174,7 +177,11 @@ class FakeUpstream:
                         chunk = recv()
                         if not chunk:
                             return
-                        raw += chunk
+                        with self.cond:
+                            raw += chunk
+                            self.cond.notify_all()
+                        if self.drop_during_data is not None and len(raw) >= self.drop_during_data:
+                            return
                         end = raw.find(b"\r\n.\r\n", max(0, len(raw) - len(chunk) - 4))
                     paced = None
                     data, buf = bytes(raw[2 : end + 2]), bytes(raw[end + 5 :])

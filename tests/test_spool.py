@@ -225,6 +225,11 @@ def test_pure_proxy_relays_the_same_bytes() -> None:
             seen[name] = upstream.transactions
         finally:
             upstream.close()
+    # MAIL's SIZE= and BODY= differ: a spooled message is relayed while it
+    # arrives, with the client's declarations (tests/test_cut_through.py).
+    for transactions in seen.values():
+        for transaction in transactions:
+            transaction["mail"] = transaction["mail"].split(b" ")[1]
     assert seen["spooled"] == seen["memory"]
     assert len(seen["spooled"][0]["data"]) > len(MESSAGE)
 
