@@ -84,6 +84,7 @@ def test_paging_newest_first() -> None:
         last = c.web.json("/api/v1/messages?start=6&limit=3")
         assert [m["Subject"] for m in last["messages"]] == ["message 0"]
         assert c.web.json("/api/v1/messages?start=50")["messages"] == []
+        assert c.web.json("/api/v1/message/latest")["Subject"] == "message 6"  # Mailpit's alias
         assert c.web.json("/api/v1/messages?limit=-1", expect=400)["Error"]
         assert c.web.json("/api/v1/messages?start=x", expect=400)["Error"]
 
