@@ -4,10 +4,13 @@ Messages are sent with smtplib; requests are made with http.client."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 
 import pytest
 from catcher_helpers import catcher, multipart, simple
+
+from tls_helpers import PASSWORD, USER, client_context, server_context, tls_files  # noqa: F401  (fixtures)
 
 
 def test_a_message_sent_is_listed_and_read() -> None:
@@ -181,16 +184,16 @@ def test_parts_headers_raw_tree() -> None:
 def test_wait_returns_the_next_message_or_408() -> None:
     with catcher() as c:
         assert c.web.json("/api/v1/messages/wait?timeout=0.2", expect=408) == {"Error": "timeout"}
+        c.send(simple("zero"))
+        (zero,) = c.ids()
         results = []
-        started = threading.Event()
 
         def waiter() -> None:
-            started.set()
-            results.append(c.web.json("/api/v1/messages/wait?timeout=10&query=subject:second"))
+            # after=: deterministic whenever the request arrives
+            results.append(c.web.json("/api/v1/messages/wait?timeout=10&query=subject:second&after=" + zero))
 
         thread = threading.Thread(target=waiter)
         thread.start()
-        started.wait(5)
         c.send(simple("first"))
         c.send(simple("second"))
         thread.join(15)
@@ -256,3 +259,25 @@ def test_envelope_options_and_smtputf8() -> None:
         assert envelope["MailFrom"] == "jörg@example.org" and envelope["RcptTos"] == ["zoë@example.org"]
         assert "SMTPUTF8" in envelope["MailOptions"]
         assert c.web.json("/api/v1/messages")["messages"][0]["Subject"] == "grüße"
+
+
+def test_wait_without_after_ignores_what_is_there() -> None:
+    with catcher() as c:
+        c.send(simple("already here"))
+        assert c.web.json("/api/v1/messages/wait?timeout=0.3", expect=408) == {"Error": "timeout"}
+
+
+def test_envelope_has_tls_and_auth_facts(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    import smtplib
+
+    from smtpd_compat import PasswordFile
+
+    with catcher(tls_context=server_context, authenticator=PasswordFile({USER: PASSWORD})) as c:
+        with smtplib.SMTP("localhost", c.smtp[1], timeout=10) as client:
+            client.starttls(context=client_context)
+            client.login(USER, PASSWORD)
+            client.sendmail("a@example.org", ["b@example.org"], simple())
+        (ident,) = c.ids()
+        envelope = c.web.json("/api/v1/message/" + ident)["Envelope"]
+        assert envelope["TLS"]["Version"].startswith("TLSv1") and envelope["TLS"]["Cipher"]
+        assert envelope["Auth"] == USER
