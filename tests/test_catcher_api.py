@@ -281,3 +281,27 @@ def test_envelope_has_tls_and_auth_facts(server_context: ssl.SSLContext, client_
         envelope = c.web.json("/api/v1/message/" + ident)["Envelope"]
         assert envelope["TLS"]["Version"].startswith("TLSv1") and envelope["TLS"]["Cipher"]
         assert envelope["Auth"] == USER
+
+
+def test_an_attached_message_is_one_attachment() -> None:
+    from email.message import EmailMessage
+
+    inner = EmailMessage()
+    inner["Subject"] = "the forwarded one"
+    inner.set_content("inner body\n")
+    outer = EmailMessage()
+    outer["Subject"] = "fwd"
+    outer.set_content("see attached\n")
+    outer.add_attachment(inner, filename="forwarded.eml")
+    with catcher() as c:
+        c.send(outer.as_bytes())
+        (ident,) = c.ids()
+        message = c.web.json("/api/v1/message/" + ident)
+        assert message["Text"] == "see attached\n"
+        (attachment,) = message["Attachments"]
+        assert (attachment["PartID"], attachment["ContentType"], attachment["FileName"]) == ("2", "message/rfc822", "forwarded.eml")
+        body = c.web.request("GET", "/api/v1/message/%s/part/2" % ident)[2]
+        assert body.startswith(b"Subject: the forwarded one") and attachment["Size"] == len(body)
+        tree = c.web.json("/api/v1/message/%s/tree" % ident)
+        assert [n["ContentType"] for n in tree["Children"]] == ["text/plain", "message/rfc822"]
+        assert tree["Children"][1]["Children"] == []
