@@ -20,9 +20,10 @@ importing this one and decorating their handlers.
 
 What every request passes before its handler (:meth:`Handler.handle_one`):
 
-* the ``Host`` header must name this server (a loopback name or the address
-  bound) unless remote access was allowed: a DNS-rebinding page cannot
-  reach the API through a name of its own;
+* the ``Host`` header, when there is one (every browser sends it), must
+  name this server (a loopback name or the address bound) unless remote
+  access was allowed: a DNS-rebinding page cannot reach the API through a
+  name of its own;
 * HTTP basic authentication when the server has a password file;
 * a request that writes (any method but ``GET``/``HEAD``) with a body must
   say ``Content-Type: application/json`` (``415`` otherwise: an HTML form
