@@ -305,3 +305,27 @@ def test_an_attached_message_is_one_attachment() -> None:
         tree = c.web.json("/api/v1/message/%s/tree" % ident)
         assert [n["ContentType"] for n in tree["Children"]] == ["text/plain", "message/rfc822"]
         assert tree["Children"][1]["Children"] == []
+
+
+def test_a_store_that_fails_is_answered_451() -> None:
+    import smtplib
+
+    with catcher() as c:
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        c.server.store.add = full  # type: ignore[method-assign]
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            c.send(simple())
+        assert info.value.smtp_code == 451
+
+
+def test_after_close_a_message_is_stored_at_once() -> None:
+    """A graceful shutdown closes the server first, then lets messages being received end."""
+    from smtpd_compat import CatcherServer
+
+    server = CatcherServer(("127.0.0.1", 0), None, map={})
+    server.close()
+    assert server.process_message(("127.0.0.1", 1), "a@example.org", ["b@example.org"], b"Subject: late\n\nx\n") is None
+    (entry,) = server.store.page(0, 10)[2]
+    assert entry.fields["Subject"] == "late"
