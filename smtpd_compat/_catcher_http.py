@@ -401,6 +401,12 @@ class WebServer(http.server.ThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback on stderr; a browser that resets
+        # a connection is not worth one.  Handler bugs are logged as errors
+        # by Handler.handle_one already.
+        log.debug("the catcher's web connection from %r failed", client_address, exc_info=True)
+
     @property
     def address(self) -> Tuple[str, int]:
         """``(host, port)`` bound."""
