@@ -277,8 +277,10 @@
   }
 
   function markRowRead(id) {
-    for (const row of document.querySelectorAll("#messages li.msg")) {
-      if (row.dataset.id === id) row.classList.remove("unread");
+    for (const row of document.querySelectorAll("#messages li.msg.unread")) {
+      if (row.dataset.id !== id) continue;
+      row.classList.remove("unread");
+      scheduleRefresh();  // the unread counts (getting it marked it read)
     }
   }
 
