@@ -29,6 +29,7 @@
     remote: false,
     tabCache: {},
     release: false,
+    smtp: "",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -175,7 +176,7 @@
     const list = $("messages");
     list.replaceChildren(...data.messages.map(messageRow));
     $("list-empty").hidden = data.messages.length > 0;
-    $("list-empty").textContent = query ? "No message matches." : "No messages yet. Send some to the SMTP port.";
+    $("list-empty").textContent = emptyText(query);
     const unread = Number(data.unread) || 0;
     document.title = unread > 0 ? "(" + unread + ") " + TITLE : TITLE;
     const total = Number(data.total) || 0;
@@ -188,6 +189,11 @@
     $("newer").disabled = state.start === 0;
     $("older").disabled = state.start + data.messages.length >= total;
     renderDropped(data);
+  }
+
+  function emptyText(query) {
+    if (query) return "No message matches.";
+    return "No messages yet. Send some to " + (state.smtp || "the SMTP port") + ".";
   }
 
   function renderDropped(data) {
@@ -516,6 +522,11 @@
     try {
       const info = await getJSON("/api/v1/info");
       state.release = Boolean(info.Release);
+      if (info.SMTP) {
+        state.smtp = String(info.SMTP);
+        $("message-empty").textContent = "Select a message to read it. Mail sent to " + state.smtp + " shows up here as it arrives.";
+        if (!$("list-empty").hidden && !state.query) $("list-empty").textContent = emptyText("");
+      }
     } catch (ignored) { /* an older server: no release button */ }
   }
 
