@@ -108,7 +108,11 @@
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
-    const response = await fetch(path, options);
+    // Every URL is made from location.origin, never relative to the
+    // document: a page opened as http://user:password@host/ would resolve
+    // relative paths to URLs with credentials, which fetch() refuses and
+    // Chromium blocks for frames.
+    const response = await fetch(location.origin + path, options);
     if (!response.ok) {
       let reason = response.status + " " + response.statusText;
       try {
@@ -235,7 +239,10 @@
   /* ---------- one message ---------- */
 
   function routeFromHash() {
-    const id = decodeURIComponent(location.hash.replace(/^#/, ""));
+    let id = "";
+    try {
+      id = decodeURIComponent(location.hash.replace(/^#/, ""));
+    } catch (ignored) { /* a malformed #%zz: the inbox */ }
     if (id) openMessage(id);
     else closeMessage();
   }
@@ -328,7 +335,7 @@
     panel.dataset.tab = name;
     const render = TABS[name];
     const id = state.openId;
-    panel.replaceChildren(el("p", "empty", "Loading…"));
+    panel.replaceChildren(el("p", "empty loading", "Loading…"));
     Promise.resolve(render(state.detail)).then(function (node) {
       if (state.openId === id && state.tab === name) panel.replaceChildren(node);
     }, function (error) {
@@ -362,7 +369,7 @@
     frame.setAttribute("sandbox", "");
     frame.setAttribute("referrerpolicy", "no-referrer");
     frame.title = "HTML body";
-    frame.src = "/view/" + encodeURIComponent(detail.ID) + ".html" + (state.remote ? "?remote=1" : "");
+    frame.src = location.origin + "/view/" + encodeURIComponent(detail.ID) + ".html" + (state.remote ? "?remote=1" : "");
     box.append(bar, frame);
     return box;
   }
@@ -391,7 +398,7 @@
     const text = await cached("raw", async () => (await request("GET", messagePath(detail.ID, "/raw"))).text());
     const box = el("div", "raw-view");
     const link = el("a", "quiet-link", "Open raw source");
-    link.href = messagePath(detail.ID, "/raw");
+    link.href = location.origin + messagePath(detail.ID, "/raw");
     link.target = "_blank";
     link.rel = "noopener noreferrer";
     box.append(link, el("pre", "raw", text));
@@ -427,7 +434,7 @@
     for (const part of parts) {
       const item = el("li");
       const link = el("a", "download", part.FileName || "part " + part.PartID);
-      link.href = messagePath(detail.ID, "/part/" + encodeURIComponent(part.PartID));
+      link.href = location.origin + messagePath(detail.ID, "/part/" + encodeURIComponent(part.PartID));
       link.setAttribute("download", part.FileName || "part-" + part.PartID);
       link.append(svgIcon(PAPERCLIP, "clip", "attachment"));
       item.append(link, el("span", "muted", (part.ContentType || "") + " · " + humanSize(part.Size) + (part.ContentID ? " · inline" : "")));
@@ -539,7 +546,7 @@
   }
 
   function connectEvents() {
-    const events = new EventSource("/api/v1/events");
+    const events = new EventSource(location.origin + "/api/v1/events");
     events.addEventListener("open", () => setStatus("live", true));
     events.addEventListener("error", () => setStatus("reconnecting…", false));
     events.addEventListener("new", scheduleRefresh);

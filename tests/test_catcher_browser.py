@@ -236,7 +236,7 @@ def _open_tab(driver: Any, name: str) -> Any:
     _wait(driver, lambda d: button.is_displayed(), "the %s tab's button" % name)
     button.click()
     _wait(driver, lambda d: d.find_element("id", "tab-panel").get_attribute("data-tab") == name
-          and d.find_elements("css selector", "#tab-panel > :not(.empty)"), "the %s tab" % name)
+          and d.find_elements("css selector", "#tab-panel > :not(.loading)"), "the %s tab" % name)
     return driver.find_element("id", "tab-panel")
 
 
@@ -511,6 +511,62 @@ def test_hostile_messages_render_inert(catcher: Catcher, browser: Any, beacon: B
     _no_alert(browser)
     assert browser.execute_script("return window.__pwned") is None
     assert browser.current_url.startswith(catcher.url), "the message navigated the page away"
+
+
+def _malformed() -> bytes:
+    nested = b"".join(b'Content-Type: multipart/mixed; boundary="n%d"\r\n\r\n--n%d\r\n' % (depth, depth) for depth in range(60))
+    return b"".join([
+        b"From: =?utf-8?b?!!broken!!?= <odd@example.com>\r\n",
+        b"To: undisclosed-recipients:;\r\n",
+        b"Subject: bad bytes \xff\xfe =?x-unknown?q?abc?= malformed\r\n",
+        b"X-Long: " + b"y" * 20000 + b"\r\n",
+        b'Content-Type: multipart/mixed; boundary="top"\r\n\r\n',
+        b"--top\r\nContent-Type: text/html; charset=x-unknown\r\n\r\n<p>Broken charset</p>\r\n",
+        b'--top\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n'
+        b'Content-Disposition: attachment; filename="half.bin"\r\n\r\n!!!not base64!!!\r\n',
+        b"--top\r\n" + nested + b"deep\r\n",
+        b"(no closing boundary)\r\n",
+    ])
+
+
+def test_malformed_mime_still_opens_in_every_tab(catcher: Catcher, browser: Any) -> None:
+    with smtplib.SMTP(*catcher.controller.address, timeout=WAIT) as client:
+        client.sendmail("odd@example.com", ["rcpt@example.com"], _malformed())
+    row, = _wait_rows(browser, 1)
+    assert "malformed" in row.find_element("css selector", ".subject").text
+    row.find_element("css selector", "a").click()
+    _wait(browser, lambda d: "malformed" in d.find_element("id", "msg-subject").text, "the malformed message")
+    for tab in ("html", "text", "headers", "raw", "tree", "attachments", "envelope"):
+        panel = _open_tab(browser, tab)
+        assert not panel.find_elements("css selector", ".error"), (tab, panel.text)
+    assert "X-Long" in _open_tab(browser, "headers").text
+    assert "half.bin" in _open_tab(browser, "tree").text
+    _no_alert(browser)
+
+
+class _OnePassword:
+    def check(self, user: str, password: str) -> bool:
+        return (user, password) == ("dev", "s3cret")
+
+
+def test_the_page_works_behind_basic_auth(browser: Any) -> None:
+    controller = Controller(CatcherServer, ("127.0.0.1", 0), web=("127.0.0.1", 0), web_auth=_OnePassword()).start()
+    try:
+        catcher = Catcher(controller)
+        browser.get(catcher.url.replace("http://", "http://dev:s3cret@") + "/")
+        _wait(browser, lambda d: d.find_element("id", "status").text == "live", "the event stream behind basic auth")
+        catcher.send(_message("behind a password", html="<p>protected body</p>", attachments=(("p.txt", b"p"),)))
+        row, = _wait_rows(browser, 1)
+        row.find_element("css selector", "a").click()
+        frame = _open_tab(browser, "html").find_element("tag name", "iframe")
+        browser.switch_to.frame(frame)
+        try:
+            _wait(browser, lambda d: "protected body" in d.find_element("tag name", "body").text, "the HTML body behind basic auth")
+        finally:
+            browser.switch_to.default_content()
+        assert "p.txt" in _open_tab(browser, "tree").text
+    finally:
+        controller.stop()
 
 
 # -- pictures for the documentation ---------------------------------------------
