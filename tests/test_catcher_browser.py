@@ -594,6 +594,7 @@ SAMPLES = [
 def test_screenshots(catcher: Catcher, browser: Any) -> None:
     folder = Path(os.environ["CATCHER_SCREENSHOTS"])
     browser.set_window_size(1280, 900)
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
     for subject, sender, to, text, html, files in reversed(SAMPLES):
         catcher.send(_message(subject, text=text + "\n", html=html, attachments=files, sender=sender, to=to))
     _wait_rows(browser, len(SAMPLES))
