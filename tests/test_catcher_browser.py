@@ -317,6 +317,8 @@ def test_changes_made_elsewhere_show_live(catcher: Catcher, browser: Any) -> Non
     _wait(browser, lambda d: "unread" not in _rows(d)[1].get_attribute("class"), "the read mark")
     _wait(browser, lambda d: d.title.startswith("(2) "), "two unread in the title")
 
+    browser.find_element("id", "mark-all-read").click()
+    _wait(browser, lambda d: not d.title.startswith("(") and not d.find_elements("css selector", "#messages li.unread"), "all read")
     _rows(browser)[0].find_element("css selector", "a").click()
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == "live 2", "the message view")
     catcher.api("DELETE", "/api/v1/messages", {"IDs": [middle]})
@@ -344,6 +346,8 @@ def test_search_narrows_the_list(catcher: Catcher, browser: Any) -> None:
     catcher.send(_message("Invoice 1002", text="total 99 EUR"))
     _wait_rows(browser, 3)
     search = browser.find_element("id", "search")
+    browser.find_element("tag name", "body").send_keys("/")
+    assert browser.switch_to.active_element == search, "'/' focuses the search box"
     search.send_keys("invoice")
     _wait(browser, lambda d: sorted(r.find_element("css selector", ".subject").text for r in _rows(d))
           == ["Invoice 1001", "Invoice 1002"], "two invoices")
@@ -430,6 +434,10 @@ def test_phone_sized_screen_shows_one_pane_at_a_time(catcher: Catcher, browser: 
     assert scroll_width <= inner_width, "the message scrolls sideways on a phone"
     browser.find_element("id", "back").click()
     _wait(browser, lambda d: d.find_element("css selector", ".list-pane").is_displayed(), "the inbox again")
+    _rows(browser)[0].find_element("css selector", "a").click()
+    _wait(browser, lambda d: not d.find_element("css selector", ".list-pane").is_displayed(), "the message again")
+    browser.back()
+    _wait(browser, lambda d: d.find_element("css selector", ".list-pane").is_displayed(), "the inbox after the browser's back")
 
 
 # -- hostile messages ------------------------------------------------------------
