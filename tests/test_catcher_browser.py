@@ -577,6 +577,41 @@ def test_the_page_works_behind_basic_auth(browser: Any) -> None:
         controller.stop()
 
 
+def _has_release() -> bool:
+    try:
+        import smtpd_compat._catcher_release  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_release(), reason="release (--release-to) is not in this build")
+def test_release_from_the_page(browser: Any) -> None:
+    from smtpd_compat import RecordingServer
+
+    with Controller(RecordingServer) as upstream:
+        controller = _start_catcher(release_to=upstream.address)
+        try:
+            catcher = Catcher(controller)
+            browser.get(catcher.url + "/")
+            catcher.send(_message("send it on"), sender="app@example.com", to=["first@example.com"])
+            row, = _wait_rows(browser, 1)
+            row.find_element("css selector", "a").click()
+            release = browser.find_element("id", "release")
+            _wait(browser, lambda d: release.is_displayed(), "the Release button")
+            release.click()
+            prompt = _wait(browser, lambda d: d.switch_to.alert, "the recipients prompt")
+            prompt.send_keys("qa@example.com, lead@example.com")
+            prompt.accept()
+            _wait(browser, lambda d: d.find_element("id", "notice").text == "Released to qa@example.com, lead@example.com.", "the notice")
+            message, = upstream.server.wait_for(1, timeout=WAIT)
+            assert message.mailfrom == "app@example.com"
+            assert sorted(message.rcpttos) == ["lead@example.com", "qa@example.com"]
+            assert b"Subject: send it on" in message.data
+        finally:
+            controller.stop()
+
+
 # -- pictures for the documentation ---------------------------------------------
 
 SAMPLES = [
