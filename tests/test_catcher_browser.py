@@ -34,7 +34,7 @@ import threading
 import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -207,13 +207,39 @@ def _wait(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
     return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(condition, message="waited %ds for %s" % (WAIT, what))
 
 
-def _rows(driver: Any) -> List[Any]:
-    return driver.find_elements("css selector", ROWS)
+# The list is re-rendered after every event, so rows are read in one script
+# (a snapshot) and clicked through _click_row(), never kept as elements.
+SNAPSHOT = """return Array.from(document.querySelectorAll(arguments[0]), (li) => ({
+    id: li.dataset.id, unread: li.classList.contains("unread"), text: li.innerText,
+    subject: li.querySelector(".subject").textContent, sender: li.querySelector(".from").textContent,
+    clip: li.querySelector("svg.clip") !== null}))"""
 
 
-def _wait_rows(driver: Any, count: int) -> List[Any]:
-    _wait(driver, lambda d: len(_rows(d)) == count, "%d rows in the inbox" % count)
-    return _rows(driver)
+def _rows(driver: Any) -> List[Dict[str, Any]]:
+    return driver.execute_script(SNAPSHOT, ROWS)
+
+
+def _subjects(driver: Any) -> List[str]:
+    return [row["subject"] for row in _rows(driver)]
+
+
+def _wait_rows(driver: Any, count: int) -> List[Dict[str, Any]]:
+    seen: List[List[Dict[str, Any]]] = []
+
+    def counted(d: Any) -> bool:
+        seen[:] = [_rows(d)]
+        return len(seen[0]) == count
+
+    _wait(driver, counted, "%d rows in the inbox" % count)
+    return seen[0]
+
+
+def _click_row(driver: Any, index: int = 0) -> None:
+    def click(d: Any) -> bool:
+        d.find_elements("css selector", ROWS + " a")[index].click()
+        return True
+
+    _wait(driver, click, "a click on row %d" % index)
 
 
 def _message(subject: str, text: str = "Hello,\nplain text.\n", html: Optional[str] = None,
@@ -264,13 +290,13 @@ def test_a_message_appears_live_opens_in_every_tab_and_is_deleted(catcher: Catch
     row, = _wait_rows(browser, 1)
     assert browser.execute_script("return window.__sameDocument") == 42, "the page reloaded"
     _wait(browser, lambda d: d.title.startswith("(1) "), "the unread count in the title")
-    assert "unread" in row.get_attribute("class")
-    assert "Quarterly report" in row.text and "Ann Sender" in row.text
-    assert row.find_elements("css selector", "svg.clip"), "no paperclip for the attachment"
+    assert row["unread"]
+    assert "Quarterly report" in row["text"] and "Ann Sender" in row["text"]
+    assert row["clip"], "no paperclip for the attachment"
 
-    row.find_element("css selector", "a").click()
+    _click_row(browser)
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == "Quarterly report", "the message view")
-    _wait(browser, lambda d: "unread" not in _rows(d)[0].get_attribute("class"), "the row to show it read")
+    _wait(browser, lambda d: not _rows(d)[0]["unread"], "the row to show it read")
     _wait(browser, lambda d: not d.title.startswith("("), "the title without unread count")
     assert "Ann Sender <ann@example.com>" in browser.find_element("id", "msg-meta").text
 
@@ -310,19 +336,19 @@ def test_changes_made_elsewhere_show_live(catcher: Catcher, browser: Any) -> Non
     for number in range(3):
         catcher.send(_message("live %d" % number))
     rows = _wait_rows(browser, 3)
-    assert [r.find_element("css selector", ".subject").text for r in rows] == ["live 2", "live 1", "live 0"]
+    assert [r["subject"] for r in rows] == ["live 2", "live 1", "live 0"]
     _wait(browser, lambda d: d.title.startswith("(3) "), "three unread in the title")
-    middle = rows[1].get_attribute("data-id")
+    middle = rows[1]["id"]
     catcher.api("PUT", "/api/v1/messages", {"IDs": [middle], "Read": True})
-    _wait(browser, lambda d: "unread" not in _rows(d)[1].get_attribute("class"), "the read mark")
+    _wait(browser, lambda d: not _rows(d)[1]["unread"], "the read mark")
     _wait(browser, lambda d: d.title.startswith("(2) "), "two unread in the title")
 
     browser.find_element("id", "mark-all-read").click()
     _wait(browser, lambda d: not d.title.startswith("(") and not d.find_elements("css selector", "#messages li.unread"), "all read")
-    _rows(browser)[0].find_element("css selector", "a").click()
+    _click_row(browser)
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == "live 2", "the message view")
     catcher.api("DELETE", "/api/v1/messages", {"IDs": [middle]})
-    _wait(browser, lambda d: [r.get_attribute("data-id") for r in _rows(d)].count(middle) == 0, "the deleted row to go")
+    _wait(browser, lambda d: [r["id"] for r in _rows(d)] == [rows[0]["id"], rows[2]["id"]], "the deleted row to go")
     catcher.api("DELETE", "/api/v1/messages", {})
     _wait_rows(browser, 0)
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == "This message was deleted.", "the deleted notice")
@@ -349,13 +375,13 @@ def test_search_narrows_the_list(catcher: Catcher, browser: Any) -> None:
     browser.find_element("tag name", "body").send_keys("/")
     assert browser.switch_to.active_element == search, "'/' focuses the search box"
     search.send_keys("invoice")
-    _wait(browser, lambda d: sorted(r.find_element("css selector", ".subject").text for r in _rows(d))
+    _wait(browser, lambda d: sorted(_subjects(d))
           == ["Invoice 1001", "Invoice 1002"], "two invoices")
     search.send_keys(" 99")
-    _wait(browser, lambda d: [r.find_element("css selector", ".subject").text for r in _rows(d)] == ["Invoice 1002"], "one invoice")
+    _wait(browser, lambda d: _subjects(d) == ["Invoice 1002"], "one invoice")
     search.clear()
     search.send_keys("from:hank")
-    _wait(browser, lambda d: [r.find_element("css selector", ".subject").text for r in _rows(d)] == ["Welcome aboard"], "hank's")
+    _wait(browser, lambda d: _subjects(d) == ["Welcome aboard"], "hank's")
     search.clear()
     search.send_keys("nothing-matches-this")
     _wait_rows(browser, 0)
@@ -367,10 +393,10 @@ def test_pages_of_fifty(catcher: Catcher, browser: Any) -> None:
         for number in range(53):
             client.send_message(_message("bulk %02d" % number), "a@example.com", ["b@example.com"])
     _wait(browser, lambda d: d.find_element("id", "page-info").text == "1–50 of 53", "the first page")
-    assert _rows(browser)[0].find_element("css selector", ".subject").text == "bulk 52"
+    assert _subjects(browser)[0] == "bulk 52"
     browser.find_element("id", "older").click()
     _wait(browser, lambda d: d.find_element("id", "page-info").text == "51–53 of 53", "the second page")
-    assert [r.find_element("css selector", ".subject").text for r in _rows(browser)] == ["bulk 02", "bulk 01", "bulk 00"]
+    _wait(browser, lambda d: _subjects(d) == ["bulk 02", "bulk 01", "bulk 00"], "the last three")
     assert not browser.find_element("id", "older").is_enabled()
     browser.find_element("id", "newer").click()
     _wait(browser, lambda d: d.find_element("id", "page-info").text == "1–50 of 53", "the first page again")
@@ -411,7 +437,7 @@ def test_the_page_works_over_ipv6(browser: Any) -> None:
         _wait(browser, lambda d: d.find_element("id", "status").text == "live", "the event stream over IPv6")
         catcher.send(_message("over IPv6"))
         row, = _wait_rows(browser, 1)
-        row.find_element("css selector", "a").click()
+        _click_row(browser)
         _wait(browser, lambda d: d.find_element("id", "msg-subject").text == "over IPv6", "the message over IPv6")
         assert "plain text." in _open_tab(browser, "text").text
     finally:
@@ -426,7 +452,7 @@ def test_phone_sized_screen_shows_one_pane_at_a_time(catcher: Catcher, browser: 
     _wait(browser, lambda d: not d.find_element("id", "message-pane").is_displayed(), "the message pane to hide")
     scroll_width, inner_width = browser.execute_script(width)
     assert scroll_width <= inner_width, "the inbox scrolls sideways on a phone"
-    _rows(browser)[0].find_element("css selector", "a").click()
+    _click_row(browser)
     _wait(browser, lambda d: d.find_element("id", "message").is_displayed(), "the message")
     assert not browser.find_element("css selector", ".list-pane").is_displayed()
     _open_tab(browser, "envelope")
@@ -434,7 +460,7 @@ def test_phone_sized_screen_shows_one_pane_at_a_time(catcher: Catcher, browser: 
     assert scroll_width <= inner_width, "the message scrolls sideways on a phone"
     browser.find_element("id", "back").click()
     _wait(browser, lambda d: d.find_element("css selector", ".list-pane").is_displayed(), "the inbox again")
-    _rows(browser)[0].find_element("css selector", "a").click()
+    _click_row(browser)
     _wait(browser, lambda d: not d.find_element("css selector", ".list-pane").is_displayed(), "the message again")
     browser.back()
     _wait(browser, lambda d: d.find_element("css selector", ".list-pane").is_displayed(), "the inbox after the browser's back")
@@ -476,9 +502,9 @@ def test_hostile_messages_render_inert(catcher: Catcher, browser: Any, beacon: B
                        attachments=((HOSTILE_FILE, b"inert"),))
     catcher.send(message)
     row, = _wait_rows(browser, 1)
-    assert row.find_element("css selector", ".subject").text == HOSTILE_SUBJECT
-    assert row.find_element("css selector", ".from").text == "<script>window.__pwned=1</script>"
-    row.find_element("css selector", "a").click()
+    assert row["subject"] == HOSTILE_SUBJECT
+    assert row["sender"] == "<script>window.__pwned=1</script>"
+    _click_row(browser)
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == HOSTILE_SUBJECT, "the hostile message")
     assert "<img src=x onerror=window.__pwned=1> <victim@example.com>" in browser.find_element("id", "msg-meta").text
 
@@ -541,8 +567,8 @@ def test_malformed_mime_still_opens_in_every_tab(catcher: Catcher, browser: Any)
     with smtplib.SMTP(*catcher.controller.address, timeout=WAIT) as client:
         client.sendmail("odd@example.com", ["rcpt@example.com"], _malformed())
     row, = _wait_rows(browser, 1)
-    assert "malformed" in row.find_element("css selector", ".subject").text
-    row.find_element("css selector", "a").click()
+    assert "malformed" in row["subject"]
+    _click_row(browser)
     _wait(browser, lambda d: "malformed" in d.find_element("id", "msg-subject").text, "the malformed message")
     for tab in ("html", "text", "headers", "raw", "tree", "attachments", "envelope"):
         panel = _open_tab(browser, tab)
@@ -565,7 +591,7 @@ def test_the_page_works_behind_basic_auth(browser: Any) -> None:
         _wait(browser, lambda d: d.find_element("id", "status").text == "live", "the event stream behind basic auth")
         catcher.send(_message("behind a password", html="<p>protected body</p>", attachments=(("p.txt", b"p"),)))
         row, = _wait_rows(browser, 1)
-        row.find_element("css selector", "a").click()
+        _click_row(browser)
         frame = _open_tab(browser, "html").find_element("tag name", "iframe")
         browser.switch_to.frame(frame)
         try:
@@ -596,7 +622,7 @@ def test_release_from_the_page(browser: Any) -> None:
             browser.get(catcher.url + "/")
             catcher.send(_message("send it on"), sender="app@example.com", to=["first@example.com"])
             row, = _wait_rows(browser, 1)
-            row.find_element("css selector", "a").click()
+            _click_row(browser)
             release = browser.find_element("id", "release")
             _wait(browser, lambda d: release.is_displayed(), "the Release button")
             release.click()
@@ -641,12 +667,12 @@ def test_screenshots(catcher: Catcher, browser: Any) -> None:
     for subject, sender, to, text, html, files in reversed(SAMPLES):
         catcher.send(_message(subject, text=text + "\n", html=html, attachments=files, sender=sender, to=to))
     _wait_rows(browser, len(SAMPLES))
-    _rows(browser)[2].find_element("css selector", "a").click()
+    _click_row(browser, 2)
     _wait(browser, lambda d: d.find_element("id", "msg-subject").text == SAMPLES[2][0], "a read message")
     browser.get(catcher.url + "/")
     _wait_rows(browser, len(SAMPLES))
     assert browser.save_screenshot(str(folder / "catcher-inbox.png"))
-    _rows(browser)[0].find_element("css selector", "a").click()
+    _click_row(browser)
     frame = _open_tab(browser, "html").find_element("tag name", "iframe")
     browser.switch_to.frame(frame)
     try:
