@@ -4,10 +4,13 @@ Messages are sent with smtplib; requests are made with http.client."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 
 import pytest
 from catcher_helpers import catcher, multipart, simple
+
+from tls_helpers import PASSWORD, USER, client_context, server_context, tls_files  # noqa: F401  (fixtures)
 
 
 def test_a_message_sent_is_listed_and_read() -> None:
@@ -181,16 +184,16 @@ def test_parts_headers_raw_tree() -> None:
 def test_wait_returns_the_next_message_or_408() -> None:
     with catcher() as c:
         assert c.web.json("/api/v1/messages/wait?timeout=0.2", expect=408) == {"Error": "timeout"}
+        c.send(simple("zero"))
+        (zero,) = c.ids()
         results = []
-        started = threading.Event()
 
         def waiter() -> None:
-            started.set()
-            results.append(c.web.json("/api/v1/messages/wait?timeout=10&query=subject:second"))
+            # after=: deterministic whenever the request arrives
+            results.append(c.web.json("/api/v1/messages/wait?timeout=10&query=subject:second&after=" + zero))
 
         thread = threading.Thread(target=waiter)
         thread.start()
-        started.wait(5)
         c.send(simple("first"))
         c.send(simple("second"))
         thread.join(15)
@@ -256,3 +259,49 @@ def test_envelope_options_and_smtputf8() -> None:
         assert envelope["MailFrom"] == "jörg@example.org" and envelope["RcptTos"] == ["zoë@example.org"]
         assert "SMTPUTF8" in envelope["MailOptions"]
         assert c.web.json("/api/v1/messages")["messages"][0]["Subject"] == "grüße"
+
+
+def test_wait_without_after_ignores_what_is_there() -> None:
+    with catcher() as c:
+        c.send(simple("already here"))
+        assert c.web.json("/api/v1/messages/wait?timeout=0.3", expect=408) == {"Error": "timeout"}
+
+
+def test_envelope_has_tls_and_auth_facts(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    import smtplib
+
+    from smtpd_compat import PasswordFile
+
+    with catcher(tls_context=server_context, authenticator=PasswordFile({USER: PASSWORD})) as c:
+        with smtplib.SMTP("localhost", c.smtp[1], timeout=10) as client:
+            client.starttls(context=client_context)
+            client.login(USER, PASSWORD)
+            client.sendmail("a@example.org", ["b@example.org"], simple())
+        (ident,) = c.ids()
+        envelope = c.web.json("/api/v1/message/" + ident)["Envelope"]
+        assert envelope["TLS"]["Version"].startswith("TLSv1") and envelope["TLS"]["Cipher"]
+        assert envelope["Auth"] == USER
+
+
+def test_an_attached_message_is_one_attachment() -> None:
+    from email.message import EmailMessage
+
+    inner = EmailMessage()
+    inner["Subject"] = "the forwarded one"
+    inner.set_content("inner body\n")
+    outer = EmailMessage()
+    outer["Subject"] = "fwd"
+    outer.set_content("see attached\n")
+    outer.add_attachment(inner, filename="forwarded.eml")
+    with catcher() as c:
+        c.send(outer.as_bytes())
+        (ident,) = c.ids()
+        message = c.web.json("/api/v1/message/" + ident)
+        assert message["Text"] == "see attached\n"
+        (attachment,) = message["Attachments"]
+        assert (attachment["PartID"], attachment["ContentType"], attachment["FileName"]) == ("2", "message/rfc822", "forwarded.eml")
+        body = c.web.request("GET", "/api/v1/message/%s/part/2" % ident)[2]
+        assert body.startswith(b"Subject: the forwarded one") and attachment["Size"] == len(body)
+        tree = c.web.json("/api/v1/message/%s/tree" % ident)
+        assert [n["ContentType"] for n in tree["Children"]] == ["text/plain", "message/rfc822"]
+        assert tree["Children"][1]["Children"] == []

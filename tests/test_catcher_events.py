@@ -114,3 +114,49 @@ def test_ipv6_web_and_smtp() -> None:
             reader.close()
         assert c.web.json("/api/v1/messages")["messages"][0]["Subject"] == "over v6"
         assert c.web.request("PUT", "/api/v1/messages", {"Read": True}, {"Origin": c.web.origin})[0] == 200
+
+
+def test_a_quiet_stream_gets_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smtpd_compat import _catcher_pages
+
+    monkeypatch.setattr(_catcher_pages, "PING_SECONDS", 0.05)
+    with catcher() as c:
+        reader = EventReader(c.server.web_address)
+        try:
+            assert reader._block() == b": connected"
+            assert reader._block() == b": ping"
+        finally:
+            reader.close()
+
+
+def test_requests_and_streams_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smtpd_compat import _catcher_http
+
+    monkeypatch.setattr(_catcher_http, "MAX_REQUESTS", 2)
+    monkeypatch.setattr(_catcher_http, "MAX_STREAMS", 1)
+    with catcher() as c:
+        first = EventReader(c.server.web_address)  # a request slot and the stream slot
+        try:
+            assert first.head is not None and b" 200 " in first.head
+            status, _, body = c.web.request("GET", "/api/v1/events")
+            assert (status, json.loads(body)) == (503, {"Error": "too many event streams"})
+            # A client that never finishes its request holds the other slot
+            # (unless the refused request above still held it when the
+            # stalled one was accepted: then that one was refused; again).
+            for _ in range(50):
+                stalled = socket.create_connection(c.server.web_address, timeout=10)
+                try:
+                    stalled.sendall(b"GET /api/v1/info HTTP/1.1\r\n")
+                    if c.web.request("GET", "/api/v1/info")[0] == 503:
+                        break
+                finally:
+                    stalled.close()
+            else:
+                raise AssertionError("never refused a request beyond the bound")
+            for _ in range(100):  # the stalled request's thread ends when its client goes
+                if c.web.request("GET", "/api/v1/info")[0] == 200:
+                    break
+            else:
+                raise AssertionError("the slot was never given back")
+        finally:
+            first.close()
