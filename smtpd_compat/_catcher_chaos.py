@@ -256,10 +256,25 @@ def data_refusal(server: Any, rcpttos: Sequence[str]) -> Optional[str]:
 
 
 class ChaosHooks:
-    """The ``SMTPServer`` hooks that apply the rules of ``connect``,
-    ``mail`` and ``rcpt``; a mixin for the catcher's server class (before
-    ``SMTPServer`` in its bases).  A server without a :class:`Chaos` (see
-    :func:`install`) accepts everything."""
+    """The catcher's chaos as a mixin for its server class (before
+    ``SMTPServer`` in its bases): the keyword options ``chaos`` (rules:
+    :class:`Rule` objects or ``--chaos`` spellings, checked before the
+    socket is bound) and ``chaos_random`` (the random source), and the
+    ``SMTPServer`` hooks that apply the rules of ``connect``, ``mail`` and
+    ``rcpt``.  The class's ``process_message()`` asks :func:`data_refusal`."""
+
+    def __init__(self, *args: Any, chaos: Iterable[Any] = (), chaos_random: Any = None, **kwargs: Any) -> None:
+        rules = [rule if isinstance(rule, Rule) else parse_rule(str(rule)) for rule in chaos]
+        if chaos_random is not None and not callable(getattr(chaos_random, "random", None)):
+            raise TypeError("chaos_random must have a random() method (such as random.Random(1)), not %r" % (chaos_random,))
+        super().__init__(*args, **kwargs)
+        install(self, rules, chaos_random)
+
+    @property
+    def chaos_rules(self) -> Tuple[Rule, ...]:
+        """The rules in force (``GET /api/v1/info``'s ``Chaos``)."""
+        chaos = chaos_of(self)
+        return chaos.rules if chaos is not None else ()
 
     def accept_connection(self, peer: Any) -> Optional[str]:
         chaos = chaos_of(self)
@@ -272,4 +287,3 @@ class ChaosHooks:
     def accept_rcpt(self, channel: Any, address: str, params: List[str]) -> Optional[str]:
         chaos = chaos_of(self)
         return chaos.decide("rcpt", (address,)) if chaos is not None and chaos.rules else None
-

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _options, _relay
 
-__all__ = ["Releaser", "install", "parse_address", "releaser_of"]
+__all__ = ["Releaser", "Releasing", "install", "parse_address", "recipients_of", "releaser_of"]
 
 log = logging.getLogger("smtpd_compat")
 
@@ -98,6 +98,24 @@ def install(server: Any, release_to: Any) -> Optional[Releaser]:
     releaser = Releaser(_options.of(server), parse_address(release_to), timeout)
     server.__dict__[ATTRIBUTE] = releaser
     return releaser
+
+
+class Releasing:
+    """Release as a mixin for the catcher's server class (before
+    ``SMTPServer`` in its bases): the keyword option ``release_to``
+    (``"HOST:PORT"`` or ``(host, port)``, checked before the socket is
+    bound) and the attribute of the same name (``(host, port)`` or None).
+    TLS and AUTH towards that server are the relay's options
+    (``relay_tls``, ``relay_tls_context``, ``relay_auth``), which every
+    ``SMTPServer`` takes."""
+
+    release_to: Optional[Tuple[str, int]] = None
+
+    def __init__(self, *args: Any, release_to: Any = None, **kwargs: Any) -> None:
+        address = parse_address(release_to) if release_to is not None else None
+        super().__init__(*args, **kwargs)
+        self.release_to = address
+        install(self, address)
 
 
 def releaser_of(server: Any) -> Optional[Releaser]:

@@ -17,12 +17,8 @@ from smtpd_compat._catcher_chaos import Rule
 
 
 class ChaosRecorder(chaos.ChaosHooks, RecordingServer):
-    """A RecordingServer with the catcher's chaos hooks (the catcher asks
-    data_refusal() in its process_message() the same way)."""
-
-    def __init__(self, *args: Any, rules: Any = (), rng: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        chaos.install(self, rules, rng)
+    """A RecordingServer with the catcher's chaos (CatcherServer has the
+    same bases and asks data_refusal() in its process_message() the same way)."""
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str],
                         **kwargs: Any) -> Optional[str]:
@@ -156,7 +152,7 @@ def test_decide_seeded_rate() -> None:
 
 # -- on the wire ---------------------------------------------------------------------------
 def serve(rules: Any, **kwargs: Any) -> "Controller[ChaosRecorder]":
-    return Controller(ChaosRecorder, rules=rules, **kwargs)
+    return Controller(ChaosRecorder, chaos=rules, **kwargs)
 
 
 def test_connect_rule_refuses_before_the_greeting() -> None:
@@ -203,13 +199,20 @@ def test_probability_zero_never_fires() -> None:
 
 def test_probability_between_with_seeded_source() -> None:
     # Draws go in order: the rcpt rule's at each RCPT (the only rule).
-    with serve(["rcpt:450:50"], rng=Sequence_([0.1, 0.9, 0.49, 0.5])) as controller, \
+    with serve(["rcpt:450:50"], chaos_random=Sequence_([0.1, 0.9, 0.49, 0.5])) as controller, \
             smtplib.SMTP(*controller.address, timeout=10) as client:
         client.ehlo()
         client.mail("a@x.example")
         assert [client.rcpt("r%d@x.example" % i)[0] for i in range(4)] == [450, 250, 450, 250]
 
 
-def test_install_refuses_a_bad_rule() -> None:
+def test_bad_options_are_refused_before_binding() -> None:
     with pytest.raises(ValueError, match="stage must be one of"):
-        ChaosRecorder(("127.0.0.1", 0), rules=["quit:550"])
+        ChaosRecorder(("127.0.0.1", 0), chaos=["quit:550"], map={})
+    with pytest.raises(TypeError, match="chaos_random must have a random"):
+        ChaosRecorder(("127.0.0.1", 0), chaos=["rcpt:550"], chaos_random=17, map={})
+    server = ChaosRecorder(("127.0.0.1", 0), chaos=[Rule("rcpt", 550), "data:451"], map={})
+    try:
+        assert [rule.stage for rule in server.chaos_rules] == ["rcpt", "data"]
+    finally:
+        server.close()
