@@ -19,6 +19,7 @@ from typing import List
 from . import asynchat, asyncore, smtpd
 from ._auth import PasswordFile
 from .asyncore import close_all, loop
+from .catcher import CatcherServer
 from .controller import Controller
 from .lmtp import LMTPServer
 from .servers import MailboxServer, RecordingServer
@@ -27,6 +28,7 @@ from .smtpd import DebuggingServer, PureProxy, SMTPChannel, SMTPServer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CatcherServer",
     "Controller",
     "DebuggingServer",
     "MailboxServer",

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import smtpd_compat
 
-from . import _logging, _options, _proxy_io, _serving, _workers, asyncore, smtpd
+from . import _cli_catcher, _logging, _options, _proxy_io, _serving, _workers, asyncore, smtpd
 from ._auth import AuthFileError, PasswordFile, load_credentials
 from ._cli_args import HASH_PASSWORD, LOG_FORMAT, PROG, WORKERS_LOG_FORMAT, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
@@ -351,12 +351,15 @@ def make_server(ns: argparse.Namespace) -> Any:
         cls = ReadableDebuggingServer
     size = DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
     options = server_options(ns)
+    options.update(_cli_catcher.catcher_options(ns, cls))
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
                    size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **options)
     except MailboxPathError as err:
         # Named as on the command line; checked before the socket is bound.
         raise UsageError("--%s %s: %s" % (err.option, err.path, err.reason)) from None
+    except _cli_catcher.WebBindError as err:
+        raise _cli_catcher.web_error(err, ns) from None
     except OSError as err:
         reason = err.strerror or str(err)
         raise UsageError("cannot listen on %s: %s" % (ns.unix or ns.localspec, reason)) from None
@@ -409,6 +412,8 @@ def _worker_features(ns: argparse.Namespace) -> List[str]:
 def _destination(server: Any, ns: argparse.Namespace) -> str:
     """Where the server's messages go, as the end of the start-up line
     (nothing for a class of one's own).  Subclasses before their bases."""
+    if isinstance(server, _cli_catcher.CatcherServer):
+        return _cli_catcher.destination(server)
     if isinstance(server, PureProxy):
         return _relaying(ns)
     if isinstance(server, ReadableDebuggingServer):

@@ -82,6 +82,7 @@ CLASS is one of
   PureProxy        relay every message to remotehost:remoteport (default)
   RecordingServer  keep every message in memory (a sink that never fails)
   MailboxServer    deliver every message to a Maildir or an mbox file
+  CatcherServer    keep every message and show it on a web page and an HTTP API
 or a dotted path to a class of your own: package.module.Class"""
 
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_smtpd_flags(p)
     _add_class_flags(p)
     _add_mailbox_flags(p)
+    _add_catcher_flags(p)
     _add_relay_flags(p)
     _add_security_flags(p, command)
     _add_extension_flags(p)
@@ -142,8 +144,34 @@ def _add_class_flags(p: argparse.ArgumentParser) -> None:
 def _add_mailbox_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mailbox (-c MailboxServer)")
     g.add_argument("--maildir", metavar="DIR",
-                   help="deliver to this Maildir (created when missing or empty)")
+                   help="deliver to this Maildir (created when missing or empty); "
+                        "-c CatcherServer keeps its messages there")
     g.add_argument("--mbox", metavar="FILE", help="deliver to this mbox file (created when missing)")
+
+
+def _add_catcher_flags(p: argparse.ArgumentParser) -> None:
+    # What they mean is _cli_catcher's (docs/catcher.md).
+    g = p.add_argument_group("mail catcher (-c CatcherServer; docs/catcher.md)")
+    g.add_argument("--web", metavar="HOST:PORT",
+                   help="serve the web page and HTTP API here (default 127.0.0.1:8026; [::1]:8026 for IPv6)")
+    g.add_argument("--max-messages", metavar="N", type=_max_messages,
+                   help="keep at most N messages, dropping the oldest (default 1000 in memory, "
+                        "no bound with --maildir; 0: no bound)")
+    g.add_argument("--web-allow-remote", action="store_true",
+                   help="allow --web on an address other than loopback (use --web-auth-file with it)")
+    g.add_argument("--web-auth-file", metavar="FILE",
+                   help="require HTTP basic authentication for the page and API, against the "
+                        "user:password lines of FILE (--auth-file's format)")
+
+
+def _max_messages(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("invalid number: %r (a whole number, 0 for no bound)" % text)
+    return value
 
 
 def _add_relay_flags(p: argparse.ArgumentParser) -> None:

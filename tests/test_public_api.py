@@ -245,7 +245,7 @@ def test_star_import_names_pinned() -> None:
 # -- the package ---------------------------------------------------------------------------------
 # The package's public surface.  Adding a name is an API decision: add it here too.
 PACKAGE_ALL = [
-    "Controller", "DebuggingServer", "MailboxServer", "PasswordFile", "PureProxy", "RecordingServer",
+    "CatcherServer", "Controller", "DebuggingServer", "MailboxServer", "PasswordFile", "PureProxy", "RecordingServer",
     "SMTPChannel", "SMTPServer", "asynchat", "asyncore", "close_all", "install_aliases", "loop", "smtpd",
     "LMTPServer",
 ]
