@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from . import _catcher_api, _catcher_pages, _logging, _received, _serving  # noqa: F401 - the routes register on import
+from . import _catcher_api, _catcher_chaos, _catcher_ops_api, _catcher_pages, _catcher_release, _logging, _received, _serving  # noqa: F401,E501 - the routes register on import
 from ._catcher_http import Auth, WebServer
 from ._catcher_store import Entry, Store
 from .servers import MailboxPathError, _maildir_problem
@@ -38,7 +38,7 @@ DEFAULT_MAX_MESSAGES = 1000
 DEFAULT_WEB = ("127.0.0.1", 8026)
 
 
-class CatcherServer(SMTPServer):
+class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPServer):
     """Accept every message, keep it, and show it on a web page and an HTTP API.
 
     Keyword arguments beyond :class:`~smtpd_compat.smtpd.SMTPServer`'s:
@@ -61,6 +61,9 @@ class CatcherServer(SMTPServer):
         a :class:`~smtpd_compat.PasswordFile` (or anything with
         ``check(user, password)``): every request then needs HTTP basic
         authentication.
+    *chaos*, *chaos_random*, *release_to*
+        failures on purpose and where a message is released to: see
+        docs/catcher-ops.md (``_catcher_chaos``, ``_catcher_release``).
 
     Attributes for the caller: :attr:`store` (the messages),
     :attr:`web_address`, :attr:`web_url`.  Closing the server
@@ -140,6 +143,9 @@ class CatcherServer(SMTPServer):
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
         """Keep the message; smtpd's ``250 OK``.  A store that fails (a full
         disk) makes the server answer ``451``, so the client retries."""
+        refusal = _catcher_chaos.data_refusal(self, rcpttos)  # a chaos rule of the data stage
+        if refusal is not None:
+            return refusal
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
         self.capture(raw, self.envelope_of(peer, mailfrom, rcpttos, kwargs))
         return None

@@ -4,14 +4,16 @@ smtplib on loopback (connect, MAIL, RCPT, DATA)."""
 
 from __future__ import annotations
 
+import http.client as http_client
+import json
 import random
 import smtplib
 import socket
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import pytest
 
-from smtpd_compat import Controller, RecordingServer
+from smtpd_compat import CatcherServer, Controller, RecordingServer
 from smtpd_compat import _catcher_chaos as chaos
 from smtpd_compat._catcher_chaos import Rule
 
@@ -216,3 +218,109 @@ def test_bad_options_are_refused_before_binding() -> None:
         assert [rule.stage for rule in server.chaos_rules] == ["rcpt", "data"]
     finally:
         server.close()
+
+
+# -- CatcherServer: the flags' options, the data stage, the API ----------------------------------
+def http(server: Any, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
+    """One request to the catcher's API: (status, JSON or text)."""
+    conn = http_client.HTTPConnection(*server.web_address, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(data) if kind.startswith("application/json") else data.decode()
+
+
+def catcher(**kwargs: Any) -> "Controller[CatcherServer]":
+    return Controller(CatcherServer, web=("127.0.0.1", 0), **kwargs)
+
+
+def test_catcher_applies_every_stage() -> None:
+    rules = ["rcpt:550:100:*@nobody.example", "data:451:100:*@flaky.example"]
+    with catcher(chaos=rules) as controller, smtplib.SMTP(*controller.address, timeout=10) as client:
+        refused = client.sendmail("app@example.com", ["a@example.com", "x@nobody.example"], b"Subject: one\r\n\r\nhi\r\n")
+        assert refused == {"x@nobody.example": (550, b"Requested action not taken: mailbox unavailable")}
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("app@example.com", ["b@flaky.example"], b"Subject: two\r\n\r\nhi\r\n")
+        assert info.value.smtp_code == 451
+        status, listing = http(controller.server, "GET", "/api/v1/messages")
+        assert status == 200 and [m["Subject"] for m in listing["messages"]] == ["one"]  # the refused one is not kept
+        assert http(controller.server, "GET", "/api/v1/info")[1]["Chaos"] is True
+
+
+def test_api_get_and_put_rules() -> None:
+    with catcher() as controller:
+        server = controller.server
+        assert http(server, "GET", "/api/v1/chaos") == (200, {
+            "Rules": [], "Sender": {"ErrorCode": 451, "Probability": 0},
+            "Recipient": {"ErrorCode": 451, "Probability": 0}, "Authentication": {"ErrorCode": 451, "Probability": 0}})
+        assert http(server, "GET", "/api/v1/info")[1]["Chaos"] is False
+        body = {"Rules": [{"Stage": "connect", "Code": 421, "Message": "Busy"}]}
+        status, answer = http(server, "PUT", "/api/v1/chaos", body)
+        assert status == 200 and answer["Rules"] == [
+            {"Stage": "connect", "Code": 421, "Message": "Busy", "Probability": 100.0, "Recipients": []}]
+        with socket.create_connection(controller.address, timeout=10) as sock:
+            assert sock.recv(1024) == b"421 Busy\r\n"
+        # Mailpit's body: the PUT replaces every rule.
+        status, answer = http(server, "PUT", "/api/v1/chaos", {"Recipient": {"ErrorCode": 552, "Probability": 100},
+                                                               "Sender": {"ErrorCode": 451, "Probability": 0}})
+        assert status == 200 and answer["Recipient"] == {"ErrorCode": 552, "Probability": 100.0}
+        assert [rule["Stage"] for rule in answer["Rules"]] == ["rcpt"]
+        with smtplib.SMTP(*controller.address, timeout=10) as client:
+            client.ehlo()
+            client.mail("a@example.com")
+            assert client.rcpt("b@example.com")[0] == 552
+        assert http(server, "PUT", "/api/v1/chaos", {"Rules": []})[1]["Rules"] == []
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"Rules": [{"Stage": "helo", "Code": 550}]}, "Rules[0]: stage must be one of"),
+    ({"Authentication": {"ErrorCode": 535, "Probability": 50}}, "no AUTH stage"),
+    ([1, 2], "JSON object"),
+])
+def test_api_refuses_a_bad_body_and_keeps_the_rules(body: Any, says: str) -> None:
+    with catcher(chaos=["rcpt:550:100"]) as controller:
+        status, answer = http(controller.server, "PUT", "/api/v1/chaos", body)
+        assert status == 400 and says in answer["Error"]
+        assert [rule.stage for rule in controller.server.chaos_rules] == ["rcpt"]
+
+
+def test_api_refuses_a_cross_origin_put() -> None:
+    with catcher() as controller:
+        conn = http_client.HTTPConnection(*controller.server.web_address, timeout=10)
+        conn.request("PUT", "/api/v1/chaos", body=json.dumps({"Rules": [{"Stage": "connect", "Code": 421}]}),
+                     headers={"Content-Type": "application/json", "Origin": "http://evil.example"})
+        assert conn.getresponse().status == 403
+        conn.close()
+        assert controller.server.chaos_rules == ()
+
+
+def test_enhanced_status_codes_on_the_catcher() -> None:
+    with catcher(chaos=["mail:452:100"], enhanced_status_codes=True) as controller, \
+            smtplib.SMTP(*controller.address, timeout=10) as client:
+        client.ehlo()
+        assert client.mail("a@example.com") == (452, b"4.3.1 Requested action not taken: insufficient system storage")
+
+
+def test_command_line_rules() -> None:
+    from smtpd_compat._cli import make_server
+    from smtpd_compat._cli_args import UsageError, parse_args
+
+    ns = parse_args(["-n", "-c", "CatcherServer", "--web", "127.0.0.1:0", "--chaos", "rcpt:550:50",
+                     "--chaos", "data:451:100:*@flaky.example", "--chaos-seed", "3", "127.0.0.1:0"])
+    server = make_server(ns)
+    try:
+        assert [(r.stage, r.code, r.probability) for r in server.chaos_rules] == [("rcpt", 550, 50.0), ("data", 451, 100.0)]
+        seeded = random.Random(3)
+        drawn = [chaos.chaos_of(server).rng.random() for _ in range(3)]  # type: ignore[union-attr]
+        assert drawn == [seeded.random() for _ in range(3)]
+    finally:
+        server.close()
+    with pytest.raises(UsageError, match="code must be a failure reply code"):
+        parse_args(["-n", "-c", "CatcherServer", "--chaos", "rcpt:250", "127.0.0.1:0"])
+    with pytest.raises(UsageError, match="--chaos applies to -c CatcherServer, not to RecordingServer"):
+        make_server(parse_args(["-n", "-c", "RecordingServer", "--chaos", "rcpt:550", "127.0.0.1:0"]))
