@@ -7,8 +7,10 @@ from __future__ import annotations
 import http.client as http_client
 import json
 import random
+import shutil
 import smtplib
 import socket
+import subprocess
 from typing import Any, List, Optional, Tuple, Union
 
 import pytest
@@ -324,3 +326,17 @@ def test_command_line_rules() -> None:
         parse_args(["-n", "-c", "CatcherServer", "--chaos", "rcpt:250", "127.0.0.1:0"])
     with pytest.raises(UsageError, match="--chaos applies to -c CatcherServer, not to RecordingServer"):
         make_server(parse_args(["-n", "-c", "RecordingServer", "--chaos", "rcpt:550", "127.0.0.1:0"]))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_a_mailpit_script_with_curl() -> None:
+    # What a CI step written for Mailpit runs, unchanged but for the port.
+    with catcher() as controller:
+        url = "http://%s:%d/api/v1/chaos" % controller.server.web_address
+        body = '{"Sender": {"ErrorCode": 451, "Probability": 0}, "Recipient": {"ErrorCode": 550, "Probability": 100}}'
+        done = subprocess.run(["curl", "-sS", "-X", "PUT", "-H", "Content-Type: application/json", "-d", body, url],
+                              capture_output=True, timeout=30, check=True)
+        assert json.loads(done.stdout)["Recipient"] == {"ErrorCode": 550, "Probability": 100.0}
+        with smtplib.SMTP(*controller.address, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\ny\r\n")
