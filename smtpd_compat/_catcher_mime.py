@@ -35,8 +35,9 @@ T = TypeVar("T")
 Message = email.message.Message
 Addr = Dict[str, str]
 
-#: The most of a message's body text kept for searching and the snippet.
-SEARCH_BODY_LIMIT = 64 * 1024
+#: The most of a message's body text kept for searching and the snippet
+#: (kept in memory for every message, also with a Maildir).
+SEARCH_BODY_LIMIT = 16 * 1024
 SNIPPET_LENGTH = 250
 
 

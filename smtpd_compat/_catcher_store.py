@@ -64,7 +64,7 @@ class Entry:
 
     def summary(self) -> Dict[str, Any]:
         """The list's Summary of this message."""
-        result = {"ID": self.id, "Read": self.read, "Created": mime.rfc3339(self.created)}
+        result = {"ID": self.id, "Read": self.read, "Created": self.fields["Created"]}
         result.update(self.fields)
         return result
 
@@ -73,7 +73,9 @@ def make_entry(ident: str, seq: int, raw: bytes, envelope: Dict[str, Any], creat
     """Index *raw*: parse it once, keep what the list and the search need."""
     message = mime.parse(raw)
     fields = mime.summary(message, len(raw))
+    fields["Created"] = mime.rfc3339(created)
     search = mime.search_fields(message, str(envelope.get("MailFrom", "")), list(envelope.get("RcptTos", [])))
+    search["any"] = "\n".join(search.values())  # a bare term looks in all of them at once
     return Entry(ident, seq, created, len(raw), envelope, fields, search)
 
 
@@ -85,23 +87,26 @@ def matcher(query: str) -> Callable[[Entry], bool]:
     """A test for the search *query*: whitespace-separated terms, all of
     which must match (case-insensitive substrings); ``from:``, ``to:``,
     ``subject:`` narrow a term to that field; ``"quoted words"`` are one term."""
-    terms: List[Tuple[Optional[str], str]] = []
-    for word in _split_terms(query):
-        name, sep, rest = word.partition(":")
-        if sep and name.lower() in _PREFIXES and rest:
-            terms.append((name.lower(), rest.lower()))
-        else:
-            terms.append((None, word.lower()))
+    chosen = terms(query)
 
     def matches(entry: Entry) -> bool:
         fields = entry.search
-        for name, text in terms:
-            haystacks = (fields[name],) if name else fields.values()
-            if not any(text in hay for hay in haystacks):
-                return False
-        return True
+        return all(text in fields[name] for name, text in chosen)
 
     return matches
+
+
+def terms(query: str) -> List[Tuple[str, str]]:
+    """``(field, lowercased text)`` for each term of *query* (field ``any``
+    for a bare term)."""
+    found: List[Tuple[str, str]] = []
+    for word in _split_terms(query):
+        name, sep, rest = word.partition(":")
+        if sep and name.lower() in _PREFIXES and rest:
+            found.append((name.lower(), rest.lower()))
+        else:
+            found.append(("any", word.lower()))
+    return found
 
 
 def _split_terms(query: str) -> List[str]:
@@ -345,7 +350,10 @@ class Store:
 
     # -- readers ---------------------------------------------------------------------------
     def get(self, ident: str) -> Optional[Entry]:
+        """The message *ident*; ``latest`` is the newest (Mailpit's alias)."""
         with self.cond:
+            if ident == "latest" and ident not in self._entries:
+                return next(reversed(self._entries.values()), None) if self._entries else None
             return self._entries.get(ident)
 
     def raw(self, entry: Entry) -> Optional[bytes]:
@@ -357,9 +365,8 @@ class Store:
         with self.cond:
             entries = list(self._entries.values())
         entries.reverse()
-        if query.strip():
-            test = matcher(query)
-            entries = [e for e in entries if test(e)]
+        for key, text in terms(query):  # one comprehension per term: the fast form of a scan
+            entries = [e for e in entries if text in e.search[key]]
         unread = sum(1 for e in entries if not e.read)
         return len(entries), unread, entries[start:start + limit]
 

@@ -25,7 +25,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _catcher_api, _catcher_chaos, _catcher_ops_api, _catcher_pages, _catcher_release, _logging, _received, _serving  # noqa: F401,E501 - the routes register on import
-from ._catcher_http import Auth, WebServer
+from ._catcher_http import Auth, WebServer, is_loopback, log
 from ._catcher_store import Entry, Store
 from .servers import MailboxPathError, _maildir_problem
 from .smtpd import SMTPServer
@@ -110,6 +110,9 @@ class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPS
                 SMTPServer.close(self)
                 raise
             self._web.start()
+            if web_auth is None and not is_loopback(str(web[0])):
+                log.warning("the catcher's page on %s is open to anyone who can reach it: "
+                            "give it a password (web_auth=, --web-auth-file)", self.web_url)
 
     # -- for the caller ----------------------------------------------------------------
     @property

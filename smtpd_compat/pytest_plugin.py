@@ -24,6 +24,17 @@ The ``smtpd_server`` marker passes options to the server:
 ``@pytest.mark.smtpd_server(data_size_limit=1000, enable_SMTPUTF8=True)``;
 ``server_class=`` picks another class and ``addr=("::1", 0)`` another
 address.
+
+The mail catcher (docs/catcher.md): ``@pytest.mark.smtpd_server(catcher=True)``
+makes the server a :class:`~smtpd_compat.catcher.CatcherServer` with its web
+server on ``127.0.0.1`` and a free port (``web=("::1", 0)`` chooses another;
+any CatcherServer keyword may be given), so a test can query its HTTP API
+at ``smtpd_server.web_url``::
+
+    @pytest.mark.smtpd_server(catcher=True)
+    def test_api(smtpd_server):
+        ...
+        urllib.request.urlopen(smtpd_server.web_url + "/api/v1/messages")
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
         "markers",
         "smtpd_server(**options): options for the smtpd_server fixture's server "
-        "(SMTPServer keywords, plus server_class= and addr=)",
+        "(SMTPServer keywords, plus server_class=, addr= and catcher=True for a CatcherServer)",
     )
 
 
@@ -63,6 +74,11 @@ def smtpd_controller(request: Any) -> "Iterator[Controller[Any]]":
     """A started :class:`Controller` running a RecordingServer (or the
     marker's ``server_class``); stopped after the test."""
     options = _options(request)
+    if options.pop("catcher", False):
+        from .catcher import CatcherServer
+
+        options.setdefault("server_class", CatcherServer)
+        options.setdefault("web", ("127.0.0.1", 0))
     server_class = options.pop("server_class", RecordingServer)
     addr = options.pop("addr", ("127.0.0.1", 0))
     options.setdefault("shutdown_timeout", _SHUTDOWN_TIMEOUT)

@@ -91,3 +91,20 @@ def simple(subject: str = "hello", body: str = "the body", sender: str = "Sender
            to: str = "to@example.org") -> bytes:
     return ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <m1@example.org>\r\n"
             "Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n\r\n%s\r\n" % (sender, to, subject, body)).encode("utf-8")
+
+
+def multipart(subject: str = "with parts", filename: str = "report.pdf", html: str = "<p>Hi <img src=\"cid:logo@x\"></p>") -> bytes:
+    """text + HTML alternative, an inline image (cid logo@x), an attachment."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@example.org>"
+    msg["To"] = "Bob <bob@example.org>, carol@example.org"
+    msg["Cc"] = "dave@example.org"
+    msg["Subject"] = subject
+    msg.set_content("plain text body\n")
+    msg.add_alternative(html, subtype="html")
+    html_part = msg.get_payload()[1]
+    html_part.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo@x>")
+    msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename=filename)
+    return msg.as_bytes()
