@@ -23,7 +23,7 @@ PAGE_LIMIT = 50
 MAX_LIMIT = 1000
 WAIT_DEFAULT = 10.0
 WAIT_MAX = 300.0
-_ID = r"(?P<id>[A-Za-z0-9._,:=+-]{1,200})"
+_ID = r"(?P<id>[^/]{1,255})"
 
 
 def _int(query: Dict[str, str], name: str, default: int, top: int) -> int:

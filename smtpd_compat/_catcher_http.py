@@ -20,9 +20,10 @@ importing this one and decorating their handlers.
 
 What every request passes before its handler (:meth:`Handler.handle_one`):
 
-* the ``Host`` header must name this server (a loopback name or the address
-  bound) unless remote access was allowed: a DNS-rebinding page cannot
-  reach the API through a name of its own;
+* the ``Host`` header, when there is one (every browser sends it), must
+  name this server (a loopback name or the address bound) unless remote
+  access was allowed: a DNS-rebinding page cannot reach the API through a
+  name of its own;
 * HTTP basic authentication when the server has a password file;
 * a request that writes (any method but ``GET``/``HEAD``) with a body must
   say ``Content-Type: application/json`` (``415`` otherwise: an HTML form
@@ -81,7 +82,8 @@ class Stream:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate from a broken header must not fail the response
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
     return Response(status, body, "application/json; charset=utf-8")
 
 
@@ -245,7 +247,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Exception:  # noqa: BLE001 - a handler's bug is a 500, never a dropped connection
             log.exception("the catcher's handler for %s %s failed", self.command, self.path)
             response = error(500, "internal error")
-        if isinstance(response, Stream):
+        if isinstance(response, Stream) and self.command == "HEAD":
+            if response.cancel is not None:
+                response.cancel()
+            self._send(Response(200, b"", response.content_type))
+        elif isinstance(response, Stream):
             self._stream(response)
         else:
             self._send(response)
@@ -255,7 +261,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if refusal is not None:
             return refusal
         split = urllib.parse.urlsplit(self.path)
-        path = split.path
+        # IDs are Maildir keys too, which may hold any character but "/".
+        path = urllib.parse.unquote(split.path, errors="replace")
         func, match, known = find_route(self.command, path)
         if func is None or match is None:
             return error(405, "method not allowed") if known else error(404, "not found")
@@ -393,6 +400,12 @@ class WebServer(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback on stderr; a browser that resets
+        # a connection is not worth one.  Handler bugs are logged as errors
+        # by Handler.handle_one already.
+        log.debug("the catcher's web connection from %r failed", client_address, exc_info=True)
 
     @property
     def address(self) -> Tuple[str, int]:

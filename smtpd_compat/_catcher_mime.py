@@ -102,7 +102,7 @@ def rfc3339(timestamp: float) -> str:
 # -- parts ----------------------------------------------------------------------------
 def numbered(message: Message) -> Iterator[Tuple[str, Message]]:
     """Every part below the root with its part ID, depth first."""
-    if not _safe(message.is_multipart, False):
+    if not _container(message):
         yield "1", message
         return
     yield from _children("", message)
@@ -117,8 +117,14 @@ def _children(prefix: str, message: Message) -> Iterator[Tuple[str, Message]]:
             continue
         part_id = "%s%d" % (prefix, index)
         yield part_id, child
-        if _safe(child.is_multipart, False):
+        if _container(child):
             yield from _children(part_id + ".", child)
+
+
+def _container(part: Message) -> bool:
+    """Whether the part's children are parts of this message (multipart/*);
+    an attached message (message/rfc822) is one part, a file."""
+    return _content_type(part).startswith("multipart/") and _safe(part.is_multipart, False)
 
 
 def _content_type(part: Message) -> str:
@@ -139,7 +145,10 @@ def decoded(part: Message) -> bytes:
     payload = _safe(lambda: part.get_payload(decode=True), None)
     if isinstance(payload, bytes):
         return payload
-    if _safe(part.is_multipart, False):
+    inner = _safe(part.get_payload, None)
+    if isinstance(inner, list):  # a multipart, or an attached message: its bytes
+        if len(inner) == 1 and not _container(part) and isinstance(inner[0], email.message.Message):
+            return _safe(inner[0].as_bytes, b"")
         return _safe(part.as_bytes, b"")
     raw: Any = _safe(lambda: _payload(part), "")
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
@@ -169,7 +178,7 @@ def _bodies(message: Message) -> Tuple[Optional[str], Optional[str]]:
     text = html = None
     for part_id, part in numbered(message):
         kind = _content_type(part)
-        if _is_attachment(part) or _safe(part.is_multipart, False):
+        if _is_attachment(part) or _container(part):
             continue
         if kind == "text/plain" and text is None:
             text = part_id
@@ -194,7 +203,7 @@ def _files(message: Message, bodies: Tuple[Optional[str], Optional[str]]) -> Tup
     inline: List[Dict[str, Any]] = []
     attached: List[Dict[str, Any]] = []
     for part_id, part in numbered(message):
-        if part_id in bodies or _safe(part.is_multipart, False):
+        if part_id in bodies or _container(part):
             continue
         kind = _content_type(part)
         if not _is_attachment(part) and kind.startswith("text/") and not header(part, "Content-ID"):
@@ -292,7 +301,7 @@ def tree(message: Message, size: int) -> Dict[str, Any]:
     """The MIME tree: ``{"PartID", "ContentType", "FileName", "Size", "Children"}``."""
     root: Dict[str, Any] = {"PartID": "0", "ContentType": _content_type(message), "FileName": "", "Size": size, "Children": []}
     nodes: Dict[str, Dict[str, Any]] = {"": root}
-    if not _safe(message.is_multipart, False):
+    if not _container(message):
         root["Children"].append(_node("1", message))
         return root
     for part_id, part in numbered(message):
@@ -304,7 +313,7 @@ def tree(message: Message, size: int) -> Dict[str, Any]:
 
 
 def _node(part_id: str, part: Message) -> Dict[str, Any]:
-    multipart = _safe(part.is_multipart, False)
+    multipart = _container(part)
     size = 0 if multipart else len(decoded(part))
     return {"PartID": part_id, "ContentType": _content_type(part), "FileName": filename(part), "Size": size, "Children": []}
 

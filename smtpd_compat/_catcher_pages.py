@@ -67,7 +67,7 @@ def _parsed(request: Request, ident: str) -> Optional[Any]:
     return None if raw is None else mime.parse(raw)
 
 
-@route("GET", r"/view/(?P<id>[A-Za-z0-9._,:=+-]{1,200})\.html")
+@route("GET", r"/view/(?P<id>[^/]{1,255})\.html")
 def view_html(request: Request, match: Any) -> Response:
     """The HTML body for the page's ``<iframe sandbox>``."""
     message = _parsed(request, match.group("id"))
@@ -79,7 +79,7 @@ def view_html(request: Request, match: Any) -> Response:
                     [("Content-Security-Policy", policy), ("X-DNS-Prefetch-Control", "off")])
 
 
-@route("GET", r"/view/(?P<id>[A-Za-z0-9._,:=+-]{1,200})\.txt")
+@route("GET", r"/view/(?P<id>[^/]{1,255})\.txt")
 def view_text(request: Request, match: Any) -> Response:
     message = _parsed(request, match.group("id"))
     if message is None:

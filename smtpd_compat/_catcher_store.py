@@ -393,15 +393,25 @@ class Store:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not self.closed:
-                for entry in self._entries.values():
-                    if entry.seq >= after_seq and (test is None or test(entry)):
-                        return entry
+                found = self._first_since(after_seq, test)
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self.cond.wait(left)
-                after_seq = max(after_seq, 0)
         return None
+
+    def _first_since(self, after_seq: int, test: Optional[Callable[[Entry], bool]]) -> Optional[Entry]:
+        """The oldest entry from *after_seq* on that passes *test*; only the
+        newer entries are looked at (newest first, up to *after_seq*)."""
+        found = None
+        for entry in reversed(self._entries.values()):
+            if entry.seq < after_seq:
+                break
+            if test is None or test(entry):
+                found = entry
+        return found
 
     # -- followers ---------------------------------------------------------------------------
     def subscribe(self) -> "queue.Queue[Optional[Event]]":

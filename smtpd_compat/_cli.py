@@ -70,7 +70,7 @@ def resolve_class(name: str) -> Any:
         if isinstance(cls, type):
             return cls
     raise UsageError("unknown server class %r (use DebuggingServer, PureProxy, RecordingServer, "
-                     "MailboxServer or a dotted path package.module.Class)" % name)
+                     "MailboxServer, CatcherServer or a dotted path package.module.Class)" % name)
 
 
 # -- which flags apply to which class -----------------------------------------------

@@ -21,7 +21,9 @@ event stream).  docs/catcher.md is the user's guide.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _catcher_api, _catcher_chaos, _catcher_ops_api, _catcher_pages, _catcher_release, _logging, _received, _serving  # noqa: F401,E501 - the routes register on import
@@ -100,6 +102,9 @@ class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPS
             raise ValueError("max_messages must be 0 (no bound) or more, not %r" % max_messages)
         self.store = Store(max_messages, self.maildir)
         self._web: Optional[WebServer] = None
+        self._storer: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._storer_lock = threading.Lock()
+        self._closed = False
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
         if web is not None:
             try:
@@ -138,20 +143,47 @@ class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPS
         waiting requests and event streams end)."""
         super().close()
         self.store.close()
+        with self._storer_lock:
+            storer, self._storer, self._closed = self._storer, None, True
+        if storer is not None:
+            storer.shutdown(wait=False)  # a message being stored is finished, and answered
         web, self._web = self._web, None
         if web is not None:
             web.stop()
 
     # -- the SMTP side ------------------------------------------------------------------
-    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
-        """Keep the message; smtpd's ``250 OK``.  A store that fails (a full
-        disk) makes the server answer ``451``, so the client retries."""
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str], data: Union[bytes, str], **kwargs: Any) -> Any:
+        """Keep the message; smtpd's ``250 OK`` once it is kept.  A store
+        that fails (a full disk) makes the server answer ``451``, so the
+        client retries.
+
+        Parsing and storing happen in a thread of their own, one message
+        after the other, and the reply waits for them (a Future, see
+        docs/hardening.md): a big message being indexed does not stall the
+        other sessions on the loop.  Once the server is closed (a graceful
+        shutdown closes it first, then lets messages being received end)
+        the message is stored at once."""
         refusal = _catcher_chaos.data_refusal(self, rcpttos)  # a chaos rule of the data stage
         if refusal is not None:
             return refusal
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
-        self.capture(raw, self.envelope_of(peer, mailfrom, rcpttos, kwargs))
-        return None
+        envelope = self.envelope_of(peer, mailfrom, rcpttos, kwargs)  # here: it looks at the session
+        storer = self._storing()
+        if storer is None:
+            self._keep(raw, envelope)
+            return None
+        return storer.submit(self._keep, raw, envelope)
+
+    def _keep(self, raw: bytes, envelope: Dict[str, Any]) -> None:
+        self.capture(raw, envelope)
+
+    def _storing(self) -> Optional[concurrent.futures.ThreadPoolExecutor]:
+        with self._storer_lock:
+            if self._closed:
+                return None
+            if self._storer is None:
+                self._storer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smtpd_compat-catcher-store")
+            return self._storer
 
     def capture(self, raw: bytes, envelope: Dict[str, Any]) -> Entry:
         """Store *raw* with *envelope* (see :meth:`envelope_of`); for

@@ -281,3 +281,51 @@ def test_envelope_has_tls_and_auth_facts(server_context: ssl.SSLContext, client_
         envelope = c.web.json("/api/v1/message/" + ident)["Envelope"]
         assert envelope["TLS"]["Version"].startswith("TLSv1") and envelope["TLS"]["Cipher"]
         assert envelope["Auth"] == USER
+
+
+def test_an_attached_message_is_one_attachment() -> None:
+    from email.message import EmailMessage
+
+    inner = EmailMessage()
+    inner["Subject"] = "the forwarded one"
+    inner.set_content("inner body\n")
+    outer = EmailMessage()
+    outer["Subject"] = "fwd"
+    outer.set_content("see attached\n")
+    outer.add_attachment(inner, filename="forwarded.eml")
+    with catcher() as c:
+        c.send(outer.as_bytes())
+        (ident,) = c.ids()
+        message = c.web.json("/api/v1/message/" + ident)
+        assert message["Text"] == "see attached\n"
+        (attachment,) = message["Attachments"]
+        assert (attachment["PartID"], attachment["ContentType"], attachment["FileName"]) == ("2", "message/rfc822", "forwarded.eml")
+        body = c.web.request("GET", "/api/v1/message/%s/part/2" % ident)[2]
+        assert body.startswith(b"Subject: the forwarded one") and attachment["Size"] == len(body)
+        tree = c.web.json("/api/v1/message/%s/tree" % ident)
+        assert [n["ContentType"] for n in tree["Children"]] == ["text/plain", "message/rfc822"]
+        assert tree["Children"][1]["Children"] == []
+
+
+def test_a_store_that_fails_is_answered_451() -> None:
+    import smtplib
+
+    with catcher() as c:
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        c.server.store.add = full  # type: ignore[method-assign]
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            c.send(simple())
+        assert info.value.smtp_code == 451
+
+
+def test_after_close_a_message_is_stored_at_once() -> None:
+    """A graceful shutdown closes the server first, then lets messages being received end."""
+    from smtpd_compat import CatcherServer
+
+    server = CatcherServer(("127.0.0.1", 0), None, map={})
+    server.close()
+    assert server.process_message(("127.0.0.1", 1), "a@example.org", ["b@example.org"], b"Subject: late\n\nx\n") is None
+    (entry,) = server.store.page(0, 10)[2]
+    assert entry.fields["Subject"] == "late"

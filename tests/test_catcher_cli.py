@@ -13,8 +13,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_cli import free_port, one_error_line, run_cli
 from test_cli_usability import Announced, announced  # noqa: F401  (fixture)
+
+from conftest import has_ipv6
 
 WEB = re.compile(r"web page and API on (http://\S+)$")
 
@@ -89,3 +92,12 @@ def test_web_auth_file(announced: Any, tmp_path: Path) -> None:
     request = urllib.request.Request(url + "/api/v1/info", headers={"Authorization": "Basic YW5uOnMzY3JldA=="})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no ::1 on this machine")
+def test_web_on_ipv6(announced: Any) -> None:
+    server: Announced = announced("-c", "CatcherServer", "--web", "[::1]:0", "127.0.0.1:0")
+    url = WEB.search(server.first_line).group(1)
+    assert url.startswith("http://[::1]:")
+    server.send(b"Subject: v6 page\r\n\r\nhello\r\n")
+    assert [m["Subject"] for m in _get(url + "/api/v1/messages")["messages"]] == ["v6 page"]

@@ -75,3 +75,17 @@ def test_a_bad_maildir_is_refused_before_listening(tmp_path: Path) -> None:
     not_a_dir.write_text("x")
     with pytest.raises(MailboxPathError, match="not a directory"):
         CatcherServer(("127.0.0.1", 0), None, map={}, maildir=str(not_a_dir))
+
+
+def test_a_file_of_another_writer_with_any_name(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    box = tmp_path / "mail"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True)
+    (box / "cur" / "1764676800.odd name%\u00e9.host,U=7:2,S").write_bytes(simple("foreign"))
+    with catcher(maildir=str(box)) as c:
+        (summary,) = c.web.json("/api/v1/messages")["messages"]
+        assert summary["ID"] == "1764676800.odd name%\u00e9.host,U=7" and summary["Read"] is True
+        assert c.web.json("/api/v1/message/" + quote(summary["ID"], safe=""))["Subject"] == "foreign"
+        assert c.web.request("GET", "/view/%s.html" % quote(summary["ID"], safe=""))[0] == 200

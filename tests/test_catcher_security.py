@@ -6,7 +6,6 @@ without a crash (hypothesis)."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import stat
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from smtpd_compat import CatcherServer, PasswordFile
 from smtpd_compat import _catcher_mime as mime
-from smtpd_compat._catcher_http import content_disposition, header_value
+from smtpd_compat._catcher_http import content_disposition, header_value, json_response
 from smtpd_compat._catcher_store import Store
 
 
@@ -164,12 +163,11 @@ ANY_MESSAGE = st.one_of(st.binary(max_size=2000), st.lists(st.one_of(MIME_PIECES
 def test_any_bytes_are_read_without_an_exception(raw: bytes) -> None:
     store = Store(10)
     entry = store.add(raw, {"MailFrom": "a@b", "RcptTos": ["c@d"]})
-    json.dumps(entry.summary())
+    json_response(entry.summary())
     message = mime.parse(raw)
-    json.dumps(mime.detail(message))
-    json.dumps(mime.headers(message))
-    tree = mime.tree(message, len(raw))
-    json.dumps(tree)
+    json_response(mime.detail(message))
+    json_response(mime.headers(message))
+    json_response(mime.tree(message, len(raw)))
     for part_id, _ in mime.numbered(message):
         assert mime.part(message, part_id) is not None
     mime.view_html(message)
