@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import smtpd_compat
 
-from . import _cli_catcher, _logging, _options, _proxy_io, _serving, _workers, asyncore, smtpd
+from . import _cli_catcher, _cli_catcher_ops, _logging, _options, _proxy_io, _serving, _workers, asyncore, smtpd
 from ._auth import AuthFileError, PasswordFile, load_credentials
 from ._cli_args import HASH_PASSWORD, LOG_FORMAT, PROG, WORKERS_LOG_FORMAT, UsageError, build_parser, parse_args, print_error
 from ._cli_hash_password import hash_password_main
@@ -99,7 +99,7 @@ def check_applicable(ns: argparse.Namespace, cls: Any) -> None:
                                               else "--maildir or --mbox, not both"))
     for flag, given in (("--relay-tls", ns.relay_tls), ("--relay-cafile", ns.relay_cafile),
                         ("--relay-auth-file", ns.relay_auth_file)):
-        if given and not _is_subclass(cls, PureProxy):
+        if given and not _is_subclass(cls, PureProxy) and not _cli_catcher_ops.relay_flags_allowed(ns, cls):
             raise UsageError("%s applies to -c PureProxy (the class that relays), not to %s" % (flag, name))
     if ns.readable and not (cls is DebuggingServer or _is_subclass(cls, ReadableDebuggingServer)):
         raise UsageError("--readable applies to -c DebuggingServer, not to %s" % name)
@@ -352,6 +352,7 @@ def make_server(ns: argparse.Namespace) -> Any:
     size = DATA_SIZE_DEFAULT if ns.size_limit is None else ns.size_limit
     options = server_options(ns)
     options.update(_cli_catcher.catcher_options(ns, cls))
+    options.update(_cli_catcher_ops.ops_options(ns, cls))  # --chaos, --release-to
     try:
         return cls((ns.localhost, ns.localport), (ns.remotehost, ns.remoteport),
                    size, enable_SMTPUTF8=ns.enable_SMTPUTF8, **options)

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any, Callable, List, NoReturn, Optional, Tuple
 
+from ._catcher_chaos import FLAG_SYNTAX, parse_rule
 from ._limits import DEFAULTS, count_in_range, timeout_in_range
 
 PROG = "smtpd_compat"
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_class_flags(p)
     _add_mailbox_flags(p)
     _add_catcher_flags(p)
+    _add_catcher_ops_flags(p)
     _add_relay_flags(p)
     _add_security_flags(p, command)
     _add_extension_flags(p)
@@ -162,6 +164,27 @@ def _add_catcher_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--web-auth-file", metavar="FILE",
                    help="require HTTP basic authentication for the page and API, against the "
                         "user:password lines of FILE (--auth-file's format)")
+
+
+def _add_catcher_ops_flags(p: argparse.ArgumentParser) -> None:
+    # What they mean is _cli_catcher_ops's (docs/catcher-ops.md).
+    g = p.add_argument_group("mail catcher: chaos and release (-c CatcherServer; docs/catcher-ops.md)")
+    g.add_argument("--chaos", metavar="RULE", action="append", type=_chaos_rule,
+                   help="fail on purpose: %s, e.g. rcpt:550:50 or 'data:451:100:*@flaky.example'; "
+                        "STAGE is connect, mail, rcpt or data; repeatable" % FLAG_SYNTAX)
+    g.add_argument("--chaos-seed", metavar="N", type=int,
+                   help="seed the chaos rules' draws, so that a run repeats")
+    g.add_argument("--release-to", metavar="HOST:PORT",
+                   help="where POST /api/v1/message/ID/release sends a message (through PureProxy's relay, "
+                        "with --relay-tls, --relay-cafile and --relay-auth-file)")
+
+
+def _chaos_rule(text: str) -> str:
+    try:
+        parse_rule(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _max_messages(text: str) -> int:

@@ -286,6 +286,23 @@ TOO_MANY_CONNECTIONS_PER_IP = "421 4.7.0 Too many connections from your address,
 TOO_MANY_CONNECTIONS_RATE = "421 4.7.0 Too many connections from your address in too short a time, try again later"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentications from your address, try again later"
 CODED = CODED | frozenset((TOO_MANY_CONNECTIONS_PER_IP, TOO_MANY_CONNECTIONS_RATE, AUTH_THROTTLED))
+# The mail catcher's chaos rules (_catcher_chaos; docs/catcher-ops.md): the
+# text of each code a rule may answer when the rule gives none, with its RFC
+# 3463 code (sent only with enhanced_status_codes).  RFC 5321 4.2.2's
+# wording where it has the code; a code not here gets CHAOS_DEFAULT.
+CHAOS_TEXTS: Dict[int, Tuple[str, str]] = {
+    421: ("4.3.2", "Service not available, closing transmission channel"),
+    450: ("4.2.0", "Requested mail action not taken: mailbox unavailable"),
+    451: ("4.3.0", "Requested action aborted: local error in processing"),
+    452: ("4.3.1", "Requested action not taken: insufficient system storage"),
+    454: ("4.7.0", "Temporary authentication failure"),
+    550: ("5.1.1", "Requested action not taken: mailbox unavailable"),
+    551: ("5.1.6", "User not local"),
+    552: ("5.3.4", "Requested mail action aborted: exceeded storage allocation"),
+    553: ("5.1.3", "Requested action not taken: mailbox name not allowed"),
+    554: ("5.0.0", "Transaction failed"),
+}
+CHAOS_DEFAULT = "Failure injected by a chaos rule"
 # Where one text answers several commands, the code by command (the verb of
 # the session's last command line) when it is not STATUS_CODES' one.
 STATUS_CODES_BY_COMMAND: Dict[Tuple[str, str], str] = {

@@ -26,7 +26,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from . import _catcher_api, _catcher_pages, _logging, _received, _serving  # noqa: F401 - the routes register on import
+from . import _catcher_api, _catcher_chaos, _catcher_ops_api, _catcher_pages, _catcher_release, _logging, _received, _serving  # noqa: F401,E501 - the routes register on import
 from ._catcher_http import Auth, WebServer, is_loopback, log
 from ._catcher_store import Entry, Store
 from .servers import MailboxPathError, _maildir_problem
@@ -40,7 +40,7 @@ DEFAULT_MAX_MESSAGES = 1000
 DEFAULT_WEB = ("127.0.0.1", 8026)
 
 
-class CatcherServer(SMTPServer):
+class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPServer):
     """Accept every message, keep it, and show it on a web page and an HTTP API.
 
     Keyword arguments beyond :class:`~smtpd_compat.smtpd.SMTPServer`'s:
@@ -63,6 +63,9 @@ class CatcherServer(SMTPServer):
         a :class:`~smtpd_compat.PasswordFile` (or anything with
         ``check(user, password)``): every request then needs HTTP basic
         authentication.
+    *chaos*, *chaos_random*, *release_to*
+        failures on purpose and where a message is released to: see
+        docs/catcher-ops.md (``_catcher_chaos``, ``_catcher_release``).
 
     Attributes for the caller: :attr:`store` (the messages),
     :attr:`web_address`, :attr:`web_url`.  Closing the server
@@ -160,6 +163,9 @@ class CatcherServer(SMTPServer):
         other sessions on the loop.  Once the server is closed (a graceful
         shutdown closes it first, then lets messages being received end)
         the message is stored at once."""
+        refusal = _catcher_chaos.data_refusal(self, rcpttos)  # a chaos rule of the data stage
+        if refusal is not None:
+            return refusal
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
         envelope = self.envelope_of(peer, mailfrom, rcpttos, kwargs)  # here: it looks at the session
         storer = self._storing()
