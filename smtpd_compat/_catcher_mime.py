@@ -50,6 +50,18 @@ def _safe(func: Callable[[], T], default: T) -> T:
         return default
 
 
+def _once(part: Message, key: str, compute: Callable[[], T]) -> T:
+    """*compute*'s result for *part*, computed once per parsed part.  Reading
+    a header through the default policy's registry is most of the cost of
+    indexing a message, and the list, the bodies, the files and the search
+    each ask a part for its type (about 50 times for a message with two
+    bodies, 5.7 ms a message before this)."""
+    memo: Dict[str, Any] = part.__dict__.setdefault("_catcher_once", {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]  # type: ignore[no-any-return]
+
+
 def parse(raw: bytes) -> Message:
     """*raw* parsed with :data:`email.policy.default` (an empty message
     when even that fails)."""
@@ -65,7 +77,7 @@ def _text(value: Any) -> str:
 
 def header(message: Message, name: str) -> str:
     """The first *name* header, decoded, on one line ('' when absent or broken)."""
-    return _safe(lambda: _text(message.get(name, "")), "")
+    return _once(message, "h:" + name.lower(), lambda: _safe(lambda: _text(message.get(name, "")), ""))
 
 
 def _raw_header_values(message: Message, name: str) -> List[str]:
@@ -74,6 +86,10 @@ def _raw_header_values(message: Message, name: str) -> List[str]:
 
 def addresses(message: Message, name: str) -> List[Addr]:
     """The addresses of every *name* header, as ``{"Name", "Address"}``."""
+    return [dict(a) for a in _once(message, "a:" + name.lower(), lambda: _addresses(message, name))]
+
+
+def _addresses(message: Message, name: str) -> List[Addr]:
     values = _raw_header_values(message, name)
     no_pairs: List[Tuple[str, str]] = []
     pairs = _safe(lambda: email.utils.getaddresses(values), no_pairs)
@@ -128,16 +144,16 @@ def _container(part: Message) -> bool:
 
 
 def _content_type(part: Message) -> str:
-    return _safe(part.get_content_type, "text/plain")
+    return _once(part, "type", lambda: _safe(part.get_content_type, "text/plain"))
 
 
 def _disposition(part: Message) -> Optional[str]:
-    return _safe(part.get_content_disposition, None)
+    return _once(part, "disposition", lambda: _safe(part.get_content_disposition, None))
 
 
 def filename(part: Message) -> str:
     """The part's file name (Content-Disposition's, or Content-Type's name), on one line."""
-    return _text(_safe(part.get_filename, None) or "")
+    return _once(part, "filename", lambda: _text(_safe(part.get_filename, None) or ""))
 
 
 def decoded(part: Message) -> bytes:
@@ -225,6 +241,10 @@ def find_part(message: Message, part_id: str) -> Optional[Message]:
 
 # -- what the API shows -----------------------------------------------------------------
 def _text_and_html(message: Message) -> Tuple[str, str]:
+    return _once(message, "bodies", lambda: _read_bodies(message))
+
+
+def _read_bodies(message: Message) -> Tuple[str, str]:
     text_id, html_id = _bodies(message)
     text_part = find_part(message, text_id) if text_id else None
     html_part = find_part(message, html_id) if html_id else None
