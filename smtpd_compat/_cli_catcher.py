@@ -42,11 +42,14 @@ def catcher_options(ns: argparse.Namespace, cls: Any) -> Dict[str, Any]:
         options["max_messages"] = ns.max_messages
     if ns.web_allow_remote:
         options["web_allow_remote"] = True
-    if ns.web_auth_file:
+    # The page's users: --web-auth-file's, else --auth-file's (the users of
+    # SMTP AUTH, which needs TLS; --web-auth-file guards the page alone).
+    flag, path = ("--web-auth-file", ns.web_auth_file) if ns.web_auth_file else ("--auth-file", ns.auth_file)
+    if path:
         try:
-            options["web_auth"] = PasswordFile.load(ns.web_auth_file)
+            options["web_auth"] = PasswordFile.load(path)
         except AuthFileError as err:
-            raise UsageError("--web-auth-file: %s" % err) from None
+            raise UsageError("%s: %s" % (flag, err)) from None
     return options
 
 

@@ -117,7 +117,7 @@ class CatcherServer(_catcher_chaos.ChaosHooks, _catcher_release.Releasing, SMTPS
             self._web.start()
             if web_auth is None and not is_loopback(str(web[0])):
                 log.warning("the catcher's page on %s is open to anyone who can reach it: "
-                            "give it a password (web_auth=, --web-auth-file)", self.web_url)
+                            "give it a password (web_auth=, --web-auth-file or --auth-file)", self.web_url)
 
     # -- for the caller ----------------------------------------------------------------
     @property

@@ -18,6 +18,7 @@ from test_cli import free_port, one_error_line, run_cli
 from test_cli_usability import Announced, announced  # noqa: F401  (fixture)
 
 from conftest import has_ipv6
+from tls_helpers import TLSFiles, tls_files  # noqa: F401  (fixture)
 
 WEB = re.compile(r"web page and API on (http://\S+)$")
 
@@ -90,6 +91,21 @@ def test_web_auth_file(announced: Any, tmp_path: Path) -> None:
     except urllib.error.HTTPError as err:
         assert err.code == 401
     request = urllib.request.Request(url + "/api/v1/info", headers={"Authorization": "Basic YW5uOnMzY3JldA=="})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_the_smtp_auth_file_guards_the_page_too(announced: Any, tmp_path: Path, tls_files: TLSFiles) -> None:
+    users = tmp_path / "users"
+    users.write_text("ann:s3cret\n")
+    os.chmod(str(users), stat.S_IRUSR | stat.S_IWUSR)
+    server: Announced = announced("-c", "CatcherServer", "--web", "127.0.0.1:0", "--tls-cert", tls_files.cert,
+                                  "--tls-key", tls_files.key, "--auth-file", str(users), "127.0.0.1:0")
+    url = WEB.search(server.first_line).group(1)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + "/api/v1/messages", timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(url + "/api/v1/messages", headers={"Authorization": "Basic YW5uOnMzY3JldA=="})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
