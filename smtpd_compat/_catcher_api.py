@@ -111,8 +111,10 @@ def _missing() -> Response:
     return error(404, "message not found")
 
 
-def _message(request: Request, entry: Entry) -> Any:
-    raw = request.app.store.raw(entry)
+def _message(request: Request, entry: Optional[Entry]) -> Any:
+    """``(raw, parsed)`` of *entry*; None when there is no such message
+    (or it went meanwhile)."""
+    raw = request.app.store.raw(entry) if entry is not None else None
     return None if raw is None else (raw, mime.parse(raw))
 
 
@@ -120,7 +122,7 @@ def _message(request: Request, entry: Entry) -> Any:
 def get_message(request: Request, match: Any) -> Response:
     """The message: summary fields, Text, HTML, parts, envelope; marks it read."""
     entry = _entry(request, match)
-    loaded = _message(request, entry) if entry is not None else None
+    loaded = _message(request, entry)
     if entry is None or loaded is None:
         return _missing()
     raw, message = loaded
@@ -161,8 +163,7 @@ def get_raw(request: Request, match: Any) -> Response:
 
 @route("GET", r"/api/v1/message/" + _ID + r"/headers")
 def get_headers(request: Request, match: Any) -> Response:
-    entry = _entry(request, match)
-    loaded = _message(request, entry) if entry is not None else None
+    loaded = _message(request, _entry(request, match))
     if loaded is None:
         return _missing()
     return json_response(mime.headers(loaded[1]))
@@ -170,8 +171,7 @@ def get_headers(request: Request, match: Any) -> Response:
 
 @route("GET", r"/api/v1/message/" + _ID + r"/tree")
 def get_tree(request: Request, match: Any) -> Response:
-    entry = _entry(request, match)
-    loaded = _message(request, entry) if entry is not None else None
+    loaded = _message(request, _entry(request, match))
     if loaded is None:
         return _missing()
     return json_response(mime.tree(loaded[1], len(loaded[0])))
@@ -183,8 +183,7 @@ _PART = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4}){0,20}")
 @route("GET", r"/api/v1/message/" + _ID + r"/part/(?P<part>[0-9.]{1,100})")
 def get_part(request: Request, match: Any) -> Response:
     """One part, decoded, as a download that no browser renders."""
-    entry = _entry(request, match)
-    loaded = _message(request, entry) if entry is not None else None
+    loaded = _message(request, _entry(request, match))
     if loaded is None:
         return _missing()
     part_id = match.group("part")

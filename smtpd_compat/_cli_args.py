@@ -163,7 +163,7 @@ def _add_catcher_flags(p: argparse.ArgumentParser) -> None:
                    help="allow --web on an address other than loopback (use --web-auth-file with it)")
     g.add_argument("--web-auth-file", metavar="FILE",
                    help="require HTTP basic authentication for the page and API, against the "
-                        "user:password lines of FILE (--auth-file's format)")
+                        "user:password lines of FILE (--auth-file's format; without it, --auth-file's users)")
 
 
 def _add_catcher_ops_flags(p: argparse.ArgumentParser) -> None:

@@ -108,3 +108,18 @@ def multipart(subject: str = "with parts", filename: str = "report.pdf", html: s
     html_part.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo@x>")
     msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename=filename)
     return msg.as_bytes()
+
+
+def api(server: Any, method: str, path: str, body: Any = None, timeout: float = 30) -> Tuple[int, Any]:
+    """One request to *server*'s API, a JSON body when given: (status, the
+    JSON answer, or the text of any other)."""
+    conn = http.client.HTTPConnection(*server.web_address, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(data) if kind.startswith("application/json") else data.decode()

@@ -11,9 +11,10 @@ import shutil
 import smtplib
 import socket
 import subprocess
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Union
 
 import pytest
+from catcher_helpers import api
 
 from smtpd_compat import CatcherServer, Controller, RecordingServer
 from smtpd_compat import _catcher_chaos as chaos
@@ -223,18 +224,6 @@ def test_bad_options_are_refused_before_binding() -> None:
 
 
 # -- CatcherServer: the flags' options, the data stage, the API ----------------------------------
-def http(server: Any, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-    """One request to the catcher's API: (status, JSON or text)."""
-    conn = http_client.HTTPConnection(*server.web_address, timeout=10)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-    finally:
-        conn.close()
-    kind = response.getheader("Content-Type", "")
-    return response.status, json.loads(data) if kind.startswith("application/json") else data.decode()
 
 
 def catcher(**kwargs: Any) -> "Controller[CatcherServer]":
@@ -249,26 +238,26 @@ def test_catcher_applies_every_stage() -> None:
         with pytest.raises(smtplib.SMTPDataError) as info:
             client.sendmail("app@example.com", ["b@flaky.example"], b"Subject: two\r\n\r\nhi\r\n")
         assert info.value.smtp_code == 451
-        status, listing = http(controller.server, "GET", "/api/v1/messages")
+        status, listing = api(controller.server, "GET", "/api/v1/messages")
         assert status == 200 and [m["Subject"] for m in listing["messages"]] == ["one"]  # the refused one is not kept
-        assert http(controller.server, "GET", "/api/v1/info")[1]["Chaos"] is True
+        assert api(controller.server, "GET", "/api/v1/info")[1]["Chaos"] is True
 
 
 def test_api_get_and_put_rules() -> None:
     with catcher() as controller:
         server = controller.server
-        assert http(server, "GET", "/api/v1/chaos") == (200, {
+        assert api(server, "GET", "/api/v1/chaos") == (200, {
             "Rules": [], "Sender": {"ErrorCode": 451, "Probability": 0},
             "Recipient": {"ErrorCode": 451, "Probability": 0}, "Authentication": {"ErrorCode": 451, "Probability": 0}})
-        assert http(server, "GET", "/api/v1/info")[1]["Chaos"] is False
+        assert api(server, "GET", "/api/v1/info")[1]["Chaos"] is False
         body = {"Rules": [{"Stage": "connect", "Code": 421, "Message": "Busy"}]}
-        status, answer = http(server, "PUT", "/api/v1/chaos", body)
+        status, answer = api(server, "PUT", "/api/v1/chaos", body)
         assert status == 200 and answer["Rules"] == [
             {"Stage": "connect", "Code": 421, "Message": "Busy", "Probability": 100.0, "Recipients": []}]
         with socket.create_connection(controller.address, timeout=10) as sock:
             assert sock.recv(1024) == b"421 Busy\r\n"
         # Mailpit's body: the PUT replaces every rule.
-        status, answer = http(server, "PUT", "/api/v1/chaos", {"Recipient": {"ErrorCode": 552, "Probability": 100},
+        status, answer = api(server, "PUT", "/api/v1/chaos", {"Recipient": {"ErrorCode": 552, "Probability": 100},
                                                                "Sender": {"ErrorCode": 451, "Probability": 0}})
         assert status == 200 and answer["Recipient"] == {"ErrorCode": 552, "Probability": 100.0}
         assert [rule["Stage"] for rule in answer["Rules"]] == ["rcpt"]
@@ -276,7 +265,7 @@ def test_api_get_and_put_rules() -> None:
             client.ehlo()
             client.mail("a@example.com")
             assert client.rcpt("b@example.com")[0] == 552
-        assert http(server, "PUT", "/api/v1/chaos", {"Rules": []})[1]["Rules"] == []
+        assert api(server, "PUT", "/api/v1/chaos", {"Rules": []})[1]["Rules"] == []
 
 
 @pytest.mark.parametrize("body, says", [
@@ -286,7 +275,7 @@ def test_api_get_and_put_rules() -> None:
 ])
 def test_api_refuses_a_bad_body_and_keeps_the_rules(body: Any, says: str) -> None:
     with catcher(chaos=["rcpt:550:100"]) as controller:
-        status, answer = http(controller.server, "PUT", "/api/v1/chaos", body)
+        status, answer = api(controller.server, "PUT", "/api/v1/chaos", body)
         assert status == 400 and says in answer["Error"]
         assert [rule.stage for rule in controller.server.chaos_rules] == ["rcpt"]
 

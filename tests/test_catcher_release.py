@@ -5,13 +5,12 @@ AUTH (the relay's own options)."""
 
 from __future__ import annotations
 
-import http.client as http_client
-import json
 import smtplib
 import ssl
-from typing import Any, Tuple
+from typing import Any
 
 import pytest
+from catcher_helpers import api
 
 from smtpd_compat import CatcherServer, Controller, RecordingServer, _options
 from smtpd_compat import _catcher_release as release
@@ -106,24 +105,13 @@ def test_recipients_of() -> None:
 
 
 # -- CatcherServer: POST /api/v1/message/{ID}/release -----------------------------------------
-def http(server: Any, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-    conn = http_client.HTTPConnection(*server.web_address, timeout=30)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-    finally:
-        conn.close()
-    kind = response.getheader("Content-Type", "")
-    return response.status, json.loads(data) if kind.startswith("application/json") else data.decode()
 
 
 def captured(controller: Any, rcpttos: Any = ("user@example.com",)) -> str:
     """Send RAW to the catcher over SMTP; its ID."""
     with smtplib.SMTP(*controller.address, timeout=10) as client:
         client.sendmail("app@example.com", list(rcpttos), RAW)
-    status, listing = http(controller.server, "GET", "/api/v1/messages")
+    status, listing = api(controller.server, "GET", "/api/v1/messages")
     assert status == 200 and listing["count"] >= 1
     ident: str = listing["messages"][0]["ID"]
     return ident
@@ -131,14 +119,14 @@ def captured(controller: Any, rcpttos: Any = ("user@example.com",)) -> str:
 
 def test_api_release_to_the_original_recipients(upstream: Any) -> None:
     with Controller(CatcherServer, web=("127.0.0.1", 0), release_to=upstream.address) as catcher:
-        assert http(catcher.server, "GET", "/api/v1/info")[1]["Release"] is True
+        assert api(catcher.server, "GET", "/api/v1/info")[1]["Release"] is True
         ident = captured(catcher, ["user@example.com", "other@example.com"])
-        assert http(catcher.server, "POST", "/api/v1/message/%s/release" % ident) == (200, "ok")
+        assert api(catcher.server, "POST", "/api/v1/message/%s/release" % ident) == (200, "ok")
         [message] = upstream.server.wait_for(1)
         assert message.mailfrom == "app@example.com"
         assert message.rcpttos == ["user@example.com", "other@example.com"]
         # What the catcher kept (process_message()'s data: smtpd's, without the last line end), nothing added.
-        assert message.data.decode() == http(catcher.server, "GET", "/api/v1/message/%s/raw" % ident)[1]
+        assert message.data.decode() == api(catcher.server, "GET", "/api/v1/message/%s/raw" % ident)[1]
         assert message.data == RAW.replace(b"\r\n", b"\n")[:-1]
 
 
@@ -146,7 +134,7 @@ def test_api_release_to_other_recipients(upstream: Any) -> None:
     with Controller(CatcherServer, web=("127.0.0.1", 0), release_to="%s:%d" % upstream.address) as catcher:
         captured(catcher)
         # Mailpit's alias for the newest message works here too.
-        assert http(catcher.server, "POST", "/api/v1/message/latest/release", {"To": ["qa@example.net"]}) == (200, "ok")
+        assert api(catcher.server, "POST", "/api/v1/message/latest/release", {"To": ["qa@example.net"]}) == (200, "ok")
         assert upstream.server.wait_for(1)[0].rcpttos == ["qa@example.net"]
 
 
@@ -154,22 +142,22 @@ def test_api_release_refused_upstream_is_502(upstream: Any) -> None:
     upstream.server.reply = "554 5.7.1 Relaying denied"
     with Controller(CatcherServer, web=("127.0.0.1", 0), release_to=upstream.address) as catcher:
         ident = captured(catcher)
-        assert http(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": ["x@example.net"]}) == (
+        assert api(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": ["x@example.net"]}) == (
             502, {"Error": "554 5.7.1 Relaying denied"})
 
 
 def test_api_release_errors(upstream: Any) -> None:
     with Controller(CatcherServer, web=("127.0.0.1", 0)) as catcher:
         ident = captured(catcher)
-        status, answer = http(catcher.server, "POST", "/api/v1/message/%s/release" % ident)
+        status, answer = api(catcher.server, "POST", "/api/v1/message/%s/release" % ident)
         assert status == 409 and "--release-to" in answer["Error"]
-        assert http(catcher.server, "GET", "/api/v1/info")[1]["Release"] is False
+        assert api(catcher.server, "GET", "/api/v1/info")[1]["Release"] is False
     with Controller(CatcherServer, web=("127.0.0.1", 0), release_to=upstream.address) as catcher:
         ident = captured(catcher)
-        assert http(catcher.server, "POST", "/api/v1/message/nosuchid/release")[0] == 404
-        status, answer = http(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": "x@example.net"})
+        assert api(catcher.server, "POST", "/api/v1/message/nosuchid/release")[0] == 404
+        status, answer = api(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": "x@example.net"})
         assert status == 400 and "list" in answer["Error"]
-        status, answer = http(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": ["a@b>\r\nRSET"]})
+        status, answer = api(catcher.server, "POST", "/api/v1/message/%s/release" % ident, {"To": ["a@b>\r\nRSET"]})
         assert status == 400
     assert upstream.server.messages == []
 
