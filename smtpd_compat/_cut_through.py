@@ -19,7 +19,8 @@ what the spool holds, then what is added to it, while the rest arrives.
   receiver never waits for the worker, and the worker holds one block.
 * What the upstream server receives is what store and forward sends
   (``Received:`` header first when asked, the ``X-Peer`` header before the
-  first empty line, CRLF line ends, dot-stuffing; see :func:`with_header`).
+  first empty line, CRLF line ends, dot-stuffing; see
+  :func:`_relay.with_peer_header`).
   Past the first empty line the session spools the client's text as sent,
   and it goes on unconverted while its line ends are CRLF
   (:class:`RawCheck`, :class:`RawWire`): byte for byte the same from a
@@ -338,32 +339,6 @@ def _mid_line() -> Tuple[_spool.Unstuffer, _spool.Stuffer]:
     return unstuffer, stuffer
 
 
-def with_header(pieces: Iterator[bytes], header: bytes) -> Iterator[bytes]:
-    """*pieces* of the message text with the ``X-Peer`` *header* line put
-    where _grammar.add_peer_header() and _relay.StreamPayload put it
-    (before the first empty line, else at the end), never waiting for more
-    than the piece at hand."""
-    line = header + b"\n"
-    last: Optional[bytes] = None  # the text's last byte so far (None: no text yet)
-    for piece in pieces:
-        if not piece:
-            continue
-        if piece[:1] == b"\n" and last in (None, b"\n"):
-            at = 0  # the text starts with an empty line, or one ends here
-        else:
-            at = piece.find(b"\n\n") + 1  # after the first of the two LFs
-            if not at:
-                last = piece[-1:]
-                yield piece
-                continue
-        yield piece[:at]
-        yield line
-        yield piece[at:]
-        yield from pieces
-        return
-    yield line if last in (None, b"\n") else b"\n" + header
-
-
 class CutPayload(_relay.StreamPayload):
     """The DATA payload of a message still arriving: what StreamPayload
     gives for the complete spool, made as the spool grows."""
@@ -379,7 +354,7 @@ class CutPayload(_relay.StreamPayload):
 
     def blocks(self) -> Iterator[bytes]:
         follower, stuffer = self.follower, _spool.Stuffer()
-        for piece in with_header(follower.pieces(self.wait_timeout), self.header):
+        for piece in _relay.with_peer_header(follower.pieces(self.wait_timeout), self.header):
             out = stuffer.feed(piece)
             if out:
                 yield out

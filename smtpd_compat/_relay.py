@@ -233,34 +233,36 @@ class StreamPayload:
         return self._measure()[1]
 
     def _text(self) -> Iterator[bytes]:
-        """The file's content with the header line put where
-        add_peer_header() puts it: before the first empty line, else at
-        the end."""
-        line = self.header + b"\n"
-        end = self._find_blank_line()
-        file = self.file
-        file.seek(0)
-        first = file.read(1)
-        if not first or first == b"\n":
-            yield line
-            yield first
-        elif end >= 0:
-            yield first
-            yield from _chunked_mail.blocks_of(file, end)  # up to the first of the two LFs
-            yield line
-        else:
-            last = first
-            yield first
-            for block in _chunked_mail.blocks_of(file):
-                last = block
-                yield block
-            yield line if last.endswith(b"\n") else b"\n" + self.header
-            return
-        yield from _chunked_mail.blocks_of(file)
+        """The file's content with the header line in it (with_peer_header)."""
+        self.file.seek(0)  # (when the first block is asked for: _measure() reads it too)
+        yield from with_peer_header(_chunked_mail.blocks_of(self.file), self.header)
 
-    def _find_blank_line(self) -> int:
-        """Where the first ``\\n\\n`` starts in the file, or -1."""
-        return _chunked_mail.find_in_file(self.file, b"\n\n")
+
+def with_peer_header(pieces: Iterator[bytes], header: bytes) -> Iterator[bytes]:
+    """*pieces* of a message's text (LF line ends) with the ``X-Peer``
+    *header* line put where ``_grammar.add_peer_header()`` puts it in the
+    whole text: before the first empty line, else at the end.  Never reads
+    past the piece at hand, so it serves a file read once (StreamPayload)
+    and a spool still growing (_cut_through) alike."""
+    line = header + b"\n"
+    last: Optional[bytes] = None  # the text's last byte so far (None: no text yet)
+    for piece in pieces:
+        if not piece:
+            continue
+        if piece[:1] == b"\n" and last in (None, b"\n"):
+            at = 0  # the text starts with an empty line, or one ends here
+        else:
+            at = piece.find(b"\n\n") + 1  # after the first of the two LFs
+            if not at:
+                last = piece[-1:]
+                yield piece
+                continue
+        yield piece[:at]
+        yield line
+        yield piece[at:]
+        yield from pieces
+        return
+    yield line if last in (None, b"\n") else b"\n" + header
 
 
 class _DataFormPayload(StreamPayload):
