@@ -42,7 +42,6 @@ __all__ = ["LMTPSession", "check_options", "per_recipient"]
 log = logging.getLogger("smtpd_compat")
 
 
-
 def _help(arg: Optional[str]) -> Optional[str]:
     """HELP's reply where LMTP's differs from SMTP's, else None: the list
     names LHLO; HELP LHLO gives its syntax; HELO, EHLO and unknown topics
@@ -105,12 +104,10 @@ class LMTPSession(EnhancedSession):
         if command is None:
             return None
         verb, arg = command
-        if verb in ("HELO", "EHLO"):
-            self.host.push(R.LMTP_SEND_LHLO)
-        elif verb == "HELP" and _help(arg) is not None:
-            self.host.push(cast(str, _help(arg)))
-        else:
+        reply = R.LMTP_SEND_LHLO if verb in ("HELO", "EHLO") else _help(arg) if verb == "HELP" else None
+        if reply is None:
             return command  # LHLO too: the channel's smtp_LHLO (a subclass's hook), or lhlo()
+        self.host.push(reply)
         return None
 
     def lhlo(self, arg: Optional[str]) -> None:
