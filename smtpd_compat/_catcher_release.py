@@ -23,6 +23,7 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _options, _relay
+from ._logging import format_address
 
 __all__ = ["Releaser", "Releasing", "install", "parse_address", "recipients_of", "releaser_of"]
 
@@ -77,15 +78,10 @@ class Releaser:
             refused = _relay.deliver(self._upstream, mailfrom, recipients, raw)
         reply = _relay.reply_for(refused, recipients)
         if reply is None:
-            log.info("released a message from <%s> to %s at %s", mailfrom, ", ".join(recipients), _where(self.address))
+            log.info("released a message from <%s> to %s at %s", mailfrom, ", ".join(recipients), format_address(self.address))
         else:
-            log.warning("release to %s refused: %s", _where(self.address), reply.replace("\r\n", " / "))
+            log.warning("release to %s refused: %s", format_address(self.address), reply.replace("\r\n", " / "))
         return reply
-
-
-def _where(address: Tuple[str, int]) -> str:
-    host, port = address
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 def install(server: Any, release_to: Any) -> Optional[Releaser]:
