@@ -89,8 +89,8 @@ def start_server(workdir: str, port: int, proxy: bool) -> "subprocess.Popen[byte
     argv += ["--proxy-protocol"] if proxy else []
     # With the PROXY protocol the readiness probe below sends no header: the
     # server drops it after proxy_timeout, which does not disturb the run.
-    proc = subprocess.Popen(argv + ["127.0.0.1:%d" % port], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv + ["127.0.0.1:%d" % port], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # (cwd: "-m" looks there first)
     wait_listening(port, proc)
     return proc
 

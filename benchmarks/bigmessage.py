@@ -18,10 +18,18 @@ Servers (each skipped when unavailable):
   proxy         smtpd_compat's PureProxy relaying to an smtp-sink
   maildir-memory  MailboxServer --maildir without the spool, for comparison
                 (not in the default list: it holds the message in memory)
+  forward       a reference for proxy (not in the default list): a Python
+                process that passes bytes between the client and an
+                smtp-sink and does nothing else: what the extra hop costs
+  forward-check the same, also doing the per-byte work a relay that passes
+                the client's text on cannot skip, as proxy does it: the
+                search for the end of data and the proof that every CR and
+                LF is in a CRLF (_cut_through.RawCheck)
 
     python3 benchmarks/bigmessage.py --quick            # 8 MiB, 1 run: CI
     python3 benchmarks/bigmessage.py --size 100M --repeat 3
     python3 benchmarks/bigmessage.py --size 1G --repeat 3 --servers maildir,proxy
+    python3 benchmarks/bigmessage.py --servers smtp-sink,forward,forward-check,proxy
 
 Standard library only; Linux (``/proc``).  Temporary directories are
 removed at the end.  Prints a markdown table: median seconds, MiB/s, ratio
@@ -182,9 +190,58 @@ def start_compat(kind: str, port: int, work: str, upstream: Optional[int]) -> su
     if upstream is not None:
         args.append("127.0.0.1:%d" % upstream)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, work]))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # (In REPO: "-m" puts the working directory first on sys.path, and the
+    # package of another checkout there would be the one measured.)
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_listening(port, proc)
     return proc
+
+
+def start_forward(kind: str, port: int, upstream: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    args = [sys.executable, os.path.abspath(__file__), "--forward", str(port), str(upstream)]
+    if kind == "forward-check":
+        args.append("--check")
+    proc = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    return proc
+
+
+def forward(port: int, upstream: int, check: bool) -> None:
+    """The forward servers: each connection to *port* is joined to a new
+    one to *upstream*, a thread per direction.  With *check*, what goes
+    upstream is searched for the end of data and its line ends proven as
+    PureProxy's cut-through does it (the results are not used: this
+    measures the work)."""
+    import threading
+
+    from smtpd_compat import _cut_through, _framing
+
+    def pump(source: socket.socket, sink: socket.socket, inspect: bool) -> None:
+        proof, offset = _cut_through.RawCheck(), 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if inspect:
+                    _framing._find_large(bytearray(data), b"\r\n.\r\n", 0)
+                    proof.feed(offset, data)
+                    offset += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    listener = socket.create_server(("127.0.0.1", port))
+    while True:
+        client, _ = listener.accept()
+        server = socket.create_connection(("127.0.0.1", upstream))
+        threading.Thread(target=pump, args=(client, server, check), daemon=True).start()
+        threading.Thread(target=pump, args=(server, client, False), daemon=True).start()
 
 
 def run_once(kind: str, size: int, work: str) -> Tuple[float, Optional[int]]:
@@ -198,10 +255,14 @@ def run_once(kind: str, size: int, work: str) -> Tuple[float, Optional[int]]:
             server_pid = None
         else:
             upstream = None
-            if kind == "proxy":
+            if kind in ("proxy", "forward", "forward-check"):
                 upstream = free_port()
                 procs.append(start_smtp_sink(upstream))
-            procs.append(start_compat(kind, port, work, upstream))
+            if kind.startswith("forward"):
+                assert upstream is not None
+                procs.append(start_forward(kind, port, upstream))
+            else:
+                procs.append(start_compat(kind, port, work, upstream))
             server_pid = procs[-1].pid
         client = Client(port)
         client.message(64 << 10)  # warm up: every module the path needs is loaded
@@ -224,7 +285,7 @@ def run_once(kind: str, size: int, work: str) -> Tuple[float, Optional[int]]:
 
 
 def available(kind: str) -> bool:
-    if kind in ("smtp-sink", "proxy"):
+    if kind in ("smtp-sink", "proxy", "forward", "forward-check"):
         return os.access(SMTP_SINK, os.X_OK)
     return True
 
@@ -235,7 +296,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per server (default 3; medians are shown)")
     parser.add_argument("--servers", default="smtp-sink,sink,maildir,proxy")
     parser.add_argument("--quick", action="store_true", help="8 MiB, one run (CI: it must run, speed is not judged)")
+    parser.add_argument("--forward", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
+    if ns.forward:
+        forward(ns.forward[0], ns.forward[1], ns.check)
+        return 0
     size = parse_size("8M" if ns.quick else ns.size)
     repeat = 1 if ns.quick else max(1, ns.repeat)
     work = tempfile.mkdtemp(prefix="bigmessage-")
