@@ -42,6 +42,10 @@ __all__ = ["Spool", "SpoolingSession", "Stuffer", "Unstuffer", "check_options", 
 _CRLF = b"\r\n"
 # Bytes read or copied at a time from a spool on disk.
 BLOCK = 1 << 16
+# Bytes asked for by each read from the client once its message is past
+# the threshold (asynchat asks for 64 KiB): a big message then takes a
+# quarter of the steps (reads, spool writes, wake-ups of a relay worker).
+BULK_READ = 1 << 18
 
 # How many spools are open in this process (tests: none is left behind).
 # A spool may be closed on another thread (a Future's done-callback).
@@ -411,9 +415,19 @@ class SpoolingSession(Session):
                 self._write(spool, self.unstuffer.stop())
         elif spool.on_disk and not on_disk:
             # Past the threshold: the server may read the message from now on.
-            channel = getattr(self.host, "_wrapped_channel", self.host)  # (an EnhancingHost's)
+            channel = self._channel()
+            channel._ac_read_size = BULK_READ
             follow = getattr(getattr(channel, "smtp_server", None), "_follow_spool", None)
             self.follower = follow(channel, self, spool) if follow is not None else None
+
+    def _channel(self) -> Any:
+        return getattr(self.host, "_wrapped_channel", self.host)  # (an EnhancingHost's)
+
+    def _small_reads(self) -> None:
+        """The big message is over: reads are asynchat's size again."""
+        channel = self._channel()
+        if getattr(channel, "_ac_read_size", 0):
+            channel._ac_read_size = 0
 
     def _failed(self, spool: Spool, err: OSError) -> None:
         """Writing *spool* failed (a full disk): the message is read to its
@@ -435,6 +449,7 @@ class SpoolingSession(Session):
         here (too large, or not UTF-8 with decode_data) and answered."""
         for piece in pieces:
             self.collect(piece)
+        self._small_reads()
         spool = self.spool if self.spool is not None else self._new_spool()
         assert self.unstuffer is not None
         if not spool.closed:
@@ -464,6 +479,7 @@ class SpoolingSession(Session):
         self.drop_follower()
         spool, self.spool = self.spool, None
         if spool is not None:
+            self._small_reads()
             spool.close()
 
     def drop_follower(self) -> None:

@@ -54,8 +54,7 @@ _RECORDS = 4
 class async_chat(asyncore.dispatcher):
     """An asynchronous, terminator-framed, buffered chat channel."""
 
-    # Sizes of the read and of each send.
-    ac_in_buffer_size = 65536
+    ac_in_buffer_size = 65536  # (sizes of the read and of each send)
     ac_out_buffer_size = 65536
 
     # Encoding of str terminators when use_encoding is set (legacy option).
@@ -115,6 +114,8 @@ class async_chat(asyncore.dispatcher):
         self._ac_flush_due = False
         # When input was last read (monotonic seconds): idle timeouts read it.
         self._ac_last_read = 0.0
+        # Bytes a read asks for beyond ac_in_buffer_size (a big message, _spool).
+        self._ac_read_size = 0
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- the socket and its transport ----------------------------------------------
@@ -194,7 +195,7 @@ class async_chat(asyncore.dispatcher):
         # handle_read(), without the calls in between: the read path.
         recv = transport.recv  # an instance attribute: read, then called (specialised)
         try:
-            data = recv(self.ac_in_buffer_size)
+            data = recv(max(self.ac_in_buffer_size, self._ac_read_size))
         except BlockingIOError:
             if transport.read_needs_write:
                 self._interest_changed()  # a TLS read must write first
@@ -289,8 +290,7 @@ class async_chat(asyncore.dispatcher):
         """Hand out what the framer holds, step by step, until it needs more
         input or the channel stops taking it (closed, paused)."""
         max_output = self.ac_max_output
-        # Looked up once per read, not once per line.
-        collect = self.collect_incoming_data
+        collect = self.collect_incoming_data  # (looked up once per read)
         found = self.found_terminator
         while self._ac_taking(max_output):
             term = self.terminator

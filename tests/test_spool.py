@@ -452,3 +452,43 @@ def test_bdat_chunks_go_to_the_spool_and_reach_the_stream_hook(tmp_path: Path) -
         wait_until_no_session(st)
     assert _spool.open_spools() == before
     assert os.listdir(tmp_path) == []
+
+
+class ReadSizeChannel(smtpd.SMTPChannel):
+    """Records, for each piece of message text, the read size asked for;
+    slow at the first piece past the threshold, so that the client's text
+    piles up in the socket and the next reads come back full."""
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        sizes = self.smtp_server.read_sizes
+        if self._ac_read_size and not any(size for size, _ in sizes):
+            time.sleep(0.2)
+        sizes.append((self._ac_read_size, len(data)))
+        super().collect_incoming_data(data)
+
+
+class ReadSizeServer(RecordingSMTPServer):
+    channel_class = ReadSizeChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_sizes: List[Any] = []
+
+
+def test_a_message_past_the_threshold_is_read_in_bigger_pieces() -> None:
+    # 4 MiB: past the 4 KiB threshold, reads ask for BULK_READ bytes (and
+    # get them once text waits in the socket); the next message, under
+    # the threshold, is read as asynchat reads (ac_in_buffer_size).
+    big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 52000
+    with running_server(ReadSizeServer, spool_threshold=THRESHOLD) as st:
+        send(st.address, big)
+        assert st.server.wait_for(1)[0].data == _grammar.unstuff_chunks([big[:-2]])  # (its last CRLF ends the data)
+        sizes = list(st.server.read_sizes)
+        del st.server.read_sizes[:]
+        send(st.address, b"Subject: small\r\n\r\nsmall\r\n")
+        st.server.wait_for(2)
+        small = list(st.server.read_sizes)
+    assert {size for size, _ in sizes} == {0, _spool.BULK_READ}
+    assert max(length for size, length in sizes if size) > 2 * 65536  # reads bigger than asynchat's
+    assert max(length for _, length in sizes) <= _spool.BULK_READ + 4  # (+ the framer's held CRLF, at most)
+    assert small and {size for size, _ in small} == {0}
