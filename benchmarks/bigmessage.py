@@ -305,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = parse_size("8M" if ns.quick else ns.size)
     repeat = 1 if ns.quick else max(1, ns.repeat)
     work = tempfile.mkdtemp(prefix="bigmessage-")
-    results: Dict[str, Tuple[float, Optional[int]]] = {}
+    results: Dict[str, Tuple[List[float], Optional[int]]] = {}
     try:
         with open(os.path.join(work, "bench_big_sink.py"), "w") as f:
             f.write(SINK_CLASS)
@@ -327,24 +327,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                     return 1
         for kind in kinds:
             peaks = [p for _, p in runs[kind] if p is not None]
-            results[kind] = (statistics.median(s for s, _ in runs[kind]), max(peaks) if peaks else None)
+            results[kind] = ([s for s, _ in runs[kind]], max(peaks) if peaks else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, size, repeat)
     return 0
 
 
-def report(results: Dict[str, Tuple[float, Optional[int]]], size: int, repeat: int) -> None:
+def report(results: Dict[str, Tuple[List[float], Optional[int]]], size: int, repeat: int) -> None:
+    """Medians; the range of a server's times; and its ratio to smtp-sink
+    round by round (the median of each round's ratio: the two ran minutes
+    apart at most, so a slow spell of the machine counts for both)."""
     mib = size / (1 << 20)
-    reference = results.get("smtp-sink", (None, None))[0]
+    reference = results.get("smtp-sink", ([], None))[0]
     print("message: %.0f MiB, %d run(s) each, median; spool threshold %d bytes" % (mib, repeat, THRESHOLD))
     print()
-    print("| server | seconds | MiB/s | × smtp-sink | peak RSS above idle (MiB) |")
-    print("|---|---|---|---|---|")
-    for kind, (seconds, peak) in results.items():
-        ratio = "%.2f" % (reference / seconds) if reference else "-"
+    print("| server | seconds | fastest-slowest | MiB/s | × smtp-sink | × smtp-sink by round | peak RSS above idle (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, (times, peak) in results.items():
+        seconds = statistics.median(times)
+        ratio = by_round = "-"
+        if reference:
+            ratio = "%.2f" % (statistics.median(reference) / seconds)
+            by_round = "%.2f" % statistics.median(ref / mine for ref, mine in zip(reference, times))
         shown = "%.1f" % (peak / (1 << 20)) if peak is not None else "-"
-        print("| %s | %.2f | %.0f | %s | %s |" % (kind, seconds, mib / seconds, ratio, shown))
+        print("| %s | %.2f | %.2f-%.2f | %.0f | %s | %s | %s |" % (
+            kind, seconds, min(times), max(times), mib / seconds, ratio, by_round, shown))
 
 
 if __name__ == "__main__":
