@@ -23,6 +23,7 @@ inbox and a message view as ``DIR/catcher-inbox.png`` and
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -266,6 +267,23 @@ def _open_tab(driver: Any, name: str) -> Any:
     return driver.find_element("id", "tab-panel")
 
 
+@contextlib.contextmanager
+def _inside(driver: Any, frame: Any) -> Iterator[None]:
+    """The ``with`` block works inside *frame* (the message's HTML view),
+    then in the page again."""
+    driver.switch_to.frame(frame)
+    try:
+        yield
+    finally:
+        driver.switch_to.default_content()
+
+
+def _wait_body(driver: Any, frame: Any, text: str, what: str) -> None:
+    """Wait until the body of *frame* shows *text*."""
+    with _inside(driver, frame):
+        _wait(driver, lambda d: text in d.find_element("tag name", "body").text, what)
+
+
 def _no_alert(driver: Any) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -303,11 +321,7 @@ def test_a_message_appears_live_opens_in_every_tab_and_is_deleted(catcher: Catch
     frame = _open_tab(browser, "html").find_element("tag name", "iframe")
     assert frame.get_attribute("sandbox") == ""
     assert re.fullmatch(r"/view/[^/]+\.html", frame.get_attribute("src").split(catcher.url, 1)[1])
-    browser.switch_to.frame(frame)
-    try:
-        _wait(browser, lambda d: "Hello HTML reader" in d.find_element("tag name", "body").text, "the HTML body")
-    finally:
-        browser.switch_to.default_content()
+    _wait_body(browser, frame, "Hello HTML reader", "the HTML body")
     assert "plain text." in _open_tab(browser, "text").text
     headers = _open_tab(browser, "headers").text
     assert "Subject Quarterly report" in headers and "From Ann Sender <ann@example.com>" in headers
@@ -509,14 +523,11 @@ def test_hostile_messages_render_inert(catcher: Catcher, browser: Any, beacon: B
     assert "<img src=x onerror=window.__pwned=1> <victim@example.com>" in browser.find_element("id", "msg-meta").text
 
     frame = _open_tab(browser, "html").find_element("tag name", "iframe")
-    browser.switch_to.frame(frame)
-    try:
+    with _inside(browser, frame):
         _wait(browser, lambda d: d.execute_script("return document.readyState") == "complete"
               and "Hello hostile world" in d.find_element("tag name", "body").text, "the hostile HTML body")
         browser.find_element("id", "js").click()
         browser.find_element("id", "submit").click()
-    finally:
-        browser.switch_to.default_content()
     _open_tab(browser, "attachments")
     assert browser.find_element("css selector", "a.download").text == HOSTILE_FILE
     for tab in ("text", "headers", "raw", "tree", "envelope"):
@@ -534,13 +545,10 @@ def test_hostile_messages_render_inert(catcher: Catcher, browser: Any, beacon: B
     _wait(browser, lambda d: "/img" in beacon.hits, "the remote image after 'Load remote content'")
     frame = browser.find_element("css selector", "#tab-panel iframe")
     assert frame.get_attribute("src").endswith("?remote=1") and frame.get_attribute("sandbox") == ""
-    browser.switch_to.frame(frame)
-    try:
+    with _inside(browser, frame):
         _wait(browser, lambda d: d.execute_script("return document.readyState") == "complete", "the remote view")
         browser.find_element("id", "js").click()
         browser.find_element("id", "top").click()
-    finally:
-        browser.switch_to.default_content()
     assert set(beacon.hits) <= REMOTE_OK, beacon.hits
     _no_alert(browser)
     assert browser.execute_script("return window.__pwned") is None
@@ -593,11 +601,7 @@ def test_the_page_works_behind_basic_auth(browser: Any) -> None:
         row, = _wait_rows(browser, 1)
         _click_row(browser)
         frame = _open_tab(browser, "html").find_element("tag name", "iframe")
-        browser.switch_to.frame(frame)
-        try:
-            _wait(browser, lambda d: "protected body" in d.find_element("tag name", "body").text, "the HTML body behind basic auth")
-        finally:
-            browser.switch_to.default_content()
+        _wait_body(browser, frame, "protected body", "the HTML body behind basic auth")
         assert "p.txt" in _open_tab(browser, "tree").text
     finally:
         controller.stop()
@@ -674,11 +678,7 @@ def test_screenshots(catcher: Catcher, browser: Any) -> None:
     assert browser.save_screenshot(str(folder / "catcher-inbox.png"))
     _click_row(browser)
     frame = _open_tab(browser, "html").find_element("tag name", "iframe")
-    browser.switch_to.frame(frame)
-    try:
-        _wait(browser, lambda d: "Mechanical keyboard" in d.find_element("tag name", "body").text, "the HTML body")
-    finally:
-        browser.switch_to.default_content()
+    _wait_body(browser, frame, "Mechanical keyboard", "the HTML body")
     assert browser.save_screenshot(str(folder / "catcher-message.png"))
     browser.set_window_size(390, 844)
     _wait(browser, lambda d: not d.find_element("css selector", ".list-pane").is_displayed(), "the phone layout")
